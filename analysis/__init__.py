@@ -1,0 +1,1 @@
+"""Analysis of results directories: tshark into pandas, metrics, figures, report."""

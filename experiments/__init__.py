@@ -1,0 +1,1 @@
+"""Scenarios, the runner and the results directory."""

@@ -1,0 +1,1 @@
+"""MPTCP emulation testbed: emulation, stacks and the runtime around them."""

@@ -1,0 +1,1 @@
+"""Emulation layer: Mininet nodes, shaped links and their backends, capture, cleanup."""

@@ -1,0 +1,103 @@
+"""Shaping parameters of one direction of an emulated link, shared by every shaping backend.
+
+Semantics (the same for the netem and the userspace backends): a frame entering a direction is
+first subject to random loss, then joins a FIFO drained at `rate_mbps` that holds at most
+`queue_pkts` frames (tail drop), then spends `delay_ms` (plus jitter) in flight. Jitter never
+reorders frames of one direction.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from testbed.errors import ParameterError
+
+MTU_BYTES = 1500
+# A zero-delay link still needs room for a burst; Linux's default txqueuelen is far larger, but a
+# small queue keeps the bufferbloat of an emulated path honest.
+MIN_QUEUE_PKTS = 10
+
+
+@dataclass(frozen=True)
+class Shaping:
+    """One direction of a link. `None` rate means unlimited; `None` queue means the BDP default."""
+
+    rate_mbps: float | None = None
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    loss_pct: float = 0.0
+    queue_pkts: int | None = None
+    # A Mahimahi trace (one line per 1500-byte delivery opportunity, in ms); replaces rate_mbps.
+    trace: str | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.rate_mbps is not None and not (self.rate_mbps > 0 and math.isfinite(self.rate_mbps)):
+            raise ParameterError(f"rate_mbps must be a positive number, got {self.rate_mbps!r}")
+        for name in ("delay_ms", "jitter_ms"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ParameterError(f"{name} must be >= 0, got {value!r}")
+        if self.jitter_ms > self.delay_ms:
+            raise ParameterError(
+                f"jitter_ms ({self.jitter_ms}) larger than delay_ms ({self.delay_ms}) "
+                "would need negative delays"
+            )
+        if not 0 <= self.loss_pct <= 100:
+            raise ParameterError(f"loss_pct must be within 0..100, got {self.loss_pct!r}")
+        if self.queue_pkts is not None and self.queue_pkts < 1:
+            raise ParameterError(f"queue_pkts must be >= 1, got {self.queue_pkts!r}")
+        if self.trace is not None and self.rate_mbps is not None:
+            raise ParameterError("give either rate_mbps or trace, not both")
+
+    @property
+    def queue_limit(self) -> int:
+        """Queue size in packets: the explicit one, else the bandwidth-delay product.
+
+        The BDP uses twice this direction's delay as the round trip (links are usually
+        symmetric), as minitopo does, and never goes below MIN_QUEUE_PKTS.
+        """
+        if self.queue_pkts is not None:
+            return self.queue_pkts
+        if self.rate_mbps is None:
+            return 1000
+        bdp_bytes = self.rate_mbps * 1e6 / 8 * (2 * self.delay_ms / 1000)
+        return max(MIN_QUEUE_PKTS, math.ceil(bdp_bytes / MTU_BYTES))
+
+    def with_changes(self, **changes: Any) -> Shaping:
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise ParameterError(f"unknown shaping parameter(s): {', '.join(sorted(unknown))}")
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Shaping:
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ParameterError(f"unknown shaping parameter(s): {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class LinkShaping:
+    """Both directions of a link: `a2b` shapes frames from the link's first node to its second."""
+
+    a2b: Shaping
+    b2a: Shaping
+
+    @classmethod
+    def symmetric(cls, **params: Any) -> LinkShaping:
+        one = Shaping.from_dict(params)
+        return cls(one, one)
+
+    def direction(self, name: str) -> Shaping:
+        if name not in ("a2b", "b2a"):
+            raise ParameterError(f"link direction must be 'a2b' or 'b2a', got {name!r}")
+        return self.a2b if name == "a2b" else self.b2a

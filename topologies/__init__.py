@@ -1,0 +1,1 @@
+"""Mininet topologies: pure descriptions, parameters as arguments."""
