@@ -4,6 +4,8 @@
 class TestbedError(Exception):
     """Base of every error the testbed raises on purpose; the CLI prints it without a trace."""
 
+    __test__ = False  # not a pytest test class, despite the name
+
 
 class ParameterError(TestbedError, ValueError):
     """A scenario, topology or link parameter is invalid; raised before anything is created."""
