@@ -36,7 +36,8 @@ class Shaping:
         self.validate()
 
     def validate(self) -> None:
-        if self.rate_mbps is not None and not (self.rate_mbps > 0 and math.isfinite(self.rate_mbps)):
+        rate = self.rate_mbps
+        if rate is not None and not (rate > 0 and math.isfinite(rate)):
             raise ParameterError(f"rate_mbps must be a positive number, got {self.rate_mbps!r}")
         for name in ("delay_ms", "jitter_ms"):
             value = getattr(self, name)

@@ -1,0 +1,141 @@
+"""An emulated network: a Mininet built from a topology with shaped links, hosts configured for
+MPTCP measurements, every process recorded for cleanup, and a stop that leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from mininet.log import setLogLevel
+from mininet.net import Mininet
+from mininet.topo import Topo
+
+from testbed.emu.cleanup import RunRecord, sweep
+from testbed.emu.links import LinkBackend, ShapedLink, make_backend
+from testbed.emu.nodes import Router, TestbedHost
+from testbed.errors import EnvironmentProblem, ParameterError
+
+REQUIRED_TOOLS = ("mnexec", "ip", "ethtool", "sysctl", "unshare")
+
+
+def require_root(what: str = "the emulated network") -> None:
+    if os.geteuid() != 0:
+        raise EnvironmentProblem(
+            f"{what} needs root: it creates network namespaces, veth and TAP devices and "
+            "configures routing and MPTCP inside them. Run it with sudo (nothing was created)."
+        )
+
+
+def require_tools(tools: Sequence[str]) -> None:
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        raise EnvironmentProblem(
+            f"missing tool(s): {', '.join(missing)}; run `make setup` (nothing was created)"
+        )
+
+
+class Emulation:
+    """Build, start and stop one emulated network. Use as a context manager."""
+
+    def __init__(self, topo: Topo, backend: str, seed: int, record: RunRecord,
+                 shaper_log: Path | None = None) -> None:
+        self.topo = topo
+        self.backend_name = backend
+        self.backend: LinkBackend = make_backend(backend, seed, shaper_log)
+        self.record = record
+        self.net: Mininet | None = None
+
+    def __enter__(self) -> Emulation:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        require_root()
+        require_tools(REQUIRED_TOOLS)
+        setLogLevel("error")
+        self.net = Mininet(
+            topo=None, controller=None, host=TestbedHost,
+            link=partial(ShapedLink, backend=self.backend),
+            build=False, cleanup=False, autoSetMacs=False, waitConnected=False,
+        )
+        net = self.net
+        # Hosts first, recorded as soon as their shell exists, so that a failure while the
+        # links are being made still leaves a record complete enough to clean up from.
+        for name in self.topo.nodes():
+            params = dict(self.topo.nodeInfo(name))
+            params.setdefault("ip", None)  # addresses come with the links, not Mininet's 10/8
+            host = net.addHost(name, **params)
+            self.record.add_process(host.pid, f"host shell {name}", holds_netns=True)
+        for src, dst, params in self.topo.links(sort=True, withKeys=False, withInfo=True):
+            params = dict(params)
+            net.addLink(params.pop("node1", src), params.pop("node2", dst), **params)
+        shaper_pid = getattr(self.backend, "pid", None)
+        if shaper_pid is not None:
+            self.record.add_process(shaper_pid, "userspace link shaper")
+        net.build()
+        for host in self.hosts():
+            host.prepare_interfaces()
+        for host in self.hosts():
+            if not isinstance(host, Router):
+                host.setup_routing(self.gateways(host))
+        net.start()
+
+    def hosts(self) -> list[TestbedHost]:
+        assert self.net is not None
+        return list(self.net.hosts)
+
+    def host(self, name: str) -> TestbedHost:
+        assert self.net is not None
+        try:
+            return self.net.nameToNode[name]  # type: ignore[no-any-return]
+        except KeyError:
+            raise ParameterError(f"no host {name!r} in this topology") from None
+
+    def links(self) -> list[ShapedLink]:
+        assert self.net is not None
+        return list(self.net.links)
+
+    def link(self, name: str) -> ShapedLink:
+        """A link by its topology name (`link_name` parameter) or by `intf1~intf2`."""
+        for link in self.links():
+            if name in (link.link_name, link.name):
+                return link
+        names = [link.link_name or link.name for link in self.links()]
+        raise ParameterError(f"no link {name!r}; links are {', '.join(names)}")
+
+    def gateways(self, host: TestbedHost) -> dict[str, str]:
+        """Interface name -> address of the router at the other end of its link."""
+        gateways: dict[str, str] = {}
+        for link in self.links():
+            for mine, other in ((link.intf1, link.intf2), (link.intf2, link.intf1)):
+                if mine.node is host and isinstance(other.node, Router) and other.IP():
+                    gateways[mine.name] = other.IP()
+        return gateways
+
+    def popen(self, host: TestbedHost, argv: Sequence[str], what: str,
+              **kwargs: Any) -> subprocess.Popen[bytes]:
+        """Start a process inside a host, recorded for cleanup."""
+        proc: subprocess.Popen[bytes] = host.popen(list(argv), **kwargs)
+        self.record.add_process(proc.pid, f"{what} on {host.name}")
+        return proc
+
+    def shaper_stats(self) -> dict[str, Any]:
+        return self.backend.stats()
+
+    def stop(self) -> None:
+        try:
+            if self.net is not None:
+                self.net.stop()
+        finally:
+            self.net = None
+            self.backend.close()
+            sweep(self.record)
+

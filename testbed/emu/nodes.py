@@ -1,0 +1,124 @@
+"""Emulated hosts and routers: Mininet nodes that run commands as argument lists and configure
+themselves for MPTCP measurements (no IPv6 noise, wire-size captures, per-interface routing)."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+from collections.abc import Sequence
+from typing import Any
+
+from mininet.node import Host
+from pyroute2 import NetNS
+
+from testbed.errors import TestbedError
+
+# Routing tables used for per-interface source routing; 100 + interface index keeps clear of
+# the kernel's own tables (local 255, main 254, default 253).
+SOURCE_TABLE_BASE = 100
+
+
+class TestbedHost(Host):
+    """A Mininet host in its own network namespace.
+
+    Unlike Mininet's `cmd()`, `run()` takes an argument list and never goes through a shell, and
+    raises with the command's stderr when it fails instead of returning the error as output.
+    """
+
+    __test__ = False  # a Mininet node, not a pytest class
+
+    def __init__(self, name: str, ipv6: bool = False, **params: Any) -> None:
+        self.ipv6 = ipv6
+        super().__init__(name, inNamespace=True, **params)
+
+    @property
+    def netns_path(self) -> str:
+        return f"/proc/{self.pid}/ns/net"
+
+    def run(self, argv: Sequence[str], check: bool = True, timeout: float = 60) -> str:
+        proc = self.popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise TestbedError(
+                f"{self.name}: {' '.join(argv)} did not finish in {timeout} s") from None
+        if check and proc.returncode != 0:
+            raise TestbedError(
+                f"{self.name}: {' '.join(argv)} failed ({proc.returncode}): "
+                f"{err.decode(errors='replace').strip()}"
+            )
+        return out.decode(errors="replace")
+
+    def sysctl(self, key: str, value: str | int) -> None:
+        self.run(["sysctl", "-q", "-w", f"{key}={value}"])
+
+    def config(self, **params: Any) -> Any:  # type: ignore[override]
+        result = super().config(**params)
+        if not self.ipv6:
+            # Link-local addresses would otherwise bring neighbour discovery and multicast to
+            # every capture and to the TAP devices of userspace stacks.
+            self.sysctl("net.ipv6.conf.all.disable_ipv6", 1)
+            self.sysctl("net.ipv6.conf.default.disable_ipv6", 1)
+        return result
+
+    def prepare_interfaces(self) -> None:
+        """Offloads off, so that captures and userspace peers see wire-size segments."""
+        for intf in self.intfList():
+            if intf.name == "lo":
+                continue
+            # ethtool reports "Cannot change" for features a device does not have (TAP);
+            # what matters is that none of them stays on, so the exit status is not checked.
+            self.run(
+                ["ethtool", "-K", intf.name, "tso", "off", "gso", "off", "gro", "off",
+                 "lro", "off", "tx", "off", "rx", "off"],
+                check=False,
+            )
+
+    def addresses(self) -> list[tuple[str, ipaddress.IPv4Interface]]:
+        """(interface name, address with prefix) of every configured IPv4 interface."""
+        result = []
+        for intf in self.intfList():
+            if intf.name == "lo" or not intf.IP():
+                continue
+            result.append((intf.name, ipaddress.IPv4Interface(f"{intf.IP()}/{intf.prefixLen}")))
+        return result
+
+    def setup_routing(self, gateways: dict[str, str]) -> None:
+        """Default route through the first gateway; per-interface source routing if multi-homed.
+
+        Without a rule per source address, the kernel sends every packet through the main
+        table's default route, so the second subflow of an MPTCP connection would leave through
+        the first interface with the second interface's address and be dropped by the path.
+        """
+        addrs = self.addresses()
+        with NetNS(self.netns_path) as ns:
+            first = next((name for name, _ in addrs if name in gateways), None)
+            if first is not None:
+                idx = ns.link_lookup(ifname=first)[0]
+                ns.route("replace", dst="0.0.0.0/0", gateway=gateways[first], oif=idx)
+            if len(addrs) < 2:
+                return
+            for position, (name, iface) in enumerate(addrs):
+                table = SOURCE_TABLE_BASE + position
+                idx = ns.link_lookup(ifname=name)[0]
+                ns.rule("add", src=str(iface.ip), src_len=32, table=table, priority=1000 + position)
+                ns.route("replace", dst=str(iface.network), oif=idx, table=table,
+                         prefsrc=str(iface.ip), scope="link")
+                if name in gateways:
+                    ns.route("replace", dst="0.0.0.0/0", gateway=gateways[name], oif=idx,
+                             table=table)
+
+
+class Router(TestbedHost):
+    """A host that forwards IPv4 between its interfaces (Mininet's linuxrouter example)."""
+
+    def config(self, **params: Any) -> Any:  # type: ignore[override]
+        result = super().config(**params)
+        self.sysctl("net.ipv4.ip_forward", 1)
+        # Replies to a multi-homed host must leave by the interface the route says, not be
+        # dropped because the source looks spoofed from another interface.
+        self.sysctl("net.ipv4.conf.all.rp_filter", 0)
+        self.sysctl("net.ipv4.conf.default.rp_filter", 0)
+        return result
