@@ -1,0 +1,323 @@
+"""One direction of an emulated link as a sans-I/O model: loss, a FIFO drained at a rate or by
+a Mahimahi trace with tail drop, then delay with jitter that never reorders. The caller owns the
+clock (every entry point takes `now`, seconds) and the randomness (a seeded `random.Random`).
+
+Because the FIFO is drained by a deterministic server (a constant rate or a fixed trace of
+delivery opportunities), a frame's departure time is fully known when it arrives. The model
+therefore computes each frame's whole schedule on arrival and keeps a single FIFO of
+`(deliver_at, frame)`: changing parameters only affects later arrivals and can never flush or
+reschedule what is already in the pipe.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from testbed.emu.linkparams import Shaping
+from testbed.errors import ParameterError
+
+# Mahimahi (Netravali et al., USENIX ATC 2015, `mm-link`): each trace line is one opportunity to
+# deliver this many bytes.
+TRACE_OPPORTUNITY_BYTES = 1500
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A Mahimahi delivery trace: opportunity times in ms, non-decreasing, repeating every
+    `period_ms` (its last time), as `mm-link` replays it."""
+
+    opportunities_ms: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        ms = self.opportunities_ms
+        if not ms:
+            raise ParameterError("a trace needs at least one delivery opportunity")
+        if ms[0] < 0 or any(b < a for a, b in itertools.pairwise(ms)):
+            raise ParameterError("trace times must be non-negative and non-decreasing")
+        if ms[-1] <= 0:
+            # A period of zero would mean infinitely many opportunities per millisecond.
+            raise ParameterError("the last time of a trace must be > 0 ms (it is the period)")
+
+    @property
+    def period_ms(self) -> int:
+        return self.opportunities_ms[-1]
+
+    @property
+    def mean_rate_mbps(self) -> float:
+        bits = len(self.opportunities_ms) * TRACE_OPPORTUNITY_BYTES * 8
+        return bits / (self.period_ms / 1000) / 1e6
+
+    @classmethod
+    def parse(cls, text: str, source: str = "trace") -> Trace:
+        """Parse the text of a trace file (one integer per line; blank lines are ignored)."""
+        times: list[int] = []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                times.append(int(line))
+            except ValueError:
+                raise ParameterError(
+                    f"{source}:{lineno}: expected an integer time in ms, got {line!r}"
+                ) from None
+        try:
+            return cls(tuple(times))
+        except ParameterError as exc:
+            raise ParameterError(f"{source}: {exc}") from None
+
+
+TraceLoader = Callable[[str], Trace]
+
+
+@dataclass
+class PipeCounters:
+    """What happened to the frames of one direction. Conservation:
+    frames_in == frames_out + dropped_loss + dropped_queue + dropped_down + frames in the pipe."""
+
+    frames_in: int = 0
+    bytes_in: int = 0
+    frames_out: int = 0
+    bytes_out: int = 0
+    dropped_loss: int = 0
+    dropped_queue: int = 0
+    dropped_down: int = 0
+    max_backlog_pkts: int = 0
+    # How late frames left relative to their schedule, as seen by the caller's `now` (negative
+    # when released slightly early to centre the timer error). Tells whether the emulator kept
+    # up (Handigol et al., CoNEXT 2012: an emulation is only trustworthy if it did).
+    lateness_sum_s: float = 0.0
+    lateness_max_s: float = 0.0
+
+
+class _TraceServer:
+    """Delivery opportunities of a trace laid on the time axis from `epoch`, consumed in order.
+
+    Like `mm-link`, a frame may use the rest of an opportunity that an earlier frame started,
+    a frame larger than one opportunity spans several, and opportunities that pass while the
+    queue is empty are lost.
+    """
+
+    def __init__(self, trace: Trace, epoch: float) -> None:
+        self.trace = trace
+        self._ms = trace.opportunities_ms
+        self._period_s = trace.period_ms / 1000
+        self._base = epoch
+        self._index = 0
+        self._left = TRACE_OPPORTUNITY_BYTES
+
+    def _time(self) -> float:
+        return self._base + self._ms[self._index] / 1000
+
+    def _advance(self) -> None:
+        self._index += 1
+        if self._index == len(self._ms):
+            self._index = 0
+            self._base += self._period_s
+        self._left = TRACE_OPPORTUNITY_BYTES
+
+    def _skip_to(self, start: float) -> None:
+        """Drop every opportunity before `start` (the queue was empty then)."""
+        if self._time() >= start:
+            return
+        rel = start - self._base
+        if rel >= self._period_s:
+            cycles = math.floor(rel / self._period_s)
+            self._base += cycles * self._period_s
+            rel -= cycles * self._period_s
+        index = bisect_left(self._ms, rel * 1000)
+        if index == len(self._ms):
+            index = 0
+            self._base += self._period_s
+        self._index = index
+        self._left = TRACE_OPPORTUNITY_BYTES
+
+    def serve(self, size: int, start: float) -> float:
+        """Time at which the last byte of a `size`-byte frame, first served at `start`, leaves."""
+        self._skip_to(start)
+        while True:
+            take = min(size, self._left)
+            size -= take
+            self._left -= take
+            if size == 0:
+                done = self._time()
+                if self._left == 0:
+                    self._advance()
+                return done
+            self._advance()
+
+
+class Pipe:
+    """One direction of a link: `offer` frames as they arrive, `pop_due` them when their time
+    comes, and wake up at `next_deadline`."""
+
+    def __init__(
+        self,
+        shaping: Shaping,
+        rng: random.Random,
+        *,
+        now: float = 0.0,
+        trace_loader: TraceLoader | None = None,
+    ) -> None:
+        self.counters = PipeCounters()
+        self._rng = rng
+        self._trace_loader = trace_loader
+        self._down = False
+        # (deliver_at, frame) in delivery order; deliver_at never decreases along the deque.
+        self._flight: deque[tuple[float, bytes]] = deque()
+        # Departure times from the FIFO of the frames still in it (for the tail-drop limit).
+        self._queue_departures: deque[float] = deque()
+        self._link_free_at = now
+        self._last_deliver_at = now
+        self._trace_server: _TraceServer | None = None
+        self._shaping = shaping
+        self._configure(shaping, now)
+
+    # -- parameters -------------------------------------------------------------------------
+
+    @property
+    def shaping(self) -> Shaping:
+        return self._shaping
+
+    @property
+    def down(self) -> bool:
+        return self._down
+
+    def _configure(self, shaping: Shaping, now: float) -> None:
+        server = self._trace_server
+        if shaping.trace is None:
+            server = None
+        elif server is None or self._shaping.trace != shaping.trace:
+            if self._trace_loader is None:
+                raise ParameterError("this pipe has no trace loader, cannot use shaping.trace")
+            # A new trace starts at the moment it is applied; the same trace keeps running so
+            # that changing, say, the delay does not restart the capacity pattern.
+            server = _TraceServer(self._trace_loader(shaping.trace), now)
+        # Everything that can fail is done: commit.
+        self._trace_server = server
+        self._shaping = shaping
+        self._loss = shaping.loss_pct / 100
+        self._bytes_per_s = None if shaping.rate_mbps is None else shaping.rate_mbps * 1e6 / 8
+        self._delay = shaping.delay_ms / 1000
+        self._jitter = shaping.jitter_ms / 1000
+        self._queue_limit = shaping.queue_limit
+
+    def set_shaping(self, shaping: Shaping, now: float) -> None:
+        """Apply `shaping` to frames arriving from `now` on. Frames already queued or in flight
+        keep their schedule (nothing is flushed); new frames still queue behind them."""
+        self._configure(shaping, now)
+
+    def set_down(self, down: bool, now: float) -> None:
+        """Take the link down (every frame in the pipe is lost, arrivals are dropped) or up."""
+        if down and not self._down:
+            dropped = len(self._flight)
+            self.counters.dropped_down += dropped
+            self._flight.clear()
+            self._queue_departures.clear()
+            # The lost frames no longer occupy the server or the wire.
+            self._link_free_at = now
+            self._last_deliver_at = now
+        self._down = down
+
+    # -- data path --------------------------------------------------------------------------
+
+    def offer(self, frame: bytes, now: float) -> bool:
+        """A frame arrives at `now`. Returns False when it is dropped (counters say why)."""
+        c = self.counters
+        size = len(frame)
+        c.frames_in += 1
+        c.bytes_in += size
+        if self._down:
+            c.dropped_down += 1
+            return False
+        # Loss comes first, as in netem: a lost frame never occupies the queue.
+        if self._loss and self._rng.random() < self._loss:
+            c.dropped_loss += 1
+            return False
+        queue = self._queue_departures
+        while queue and queue[0] <= now:
+            queue.popleft()
+        # Tail drop (pfifo/tbf `limit` in packets): a frame counts until it has left the FIFO.
+        if len(queue) >= self._queue_limit:
+            c.dropped_queue += 1
+            return False
+        start = self._link_free_at if self._link_free_at > now else now
+        if self._trace_server is not None:
+            departs = self._trace_server.serve(size, start)
+        elif self._bytes_per_s is not None:
+            # Rate is charged on the frame as given (Ethernet header, no FCS), as tbf does.
+            departs = start + size / self._bytes_per_s
+        else:
+            departs = start
+        self._link_free_at = departs
+        if departs > now:
+            queue.append(departs)
+            if len(queue) > c.max_backlog_pkts:
+                c.max_backlog_pkts = len(queue)
+        deliver_at = departs + self._delay
+        if self._jitter:
+            # Uniform jitter around the delay (netem's default without a distribution table);
+            # delay >= jitter is validated, so the sample is never negative.
+            deliver_at += self._rng.uniform(-self._jitter, self._jitter)
+        # No reordering within a direction: a frame never overtakes the one before it (this
+        # also holds when a smaller delay is set while frames are still in flight).
+        if deliver_at < self._last_deliver_at:
+            deliver_at = self._last_deliver_at
+        self._last_deliver_at = deliver_at
+        self._flight.append((deliver_at, frame))
+        return True
+
+    def next_deadline(self) -> float | None:
+        """When the next frame is due, or None when the pipe is empty."""
+        return self._flight[0][0] if self._flight else None
+
+    def pop_due(self, now: float, early: float = 0.0) -> list[bytes]:
+        """Frames due by `now + early`, in order. `early` lets a caller whose timer has a coarse
+        grain release frames due within half a grain, centring the error on zero."""
+        flight = self._flight
+        if not flight or flight[0][0] > now + early:
+            return []
+        c = self.counters
+        limit = now + early
+        out: list[bytes] = []
+        lateness_sum = 0.0
+        lateness_max = c.lateness_max_s
+        nbytes = 0
+        while flight and flight[0][0] <= limit:
+            deliver_at, frame = flight.popleft()
+            late = now - deliver_at
+            lateness_sum += late
+            if late > lateness_max:
+                lateness_max = late
+            nbytes += len(frame)
+            out.append(frame)
+        c.frames_out += len(out)
+        c.bytes_out += nbytes
+        c.lateness_sum_s += lateness_sum
+        c.lateness_max_s = lateness_max
+        return out
+
+    def record_undeliverable(self, frame: bytes) -> None:
+        """The caller could not hand a popped frame to its interface because that interface is
+        down (a TAP write fails with EIO): count it as a down drop instead of a delivery."""
+        c = self.counters
+        c.frames_out -= 1
+        c.bytes_out -= len(frame)
+        c.dropped_down += 1
+
+    # -- observation ------------------------------------------------------------------------
+
+    def backlog(self, now: float) -> int:
+        """Frames in the FIFO (not yet departed towards the delay line) at `now`."""
+        return sum(1 for t in self._queue_departures if t > now)
+
+    @property
+    def in_pipe(self) -> int:
+        """Frames accepted and not yet popped (queued or in flight)."""
+        return len(self._flight)
