@@ -1,0 +1,289 @@
+"""Metrics from results directories: throughput per subflow, MPTCP option counts, goodput.
+
+Everything here takes either a packet DataFrame in the `analysis.tshark.COLUMNS` layout or a
+results directory (DESIGN.md, "Results directory"); nothing imports the stack.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis import tshark
+
+DEFAULT_BIN_S = 0.1
+TOTAL_LABEL = "total"
+
+
+# ---------------------------------------------------------------------------------------------
+# Results directory loading
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`, or {} when the file is absent (runs may be partial)."""
+    if not path.is_file():
+        return {}
+    with path.open() as fh:
+        data = json.load(fh)
+    return data if isinstance(data, dict) else {}
+
+
+def load_meta(run_dir: Path) -> dict[str, Any]:
+    return load_json(Path(run_dir) / "meta.json")
+
+
+def load_summary(run_dir: Path) -> dict[str, Any]:
+    return load_json(Path(run_dir) / "summary.json")
+
+
+def stack_label(meta: dict[str, Any], summary: dict[str, Any]) -> str:
+    """The stack that ran, as one label: `stack`, or `client_stack/server_stack`."""
+    for source in (summary, meta):
+        if source.get("stack"):
+            return str(source["stack"])
+    client, server = meta.get("client_stack"), meta.get("server_stack")
+    if client or server:
+        return str(client) if client == server else f"{client}/{server}"
+    return "unknown"
+
+
+def load_workload_report(run_dir: Path) -> dict[str, Any]:
+    """The receiver's workload report (the one with a goodput "series"), or {}."""
+    stats = Path(run_dir) / "stats"
+    reports = sorted(stats.glob("workload-*.json")) if stats.is_dir() else []
+    # The contract names the receiver by the presence of "series", not by file name.
+    for path in reports:
+        report = load_json(path)
+        if report.get("series"):
+            return report
+    return load_json(reports[0]) if reports else {}
+
+
+def run_pcaps(run_dir: Path) -> dict[str, list[Path]]:
+    """Captures of a run grouped by host: pcap/<host>-<intf>.pcap -> {host: [paths]}."""
+    pcap_dir = Path(run_dir) / "pcap"
+    groups: dict[str, list[Path]] = {}
+    for path in sorted(pcap_dir.glob("*.pcap")) if pcap_dir.is_dir() else []:
+        # Interface names carry no '-' in Mininet (h1-eth0), host names may: split on the last.
+        host = path.stem.rsplit("-", 1)[0] if "-" in path.stem else path.stem
+        groups.setdefault(host, []).append(path)
+    return groups
+
+
+def read_host_packets(run_dir: Path, host: str) -> pd.DataFrame:
+    """All captures of one host dissected together (see `tshark.read_merged`)."""
+    pcaps = run_pcaps(run_dir).get(host, [])
+    cache = Path(run_dir) / "pcap" / f"{host}.all{tshark.CACHE_SUFFIX}"
+    return tshark.read_merged(pcaps, cache)
+
+
+# ---------------------------------------------------------------------------------------------
+# Packet-level metrics
+
+
+def option_counts(df: pd.DataFrame) -> dict[str, int]:
+    """Packets carrying each MPTCP option subtype, keyed by RFC 8684 name."""
+    counts: dict[str, int] = {}
+    for label in tshark.MPTCP_SUBTYPES.values():
+        column = "rm_addr" if label == "REMOVE_ADDR" else label.lower()
+        counts[label] = int(df[column].sum()) if column in df else 0
+    return counts
+
+
+def _data_direction(df: pd.DataFrame) -> pd.Series:
+    """True for packets sent by the side of their subflow that sent the most payload.
+
+    A bulk transfer's reverse direction is pure ACKs; picking the heavier side per subflow
+    keeps the figure about data without needing to know which host was the client.
+    """
+    tcp = df[df["tcp_stream"].notna()]
+    sent = tcp.groupby(["tcp_stream", "ip_src", "tcp_srcport"], dropna=False)["tcp_len"].sum()
+    if sent.empty:
+        return pd.Series(False, index=df.index)
+    heavy = sent.reset_index().sort_values("tcp_len").groupby("tcp_stream").tail(1)
+    keys = set(zip(heavy["tcp_stream"], heavy["ip_src"], heavy["tcp_srcport"], strict=True))
+    return pd.Series([(s, a, p) in keys for s, a, p in
+                      zip(df["tcp_stream"], df["ip_src"], df["tcp_srcport"], strict=True)],
+                     index=df.index)
+
+
+def subflows(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per subflow (TCP stream) in its data direction.
+
+    Columns: tcp_stream, mptcp_stream, src, dst (addr:port), label, first_s, last_s, packets,
+    bytes (payload incl. retransmissions), retransmitted_bytes, join (opened by MP_JOIN),
+    backup (backup flag seen on its MP_JOIN or MP_PRIO).
+    """
+    columns = ["tcp_stream", "mptcp_stream", "src", "dst", "label", "first_s", "last_s",
+               "packets", "bytes", "retransmitted_bytes", "join", "backup"]
+    if df.empty or df["tcp_stream"].isna().all():
+        return pd.DataFrame(columns=columns)
+    t0 = float(df["time_epoch"].min())
+    data = df[_data_direction(df)]
+    rows = []
+    for stream, pkts in data.groupby("tcp_stream"):
+        every = df[df["tcp_stream"] == stream]
+        first = pkts.iloc[0]
+        mptcp = every["mptcp_stream"].dropna()
+        rows.append({
+            "tcp_stream": int(stream),
+            "mptcp_stream": int(mptcp.iloc[0]) if not mptcp.empty else pd.NA,
+            "src": f"{first['ip_src']}:{first['tcp_srcport']}",
+            "dst": f"{first['ip_dst']}:{first['tcp_dstport']}",
+            "label": f"sf{int(stream)} {first['ip_src']}→{first['ip_dst']}",
+            "first_s": float(every["time_epoch"].min()) - t0,
+            "last_s": float(every["time_epoch"].max()) - t0,
+            "packets": len(pkts),
+            "bytes": int(pkts["tcp_len"].sum()),
+            "retransmitted_bytes": int(pkts.loc[pkts["retransmission"], "tcp_len"].sum()),
+            "join": bool((every["mp_join"] & every["syn"]).any()),
+            "backup": bool(every["backup"].any()),
+        })
+    return pd.DataFrame(rows, columns=columns)
+
+
+def subflows_per_connection(df: pd.DataFrame) -> pd.Series:
+    """Number of subflows (TCP streams) per MPTCP connection, indexed by mptcp_stream.
+
+    Plain TCP connections have no mptcp_stream and are not counted.
+    """
+    mp = df.dropna(subset=["mptcp_stream", "tcp_stream"])
+    if mp.empty:
+        return pd.Series(dtype="int64", name="subflows")
+    counts = mp.groupby("mptcp_stream")["tcp_stream"].nunique().astype("int64")
+    counts.name = "subflows"
+    return counts
+
+
+def throughput(df: pd.DataFrame, bin_s: float = DEFAULT_BIN_S,
+               exclude_retransmissions: bool = False) -> pd.DataFrame:
+    """Throughput over time per subflow and in total, in the data direction.
+
+    Returns long-form rows (time_s, subflow, tcp_stream, mptcp_stream, bytes, mbps), time_s
+    being the start of each bin relative to the first packet of `df`; the "total" rows sum
+    all subflows. Empty bins are present with 0 so lines drop to zero during stalls.
+    """
+    if bin_s <= 0:
+        raise ValueError(f"bin_s must be positive, got {bin_s}")
+    columns = ["time_s", "subflow", "tcp_stream", "mptcp_stream", "bytes", "mbps"]
+    if df.empty or df["tcp_stream"].isna().all():
+        return pd.DataFrame(columns=columns)
+    t0 = float(df["time_epoch"].min())
+    data = df[_data_direction(df)]
+    if exclude_retransmissions:
+        data = data[~data["retransmission"]]
+    n_bins = math.floor((float(df["time_epoch"].max()) - t0) / bin_s) + 1
+    bins = ((data["time_epoch"] - t0) / bin_s).astype("int64").clip(upper=n_bins - 1)
+    info = subflows(df).set_index("tcp_stream")
+    frames = []
+    for stream, sizes in data["tcp_len"].groupby(data["tcp_stream"]):
+        per_bin = sizes.groupby(bins.loc[sizes.index]).sum().reindex(range(n_bins), fill_value=0)
+        row = info.loc[stream] if stream in info.index else None
+        frames.append(pd.DataFrame({
+            "time_s": [i * bin_s for i in range(n_bins)],
+            "subflow": row["label"] if row is not None else f"sf{stream}",
+            "tcp_stream": int(stream),
+            "mptcp_stream": row["mptcp_stream"] if row is not None else pd.NA,
+            "bytes": per_bin.to_numpy(dtype="int64"),
+        }))
+    per_subflow = pd.concat(frames, ignore_index=True)
+    total = per_subflow.groupby("time_s", as_index=False)["bytes"].sum()
+    total["subflow"] = TOTAL_LABEL
+    total["tcp_stream"] = pd.NA
+    total["mptcp_stream"] = pd.NA
+    out = pd.concat([per_subflow, total], ignore_index=True)
+    out["mbps"] = out["bytes"] * 8 / bin_s / 1e6
+    return out[columns]
+
+
+# ---------------------------------------------------------------------------------------------
+# Workload-level metrics
+
+
+def goodput_series(report: dict[str, Any]) -> pd.DataFrame:
+    """The receiver's goodput over time: columns time_s, bytes, mbps.
+
+    The report's "series" holds [t_seconds, bytes_in_bin] pairs; the bin width is taken from
+    the spacing of t (100 ms by contract) because dividing by a wrong width would scale the
+    whole curve silently.
+    """
+    series = report.get("series") or []
+    if not series:
+        return pd.DataFrame(columns=["time_s", "bytes", "mbps"])
+    frame = pd.DataFrame([(float(t), int(b)) for t, b in series], columns=["time_s", "bytes"])
+    steps = frame["time_s"].diff().dropna()
+    steps = steps[steps > 0]
+    bin_s = float(steps.median()) if not steps.empty else DEFAULT_BIN_S
+    frame["mbps"] = frame["bytes"] * 8 / bin_s / 1e6
+    return frame
+
+
+def mean_goodput_mbps(report: dict[str, Any]) -> float | None:
+    """Goodput over the whole transfer from the report's bytes and timestamps."""
+    if report.get("goodput_mbps") is not None:
+        return float(report["goodput_mbps"])
+    start, end, size = report.get("t_start"), report.get("t_end"), report.get("bytes")
+    if start is None or end is None or size is None or float(end) <= float(start):
+        return None
+    return float(size) * 8 / (float(end) - float(start)) / 1e6
+
+
+def link_rates_mbps(meta: dict[str, Any]) -> dict[str, float]:
+    """Configured link rates from meta.json params: keys like rate1_mbps, rate_mbps, bw_mbps.
+
+    Absent keys simply give no reference lines; non-numeric values are ignored rather than
+    crashing a figure.
+    """
+    params = meta.get("params") or {}
+    rates: dict[str, float] = {}
+    for key, value in sorted(params.items()) if isinstance(params, dict) else []:
+        if not (key.endswith("_mbps") and ("rate" in key or "bw" in key)):
+            continue
+        try:
+            rate = float(value)
+        except (TypeError, ValueError):
+            continue
+        if rate > 0:
+            rates[key] = rate
+    return rates
+
+
+def packet_metrics(df: pd.DataFrame) -> dict[str, Any]:
+    """Headline numbers from one host's packets."""
+    per_conn = subflows_per_connection(df)
+    table = subflows(df)
+    return {
+        "packets": len(df),
+        "malformed_packets": int(df["malformed"].sum()) if "malformed" in df else 0,
+        "option_counts": option_counts(df),
+        "mptcp_connections": len(per_conn),
+        "subflows_per_connection": {int(k): int(v) for k, v in per_conn.items()},
+        "tcp_streams": int(df["tcp_stream"].nunique()),
+        "subflows": table.drop(columns=["label"]).to_dict(orient="records"),
+        "payload_bytes": int(table["bytes"].sum()) if not table.empty else 0,
+        "retransmitted_bytes": int(table["retransmitted_bytes"].sum()) if not table.empty else 0,
+    }
+
+
+def run_metrics(run_dir: Path, host: str | None = None) -> dict[str, Any]:
+    """Metrics of one run: summary fields, goodput, and packet metrics per captured host."""
+    run_dir = Path(run_dir)
+    meta, summary = load_meta(run_dir), load_summary(run_dir)
+    report = load_workload_report(run_dir)
+    result: dict[str, Any] = {
+        "run": run_dir.name,
+        "scenario": summary.get("scenario", meta.get("scenario")),
+        "stack": stack_label(meta, summary),
+        "params": meta.get("params", {}),
+        "summary": summary,
+        "workload_goodput_mbps": mean_goodput_mbps(report),
+        "hosts": {},
+    }
+    hosts = [host] if host else list(run_pcaps(run_dir))
+    for name in hosts:
+        result["hosts"][name] = packet_metrics(read_host_packets(run_dir, name))
+    return result
