@@ -1,0 +1,191 @@
+"""Drivers for the Linux kernel's stacks: `kernel` (upstream MPTCP v1) and `tcp` (plain TCP).
+
+Both only touch the host's own network namespace (sysctls under net.mptcp and
+net.ipv4.tcp_congestion_control are per namespace, and so are MPTCP endpoints and limits):
+nothing system-wide is changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from testbed.errors import EnvironmentProblem, ParameterError, TestbedError
+from testbed.stacks.base import (
+    Endpoint,
+    HostExec,
+    PreparedHost,
+    StackConfig,
+    WorkloadProto,
+    register_stack,
+)
+
+# Before kernel 6.15 the path manager was chosen by number (net.mptcp.pm_type) and there was
+# no list to read; these are the two that existed.
+_LEGACY_PM_TYPES = {"kernel": "0", "userspace": "1"}
+
+
+@dataclass(frozen=True)
+class KernelCapabilities:
+    """What the host's kernel offers, read from its sysctls."""
+
+    path_managers: tuple[str, ...]
+    path_manager_by_name: bool  # net.mptcp.path_manager exists (else pm_type)
+    schedulers: tuple[str, ...]
+    congestion_available: tuple[str, ...]
+    congestion_allowed: tuple[str, ...]  # what a non-initial namespace may make its default
+
+
+def read_sysctl(host: HostExec, key: str) -> str | None:
+    """The value of one sysctl inside `host`, None if the kernel does not have it."""
+    try:
+        return host.run(["sysctl", "-n", key]).strip()
+    except TestbedError:
+        return None
+
+
+def write_sysctl(host: HostExec, key: str, value: str) -> None:
+    try:
+        host.run(["sysctl", "-q", "-w", f"{key}={value}"])
+    except TestbedError as exc:
+        raise EnvironmentProblem(f"{host.name}: cannot set {key}={value}: {exc}") from None
+
+
+def kernel_capabilities(host: HostExec) -> KernelCapabilities:
+    """Read the kernel's MPTCP path managers, schedulers and congestion controls."""
+    if read_sysctl(host, "net.mptcp.enabled") is None:
+        raise EnvironmentProblem(
+            f"{host.name}: this kernel has no MPTCP (no net.mptcp sysctls; needs CONFIG_MPTCP)"
+        )
+    pms = read_sysctl(host, "net.mptcp.available_path_managers")
+    # net.mptcp.available_schedulers came with the BPF scheduler work (6.8); before it the
+    # only scheduler was the built-in one, called "default" once names existed.
+    scheds = read_sysctl(host, "net.mptcp.available_schedulers")
+    available = read_sysctl(host, "net.ipv4.tcp_available_congestion_control") or ""
+    allowed = read_sysctl(host, "net.ipv4.tcp_allowed_congestion_control") or ""
+    return KernelCapabilities(
+        path_managers=tuple(pms.split()) if pms is not None else tuple(_LEGACY_PM_TYPES),
+        path_manager_by_name=pms is not None,
+        schedulers=tuple(scheds.split()) if scheds is not None else ("default",),
+        congestion_available=tuple(available.split()),
+        congestion_allowed=tuple(allowed.split()),
+    )
+
+
+def _check_choice(host: HostExec, what: str, name: str, available: Sequence[str]) -> None:
+    if name not in available:
+        raise ParameterError(
+            f"{host.name}: {what} {name!r} is not available in this kernel; "
+            f"available: {', '.join(available) or '(none)'}"
+        )
+
+
+def set_congestion(host: HostExec, name: str, caps: KernelCapabilities) -> bool:
+    """Make `name` the namespace's default congestion control if the kernel lets a
+    non-initial namespace choose it; return False when only the per-socket setting (the
+    workload's --congestion, TCP_CONGESTION as root) can select it.
+
+    Measured on kernel 6.18: with the namespace default left at bbr, a socket set to cubic
+    has every MPTCP subflow on cubic, on both ends, the joined ones included (`ss -ti`),
+    so the per-socket path is a full substitute; the namespace default only matters for
+    programs that do not set it themselves (iperf3, ping-pong tools).
+    """
+    _check_choice(host, "congestion control", name, caps.congestion_available)
+    if name not in caps.congestion_allowed:
+        # Adding it to net.ipv4.tcp_allowed_congestion_control would be a system-wide change
+        # (that list is global), which a testbed host must not make.
+        return False
+    write_sysctl(host, "net.ipv4.tcp_congestion_control", name)
+    return True
+
+
+@dataclass(frozen=True)
+class KernelMptcpStack:
+    """Linux MPTCP: the in-kernel path manager/scheduler chosen by name, limits, endpoints."""
+
+    name: str = "kernel"
+    workload_proto: WorkloadProto = "mptcp"
+
+    def prepare(
+        self, host: HostExec, endpoints: Sequence[Endpoint], config: StackConfig
+    ) -> PreparedHost:
+        caps = kernel_capabilities(host)
+        # Validate every name before changing anything, so a typo leaves the host untouched.
+        _check_choice(host, "MPTCP path manager", config.path_manager, caps.path_managers)
+        _check_choice(host, "MPTCP scheduler", config.scheduler, caps.schedulers)
+        _check_choice(host, "congestion control", config.congestion, caps.congestion_available)
+
+        write_sysctl(host, "net.mptcp.enabled", "1")
+        write_sysctl(host, "net.mptcp.checksum_enabled", "1" if config.checksum else "0")
+        if caps.path_manager_by_name:
+            write_sysctl(host, "net.mptcp.path_manager", config.path_manager)
+        else:
+            write_sysctl(host, "net.mptcp.pm_type", _LEGACY_PM_TYPES[config.path_manager])
+        if read_sysctl(host, "net.mptcp.scheduler") is not None:
+            write_sysctl(host, "net.mptcp.scheduler", config.scheduler)
+
+        host.run(
+            [
+                "ip", "mptcp", "limits", "set",
+                "subflows", str(config.subflows),
+                "add_addr_accepted", str(config.add_addr_accepted),
+            ]
+        )  # fmt: skip
+        # Flush first: endpoints are per namespace and survive between runs on a long-lived
+        # host, and a stale one would silently add a path.
+        host.run(["ip", "mptcp", "endpoint", "flush"])
+        for ep in endpoints:
+            host.run(["ip", "mptcp", "endpoint", "add", ep.addr, "dev", ep.dev, *sorted(ep.flags)])
+
+        notes: list[str] = []
+        if config.path_manager == "userspace" and endpoints:
+            notes.append("userspace path manager: endpoints are only used by a PM daemon")
+        per_socket_only = not set_congestion(host, config.congestion, caps)
+        if per_socket_only:
+            notes.append(
+                f"{config.congestion} is not in net.ipv4.tcp_allowed_congestion_control: "
+                "selected per socket by the workload only"
+            )
+        return PreparedHost(
+            host=host.name,
+            stack=self.name,
+            workload_proto=self.workload_proto,
+            congestion=config.congestion,
+            congestion_per_socket_only=per_socket_only,
+            notes=notes,
+        )
+
+
+@dataclass(frozen=True)
+class PlainTcpStack:
+    """Plain TCP baseline: the workload opens IPPROTO_TCP sockets; MPTCP is left as it is
+    (not disabled) because a TCP socket never uses it."""
+
+    name: str = "tcp"
+    workload_proto: WorkloadProto = "tcp"
+
+    def prepare(
+        self, host: HostExec, endpoints: Sequence[Endpoint], config: StackConfig
+    ) -> PreparedHost:
+        available = (read_sysctl(host, "net.ipv4.tcp_available_congestion_control") or "").split()
+        allowed = (read_sysctl(host, "net.ipv4.tcp_allowed_congestion_control") or "").split()
+        caps = KernelCapabilities((), False, (), tuple(available), tuple(allowed))
+        per_socket_only = not set_congestion(host, config.congestion, caps)
+        notes = ["plain TCP: MPTCP endpoints are ignored"] if endpoints else []
+        if per_socket_only:
+            notes.append(
+                f"{config.congestion} is not in net.ipv4.tcp_allowed_congestion_control: "
+                "selected per socket by the workload only"
+            )
+        return PreparedHost(
+            host=host.name,
+            stack=self.name,
+            workload_proto=self.workload_proto,
+            congestion=config.congestion,
+            congestion_per_socket_only=per_socket_only,
+            notes=notes,
+        )
+
+
+KERNEL = register_stack(KernelMptcpStack())
+TCP = register_stack(PlainTcpStack())
