@@ -69,7 +69,9 @@ class Report:
     t_start: float | None = None
     t_end: float | None = None
     t_last_data: float | None = None
-    duration_s: float | None = None
+    # The close delay is the workload's own wait, not transfer time: goodput leaves it out.
+    close_wait_s: float = 0.0
+    duration_s: float | None = None  # the interval goodput is computed over (see _finish_times)
     goodput_mbps: float | None = None
     # Receiver only: [seconds since t_start, bytes received in that 100 ms bin].
     series: list[list[float]] = field(default_factory=list)
@@ -194,6 +196,7 @@ def send_stream(
     remaining = close_delay - (time.monotonic() - established_mono)
     if remaining > 0:
         time.sleep(remaining)
+        report.close_wait_s = remaining
     sock.shutdown(socket.SHUT_WR)
     # The receiver closes only after reading everything; its close is our proof of delivery.
     while sock.recv(4096):
@@ -230,9 +233,16 @@ def receive_stream(sock: socket.socket, report: Report, start_mono: float) -> No
 
 
 def _finish_times(report: Report) -> None:
+    """Goodput over the transfer itself: the receiver counts until its last data byte (EOF
+    may come later, after the sender's close delay); the sender until the receiver closed,
+    minus the close delay it slept."""
     if report.t_start is None or report.t_end is None:
         return
-    report.duration_s = max(report.t_end - report.t_start, 1e-9)
+    if report.role == "receiver" and report.t_last_data is not None and report.bytes:
+        end = report.t_last_data
+    else:
+        end = report.t_end - report.close_wait_s
+    report.duration_s = max(end - report.t_start, 1e-9)
     report.goodput_mbps = report.bytes * 8 / report.duration_s / 1e6
 
 
