@@ -247,11 +247,18 @@ def _finish_times(report: Report) -> None:
 
 
 def write_report(report: Report, path: str | None) -> None:
-    """Write atomically (temp file + rename) so a reader never sees half a report."""
+    """Write atomically (temp file + rename) so a reader never sees half a report; a
+    path that is not a regular file (a device, a pipe) is written in place."""
     text = json.dumps(asdict(report), indent=1) + "\n"
     if path is None:
         sys.stdout.write(text)
         sys.stdout.flush()
+        return
+    if os.path.exists(path) and not os.path.isfile(path):
+        # /dev/null, a FIFO, /dev/stdout: renaming over these would replace the device
+        # node itself with a regular file, so write into them instead.
+        with open(path, "w") as f:
+            f.write(text)
         return
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".report-", dir=directory)
