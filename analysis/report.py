@@ -162,9 +162,9 @@ def write_report(run_dirs: Sequence[Path], out_path: Path, analyze: bool = True)
     if len(run_dirs) > 1:
         compare = compare_runs(run_dirs, out_path.parent / "figures",
                                name=f"{out_path.stem}-comparison")
-        png = [p for p in compare if p.suffix == ".png"]
         lines += ["## Comparison", ""]
-        lines += [f"![comparison]({_rel(p, out_path.parent)})" for p in png] + [""]
+        lines += [f"![comparison]({_rel(p, out_path.parent)})" for p in compare
+                  if p.suffix == ".png"] + [""]
     for run_dir in run_dirs:
         run_dir = Path(run_dir)
         lines += [f"## {run_dir.name}", ""]
