@@ -178,6 +178,11 @@ def test_kernel_mptcp_uses_both_paths(hosts: tuple[NsHost, NsHost], tmp_path: Pa
     cli, srv = hosts
     _prepare("kernel", cli, srv)
     assert "subflow" in cli.run(["ip", "mptcp", "endpoint", "show"])
+    # Whether cubic may be a namespace default depends on the root namespace's allowed list;
+    # force the default elsewhere so the check below proves the per-socket choice reaches
+    # every subflow (the path taken when cubic is not allowed).
+    for h in (cli, srv):
+        h.run(["sysctl", "-q", "-w", "net.ipv4.tcp_congestion_control=reno"])
     t = run_transfer(cli, srv, "mptcp", tmp_path)
 
     expected = payload_sha256(7, SIZE)
@@ -248,3 +253,18 @@ def test_kernel_prepare_sets_namespace_state(hosts: tuple[NsHost, NsHost]) -> No
     get_stack("kernel").prepare(cli, [Endpoint("10.0.1.1", "c1")], StackConfig())
     eps = cli.run(["ip", "mptcp", "endpoint", "show"]).strip().splitlines()
     assert len(eps) == 1 and "10.0.1.1" in eps[0]
+
+
+def test_workload_says_when_mptcp_is_disabled(hosts: tuple[NsHost, NsHost], tmp_path: Path) -> None:
+    cli, _ = hosts
+    cli.run(["sysctl", "-q", "-w", "net.mptcp.enabled=0"])
+    report = tmp_path / "c.json"
+    proc = cli.popen(
+        [sys.executable, "-m", "testbed.workload", "client", "--proto", "mptcp",
+         "--connect", "10.0.1.2", "--port", str(PORT), "--report", str(report)],
+        stderr=subprocess.PIPE, cwd=REPO,
+    )  # fmt: skip
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and b"Traceback" not in err
+    error = json.loads(report.read_text())["error"]
+    assert "refused an MPTCP socket" in error and "net.mptcp.enabled=1" in error
