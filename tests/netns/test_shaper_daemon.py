@@ -250,6 +250,34 @@ def test_sigkill_of_daemon_leaves_nothing(namespaces: tuple[int, int]) -> None:
         shaper.stop()
 
 
+def test_sigterm_exits_cleanly(namespaces: tuple[int, int]) -> None:
+    a, b = namespaces
+    shaper = ShaperProcess()
+    shaper.start(seed=5)
+    try:
+        shaper.add_link("l0", TapEnd(a, "sa0"), TapEnd(b, "sb0"), LinkShaping.symmetric())
+        proc = shaper._proc
+        assert proc is not None
+        proc.terminate()
+        assert proc.wait(timeout=5) == 0
+        assert "sa0" not in links_in(a) and "sb0" not in links_in(b)
+    finally:
+        shaper.stop()
+
+
+def test_trace_link_carries_traffic(pair: Pair, tmp_path: Path) -> None:
+    trace = tmp_path / "constant.trace"
+    trace.write_text("1\n")  # one 1500-byte opportunity per ms: 12 Mbit/s
+    connect(pair, LinkShaping(Shaping(trace=str(trace), delay_ms=5), Shaping(delay_ms=5)))
+    ping(pair.a, ADDR_B, 3)
+    result = ping(pair.a, ADDR_B, 20)
+    assert result.received == 20
+    # Waiting for the next opportunity adds up to 1 ms (0.5 on average) to the 10 ms.
+    assert 9.5 <= result.avg_ms <= 11.5, result.rtts_ms
+    a2b = pair.shaper.stats()["links"]["l0"]["a2b"]
+    assert a2b["shaping"]["trace"] == str(trace)
+
+
 def test_controller_death_makes_the_daemon_exit(namespaces: tuple[int, int]) -> None:
     """A controller killed with SIGKILL closes the daemon's stdin: the daemon and TAPs go."""
     a, b = namespaces

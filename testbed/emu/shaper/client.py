@@ -77,7 +77,11 @@ class ShaperProcess:
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       env=env, close_fds=True)
         # A round trip proves it imported and is serving.
-        self.request("stats")
+        try:
+            self.request("stats")
+        except ShaperError:
+            self.stop()
+            raise
 
     def request(self, cmd: str, **params: Any) -> dict[str, Any]:
         """Send one request and wait for its reply; raise ShaperError on `ok: false`."""
