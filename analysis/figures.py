@@ -63,31 +63,47 @@ def _fidelity_ok(summary: dict[str, Any]) -> bool:
     return summary.get("fidelity_ok") is not False
 
 
-def _mark_fidelity(fig: Figure, summary: dict[str, Any]) -> None:
+def _mark_fidelity(fig: Figure, summary: dict[str, Any], which: str = "") -> None:
     # A run whose emulation did not meet its configured rates/delays must not be mistaken for
     # a valid result when the PNG is looked at alone, so the warning is drawn on the figure.
     if _fidelity_ok(summary):
         return
-    fig.text(0.5, 0.5, FIDELITY_WARNING, ha="center", va="center", fontsize=11, color="white",
-             wrap=True, zorder=10,
-             bbox={"boxstyle": "round", "facecolor": "#c0392b", "alpha": 0.85})
+    # supxlabel takes part in the constrained layout, so the banner never hides data.
+    text = f"{FIDELITY_WARNING} ({which})" if which else FIDELITY_WARNING
+    fig.supxlabel(text, fontsize=11, color="white", fontweight="bold",
+                  bbox={"boxstyle": "round", "facecolor": "#c0392b", "edgecolor": "none"})
 
 
 def _draw_rates(ax: Axes, meta: dict[str, Any]) -> None:
+    # Labels go to the legend rather than next to the lines: close rates (5 and 10 Mbit/s on
+    # a 300 Mbit/s axis) would print on top of each other.
     rates = metrics.link_rates_mbps(meta)
-    for key, rate in rates.items():
+    for i, (key, rate) in enumerate(rates.items()):
         name = key.removesuffix("_mbps").replace("_", " ")
-        ax.axhline(rate, color="0.35", linestyle=":", linewidth=1.2, zorder=1)
-        ax.annotate(f"{name} {rate:g} Mbit/s", xy=(1.0, rate), xycoords=("axes fraction", "data"),
-                    xytext=(-4, 3), textcoords="offset points", ha="right", va="bottom",
-                    fontsize=8, color="0.3")
+        ax.axhline(rate, color=str(0.25 + 0.15 * (i % 3)), linestyle=":", linewidth=1.3,
+                   zorder=1, label=f"{name} (configured) {rate:g} Mbit/s")
     if len(rates) > 1:
         total = sum(rates.values())
-        ax.axhline(total, color="0.15", linestyle="--", linewidth=1.0, zorder=1)
-        ax.annotate(f"sum of links {total:g} Mbit/s", xy=(1.0, total),
-                    xycoords=("axes fraction", "data"), xytext=(-4, 3),
-                    textcoords="offset points", ha="right", va="bottom", fontsize=8,
-                    color="0.15")
+        ax.axhline(total, color="0.1", linestyle="--", linewidth=1.1, zorder=1,
+                   label=f"sum of configured rates {total:g} Mbit/s")
+
+
+def _with_last_step(frame: pd.DataFrame, key: str | None, bin_s: float) -> pd.DataFrame:
+    """Repeat each line's last bin at its end time, so steps-post draws the last bin too."""
+    if frame.empty:
+        return frame
+    groups = [g for _, g in frame.groupby(key)] if key else [frame]
+    tails = []
+    for group in groups:
+        tail = group.iloc[[-1]].copy()
+        tail["time_s"] = tail["time_s"] + bin_s
+        tails.append(tail)
+    return pd.concat([frame, *tails], ignore_index=True)
+
+
+def _bin_width(frame: pd.DataFrame) -> float:
+    steps = frame["time_s"].drop_duplicates().sort_values().diff().dropna()
+    return float(steps.min()) if not steps.empty else metrics.DEFAULT_BIN_S
 
 
 def _run_title(meta: dict[str, Any], summary: dict[str, Any], what: str) -> str:
@@ -100,11 +116,13 @@ def plot_throughput(tput: pd.DataFrame, meta: dict[str, Any], summary: dict[str,
     """Throughput over time per subflow (solid) and in total (black), from the capture."""
     with sns.axes_style("whitegrid"), mpl.rc_context(_RC):
         fig, (ax,) = _new_figure()
-        per_subflow = tput[tput["subflow"] != metrics.TOTAL_LABEL]
+        width = _bin_width(tput) if not tput.empty else metrics.DEFAULT_BIN_S
+        per_subflow = _with_last_step(tput[tput["subflow"] != metrics.TOTAL_LABEL],
+                                      "subflow", width)
         if not per_subflow.empty:
             sns.lineplot(data=per_subflow, x="time_s", y="mbps", hue="subflow", ax=ax,
                          linewidth=1.4, palette="colorblind", drawstyle="steps-post")
-        total = tput[tput["subflow"] == metrics.TOTAL_LABEL]
+        total = _with_last_step(tput[tput["subflow"] == metrics.TOTAL_LABEL], None, width)
         if not total.empty:
             ax.step(total["time_s"], total["mbps"], where="post", color="black",
                     linewidth=1.8, label="total")
@@ -115,7 +133,7 @@ def plot_throughput(tput: pd.DataFrame, meta: dict[str, Any], summary: dict[str,
         ax.set_xlim(left=0)
         ax.set_title(_run_title(meta, summary, "Throughput per subflow"))
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(title=None, loc="upper left", frameon=True, framealpha=0.9)
+            ax.legend(title=None, loc="best", frameon=True, framealpha=0.9)
         else:
             ax.text(0.5, 0.5, "no TCP data in the capture", transform=ax.transAxes,
                     ha="center", va="center", color="0.4")
@@ -129,17 +147,19 @@ def plot_goodput(goodput: pd.DataFrame, meta: dict[str, Any], summary: dict[str,
     with sns.axes_style("whitegrid"), mpl.rc_context(_RC):
         fig, (ax,) = _new_figure()
         if not goodput.empty:
+            goodput = _with_last_step(goodput, None, _bin_width(goodput))
             ax.step(goodput["time_s"], goodput["mbps"], where="post", color="#0173b2",
                     linewidth=1.6, label="receiver goodput")
             mean = summary.get("goodput_mbps")
             if mean is not None:
                 ax.axhline(float(mean), color="#de8f05", linewidth=1.2, linestyle="-.",
                            label=f"mean {float(mean):.1f} Mbit/s")
-            ax.legend(loc="upper left", framealpha=0.9)
         else:
             ax.text(0.5, 0.5, "no goodput series in the workload report",
                     transform=ax.transAxes, ha="center", va="center", color="0.4")
         _draw_rates(ax, meta)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower right", framealpha=0.9)
         ax.set_xlabel("Time [s]")
         ax.set_ylabel("Goodput [Mbit/s]")
         ax.set_ylim(bottom=0)
@@ -167,7 +187,8 @@ def plot_comparison(runs: pd.DataFrame, series: pd.DataFrame, base: Path,
     """Bars of mean goodput per stack grouped by parameters, and goodput over time per stack.
 
     `runs`: one row per run with columns stack, group (parameter label), goodput_mbps,
-    fidelity_ok. `series`: long form time_s, mbps, stack, run (may be empty).
+    fidelity_ok. `series`: long form time_s, mbps, stack, run and optionally group (may be
+    empty).
     """
     with sns.axes_style("whitegrid"), mpl.rc_context(_RC):
         fig, (bars, lines) = _new_figure(width=11.0, height=4.2, ncols=2)
@@ -182,8 +203,12 @@ def plot_comparison(runs: pd.DataFrame, series: pd.DataFrame, base: Path,
         bars.set_title("Mean goodput per run")
         bars.tick_params(axis="x", labelrotation=15)
         if not series.empty:
-            sns.lineplot(data=series, x="time_s", y="mbps", hue="stack", ax=lines,
-                         palette="colorblind", errorbar=("pi", 50), linewidth=1.4)
+            # Runs with different parameters are drawn apart (style); only repetitions of
+            # the same stack and parameters are pooled into the median and its band.
+            style = "group" if "group" in series and series["group"].nunique() > 1 else None
+            sns.lineplot(data=series, x="time_s", y="mbps", hue="stack", style=style,
+                         ax=lines, palette="colorblind", errorbar=("pi", 50), linewidth=1.4,
+                         drawstyle="steps-post")
         lines.set_xlabel("Time [s]")
         lines.set_ylabel("Goodput [Mbit/s]")
         lines.set_title("Goodput over time (median, 50% band)")
@@ -191,9 +216,10 @@ def plot_comparison(runs: pd.DataFrame, series: pd.DataFrame, base: Path,
         lines.set_xlim(left=0)
         for ax in (bars, lines):
             if ax.get_legend() is not None:
-                ax.legend(title="stack", loc="upper left", framealpha=0.9)
+                ax.legend(loc="lower right", framealpha=0.9, fontsize=8)
         fig.suptitle(title)
         if "fidelity_ok" in runs and runs["fidelity_ok"].eq(False).any():
-            _mark_fidelity(fig, {"fidelity_ok": False})
+            bad = runs.loc[runs["fidelity_ok"].eq(False), "run"] if "run" in runs else []
+            _mark_fidelity(fig, {"fidelity_ok": False}, which=", ".join(map(str, bad)))
         return save(fig, base)
 

@@ -120,9 +120,10 @@ def compare_runs(run_dirs: Sequence[Path], out_dir: Path,
         if not goodput.empty:
             goodput["stack"] = row.stack
             goodput["run"] = row.run
+            goodput["group"] = row.group
             series_parts.append(goodput)
     series = pd.concat(series_parts, ignore_index=True) if series_parts else pd.DataFrame(
-        columns=["time_s", "bytes", "mbps", "stack", "run"])
+        columns=["time_s", "bytes", "mbps", "stack", "run", "group"])
     scenarios = sorted({str(s) for s in runs["scenario"] if s})
     title = f"Goodput by stack: {', '.join(scenarios)}" if scenarios else "Goodput by stack"
     return figures.plot_comparison(runs, series, Path(out_dir) / name, title=title)
