@@ -269,6 +269,20 @@ def packet_metrics(df: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def nstat_deltas(run_dir: Path) -> dict[str, dict[str, int]]:
+    """Counter changes per host from stats/nstat-<host>-before/after.json (non-zero only)."""
+    stats = Path(run_dir) / "stats"
+    deltas: dict[str, dict[str, int]] = {}
+    for after_path in sorted(stats.glob("nstat-*-after.json")) if stats.is_dir() else []:
+        host = after_path.name.removeprefix("nstat-").removesuffix("-after.json")
+        before = load_json(stats / f"nstat-{host}-before.json")
+        after = load_json(after_path)
+        changed = {name: int(value) - int(before.get(name, 0)) for name, value in after.items()
+                   if isinstance(value, int) and int(value) != int(before.get(name, 0))}
+        deltas[host] = dict(sorted(changed.items()))
+    return deltas
+
+
 def run_metrics(run_dir: Path, host: str | None = None) -> dict[str, Any]:
     """Metrics of one run: summary fields, goodput, and packet metrics per captured host."""
     run_dir = Path(run_dir)
@@ -281,6 +295,7 @@ def run_metrics(run_dir: Path, host: str | None = None) -> dict[str, Any]:
         "params": meta.get("params", {}),
         "summary": summary,
         "workload_goodput_mbps": mean_goodput_mbps(report),
+        "nstat_deltas": nstat_deltas(run_dir),
         "hosts": {},
     }
     hosts = [host] if host else list(run_pcaps(run_dir))

@@ -159,6 +159,17 @@ def test_link_rates_handle_absent_and_bad_keys() -> None:
     assert metrics.link_rates_mbps({"params": None}) == {}
 
 
+def test_nstat_deltas(tmp_path: Path) -> None:
+    (tmp_path / "stats").mkdir()
+    (tmp_path / "stats" / "nstat-h1-before.json").write_text(
+        json.dumps({"MPTcpExtMPJoinSynTx": 1, "TcpActiveOpens": 5}))
+    (tmp_path / "stats" / "nstat-h1-after.json").write_text(
+        json.dumps({"MPTcpExtMPJoinSynTx": 3, "TcpActiveOpens": 5, "MPTcpExtMPCapableSYNTX": 1}))
+    assert metrics.nstat_deltas(tmp_path) == {
+        "h1": {"MPTcpExtMPCapableSYNTX": 1, "MPTcpExtMPJoinSynTx": 2}}
+    assert metrics.nstat_deltas(tmp_path / "absent") == {}
+
+
 def test_stack_label() -> None:
     assert metrics.stack_label({}, {"stack": "kernel"}) == "kernel"
     assert metrics.stack_label({"client_stack": "ours", "server_stack": "kernel"}, {}) == \
@@ -292,3 +303,15 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(run), "--out", str(tmp_path / "r.md")]) == 0
     assert (tmp_path / "r.md").exists()
     assert "r.md" in capsys.readouterr().out
+
+
+def test_empty_capture_gives_empty_frame(tmp_path: Path) -> None:
+    if tshark.shutil.which("tshark") is None:
+        pytest.skip("tshark not installed")
+    # A pcap global header and no packets: what tcpdump leaves on an idle interface.
+    pcap = tmp_path / "idle.pcap"
+    pcap.write_bytes(bytes.fromhex("d4c3b2a1020004000000000000000000800000000100000000"[:48]))
+    df = tshark.read_pcap(pcap)
+    assert df.empty and list(df.columns) == [c.name for c in tshark.COLUMNS]
+    assert tshark.cache_path(pcap).exists()
+    assert tshark.read_pcap(pcap).empty  # from the cache
