@@ -1,1 +1,18 @@
 """Scenarios, the runner and the results directory."""
+
+from __future__ import annotations
+
+from experiments.aggregate import Aggregate
+from experiments.scenario import Scenario
+from testbed.errors import ParameterError
+
+SCENARIOS: dict[str, type[Scenario]] = {cls.name: cls for cls in (Aggregate,)}
+
+
+def get_scenario(name: str) -> type[Scenario]:
+    try:
+        return SCENARIOS[name]
+    except KeyError:
+        raise ParameterError(
+            f"unknown scenario {name!r}; available: {', '.join(sorted(SCENARIOS))}"
+        ) from None

@@ -101,6 +101,11 @@ class ShapedLink(Link):
         if self.backend is not None:
             self.backend.set_down(self, down)
         self.down = down
+        if not down:
+            # The kernel dropped the routes through these interfaces when they went down.
+            for node in (self.intf1.node, self.intf2.node):
+                if getattr(node, "gateways", None) is not None:
+                    node.setup_routing()
 
     def delete(self) -> None:
         if self.backend is not None and self.backend.owns_interfaces:

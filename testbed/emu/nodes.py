@@ -29,6 +29,8 @@ class TestbedHost(Host):
 
     def __init__(self, name: str, ipv6: bool = False, **params: Any) -> None:
         self.ipv6 = ipv6
+        # Interface -> gateway, known once setup_routing has run (None before).
+        self.gateways: dict[str, str] | None = None
         super().__init__(name, inNamespace=True, **params)
 
     @property
@@ -85,30 +87,49 @@ class TestbedHost(Host):
             result.append((intf.name, ipaddress.IPv4Interface(f"{intf.IP()}/{intf.prefixLen}")))
         return result
 
-    def setup_routing(self, gateways: dict[str, str]) -> None:
-        """Default route through the first gateway; per-interface source routing if multi-homed.
+    def setup_routing(self, gateways: dict[str, str] | None = None) -> None:
+        """Default routes through every gateway; per-interface source routing if multi-homed.
 
         Without a rule per source address, the kernel sends every packet through the main
         table's default route, so the second subflow of an MPTCP connection would leave through
         the first interface with the second interface's address and be dropped by the path.
+        Each gateway gets a default route in the main table too, with a metric in interface
+        order, so that the host still has a default route when its first interface goes down
+        (as a multi-homed laptop or phone does).
+
+        The kernel deletes routes through an interface that goes down; calling this again
+        (without arguments, once the interface is up) puts them back.
         """
+        if gateways is not None:
+            self.gateways = dict(gateways)
+        gateways = self.gateways or {}
         addrs = self.addresses()
         with NetNS(self.netns_path) as ns:
-            first = next((name for name, _ in addrs if name in gateways), None)
-            if first is not None:
-                idx = ns.link_lookup(ifname=first)[0]
-                ns.route("replace", dst="0.0.0.0/0", gateway=gateways[first], oif=idx)
-            if len(addrs) < 2:
-                return
             for position, (name, iface) in enumerate(addrs):
+                found = ns.link_lookup(ifname=name)
+                if not found or not self.intf_is_up(ns, found[0]):
+                    continue
+                idx = found[0]
+                if name in gateways:
+                    ns.route("replace", dst="0.0.0.0/0", gateway=gateways[name], oif=idx,
+                             priority=100 + position)
+                if len(addrs) < 2:
+                    continue
                 table = SOURCE_TABLE_BASE + position
-                idx = ns.link_lookup(ifname=name)[0]
-                ns.rule("add", src=str(iface.ip), src_len=32, table=table, priority=1000 + position)
+                rule = {"src": str(iface.ip), "src_len": 32, "table": table,
+                        "priority": 1000 + position}
+                if not ns.get_rules(**rule):
+                    ns.rule("add", **rule)
                 ns.route("replace", dst=str(iface.network), oif=idx, table=table,
                          prefsrc=str(iface.ip), scope="link")
                 if name in gateways:
                     ns.route("replace", dst="0.0.0.0/0", gateway=gateways[name], oif=idx,
                              table=table)
+
+    @staticmethod
+    def intf_is_up(ns: NetNS, index: int) -> bool:
+        link = ns.get_links(index)[0]
+        return bool(link["flags"] & 1)  # IFF_UP
 
 
 class Router(TestbedHost):

@@ -1,0 +1,167 @@
+"""What a scenario is (a topology, the stacks' endpoints, a workload, a timeline of link events,
+capture points and a verdict) and how its parameters are typed, overridden and validated."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from mininet.topo import Topo
+
+from testbed.emu.linkparams import Shaping
+from testbed.errors import ParameterError
+from testbed.stacks.base import Endpoint
+
+
+@dataclass(frozen=True)
+class LinkEvent:
+    """At `at_s` seconds after the workload starts: change a link's shaping, or take it down/up."""
+
+    at_s: float
+    link: str
+    action: str  # "set", "down" or "up"
+    direction: str = "both"
+    shaping: Shaping | None = None
+
+    def __post_init__(self) -> None:
+        if self.at_s < 0:
+            raise ParameterError(f"link event time must be >= 0, got {self.at_s}")
+        if self.action not in ("set", "down", "up"):
+            raise ParameterError(f"link event action must be set, down or up, got {self.action!r}")
+        if (self.action == "set") != (self.shaping is not None):
+            raise ParameterError("a 'set' link event needs shaping, and only 'set' takes it")
+
+
+@dataclass(frozen=True)
+class Workload:
+    direction: str = "upload"  # upload: the client sends
+    bytes: int | None = None
+    seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("upload", "download"):
+            raise ParameterError(f"direction must be upload or download, got {self.direction!r}")
+        if (self.bytes is None) == (self.seconds is None):
+            raise ParameterError("a workload runs for a number of bytes or of seconds, not both")
+        if self.bytes is not None and self.bytes <= 0:
+            raise ParameterError(f"workload size must be positive, got {self.bytes}")
+        if self.seconds is not None and self.seconds <= 0:
+            raise ParameterError(f"workload duration must be positive, got {self.seconds}")
+
+
+@dataclass
+class CommonParams:
+    """Parameters every scenario takes (settable with --set like the scenario's own)."""
+
+    congestion: str = "cubic"
+    scheduler: str = "default"
+    path_manager: str = "kernel"
+    checksum: bool = False
+    capture: bool = True
+    snaplen: int = 128
+    port: int = 5201
+    timeout_s: float = 120.0
+    sample_interval_s: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise ParameterError(f"port must be within 1..65535, got {self.port}")
+        if self.timeout_s <= 0:
+            raise ParameterError(f"timeout_s must be positive, got {self.timeout_s}")
+        if self.snaplen < 96:
+            raise ParameterError(f"snaplen below 96 bytes would cut TCP options, got {self.snaplen}")
+        if self.sample_interval_s < 0.01:
+            raise ParameterError(f"sample_interval_s must be >= 0.01, got {self.sample_interval_s}")
+
+
+def _convert(name: str, text: str, annotation: Any) -> Any:
+    """Turn a --set value into the field's type (int, float, bool, str, or None for optionals)."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if text.lower() in ("none", "null", ""):
+            return None
+        annotation = options[0]
+    try:
+        if annotation is bool:
+            lowered = text.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if annotation is int:
+            return int(text)
+        if annotation is float:
+            return float(text)
+        return str(text)
+    except ValueError:
+        raise ParameterError(
+            f"--set {name}={text}: expected {getattr(annotation, '__name__', annotation)}"
+        ) from None
+
+
+def parse_overrides(params_type: type, overrides: Sequence[str]) -> Any:
+    """Build a scenario's parameters from `key=value` strings; unknown keys are an error."""
+    hints = typing.get_type_hints(params_type)
+    known = {f.name for f in dataclasses.fields(params_type)}
+    values: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ParameterError(f"--set expects key=value, got {item!r}")
+        if key not in known:
+            raise ParameterError(
+                f"unknown parameter {key!r}; this scenario takes: {', '.join(sorted(known))}"
+            )
+        values[key] = _convert(key, text.strip(), hints[key])
+    return params_type(**values)
+
+
+@dataclass
+class Scenario(ABC):
+    """A scenario instance: validated parameters plus everything the runner needs to know."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    params_type: ClassVar[type[CommonParams]]
+
+    params: Any
+    client: str = field(default="client", init=False)
+    server: str = field(default="server", init=False)
+
+    @abstractmethod
+    def topology(self) -> Topo: ...
+
+    @abstractmethod
+    def server_address(self) -> str: ...
+
+    def client_endpoints(self) -> list[Endpoint]:
+        """Kernel MPTCP endpoints on the client (addresses beyond the first, with flags)."""
+        return []
+
+    def server_endpoints(self) -> list[Endpoint]:
+        return []
+
+    @abstractmethod
+    def workload(self) -> Workload: ...
+
+    def timeline(self) -> list[LinkEvent]:
+        return []
+
+    def capture_points(self) -> list[tuple[str, str]]:
+        """(host, interface) pairs to capture on."""
+        return []
+
+    def configured_rates(self) -> dict[str, float]:
+        """Link name -> configured rate (Mbit/s), for the fidelity check and the figures."""
+        return {}
+
+    def evaluate(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Scenario-specific verdicts added to summary.json (e.g. a published bound)."""
+        return {}

@@ -1,0 +1,99 @@
+"""Suites: named sets of runs (scenario, parameters, stacks) that `make experiment` and
+`testbed suite` execute, resuming where a previous invocation stopped, then compare and report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from testbed.errors import ParameterError, TestbedError
+
+STACKS = ("kernel", "tcp")
+
+
+@dataclass(frozen=True)
+class Case:
+    scenario: str
+    label: str
+    overrides: tuple[str, ...]
+
+
+def _aggregate_cases(full: bool) -> list[Case]:
+    """The simult_flows.sh cases: equal and unequal rates, symmetric and opposed delays."""
+    rates = [(10, 10), (15, 5)]
+    delays = [(0, 0), (1, 25), (25, 1)] if full else [(0, 0), (1, 25)]
+    directions = ["upload", "download"] if full else ["upload"]
+    cases = []
+    for r1, r2 in rates:
+        for d1, d2 in delays:
+            for direction in directions:
+                label = f"r{r1}-{r2}_d{d1}-{d2}_{direction}"
+                cases.append(Case("aggregate", label, (
+                    f"rate1_mbps={r1}", f"rate2_mbps={r2}", f"delay1_ms={d1}",
+                    f"delay2_ms={d2}", f"direction={direction}")))
+    return cases
+
+
+SUITES = {"default": _aggregate_cases}
+
+
+def _complete(run_dir: Path) -> bool:
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return not summary.get("interrupted") and bool(summary.get("sha256_match"))
+
+
+def run_suite(name: str, results: Path, link_backend: str, seed: int, full: bool) -> int:
+    from testbed.cli import run_one
+
+    if name not in SUITES:
+        raise ParameterError(f"unknown suite {name!r}; available: {', '.join(sorted(SUITES))}")
+    cases = SUITES[name](full)
+    root = results / name
+    runs = [(case, stack) for case in cases for stack in STACKS]
+    failed: list[str] = []
+    for number, (case, stack) in enumerate(runs, 1):
+        run_dir = root / case.label / stack
+        tag = f"[{number}/{len(runs)}] {case.scenario} {case.label} {stack}"
+        if _complete(run_dir):
+            print(f"{tag}: already complete, kept", file=sys.stderr)
+            continue
+        print(f"{tag}", file=sys.stderr)
+        try:
+            run_one(case.scenario, case.overrides, stack, stack, link_backend, seed, run_dir,
+                    results, analyze=True)
+        except TestbedError as exc:
+            failed.append(f"{tag}: {exc}")
+            print(f"{tag}: failed: {exc}", file=sys.stderr)
+        if not _complete(run_dir):
+            failed.append(f"{tag}: incomplete (see {run_dir}/summary.json)")
+    redraw(results, name)
+    for line in failed:
+        print(f"FAILED {line}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def redraw(results: Path, name: str | None = None) -> int:
+    """Comparison figures and the report of one suite (or of every suite found)."""
+    from analysis import compare_runs, write_report
+
+    names = [name] if name else sorted(p.name for p in results.iterdir() if p.is_dir()) \
+        if results.is_dir() else []
+    drawn = 0
+    for suite in names:
+        run_dirs = sorted(p.parent for p in (results / suite).glob("*/*/summary.json"))
+        if not run_dirs:
+            continue
+        figures = compare_runs(run_dirs, results / suite / "figures")
+        report = results / suite / "report.md"
+        write_report(run_dirs, report)
+        drawn += 1
+        print(f"{suite}: {len(run_dirs)} runs, {len(figures)} figure files, report {report}")
+    if not drawn:
+        print(f"no results under {results}; run `make experiment` first", file=sys.stderr)
+        return 1
+    return 0
