@@ -188,7 +188,8 @@ class Run:
         self.prepared = {"client": asdict(client_prep), "server": asdict(server_prep)}
         endpoints = (self.scenario.client, self.scenario.server)
         for name in endpoints:
-            _write_json(stats_dir / f"nstat-{name}-before.json", stats.nstat_snapshot(emu.host(name)))
+            _write_json(stats_dir / f"nstat-{name}-before.json",
+                        stats.nstat_snapshot(emu.host(name)))
         samplers = [
             emu.popen(emu.host(name),
                       stats.sampler_argv(stats_dir / f"subflows-{name}.csv",

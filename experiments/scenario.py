@@ -74,7 +74,8 @@ class CommonParams:
         if self.timeout_s <= 0:
             raise ParameterError(f"timeout_s must be positive, got {self.timeout_s}")
         if self.snaplen < 96:
-            raise ParameterError(f"snaplen below 96 bytes would cut TCP options, got {self.snaplen}")
+            raise ParameterError(
+                f"snaplen below 96 bytes would cut TCP options, got {self.snaplen}")
         if self.sample_interval_s < 0.01:
             raise ParameterError(f"sample_interval_s must be >= 0.01, got {self.sample_interval_s}")
 

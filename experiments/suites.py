@@ -79,7 +79,7 @@ def run_suite(name: str, results: Path, link_backend: str, seed: int, full: bool
 
 def redraw(results: Path, name: str | None = None) -> int:
     """Comparison figures and the report of one suite (or of every suite found)."""
-    from analysis import compare_runs, write_report
+    from analysis.report import compare_runs, write_report
 
     names = [name] if name else sorted(p.name for p in results.iterdir() if p.is_dir()) \
         if results.is_dir() else []

@@ -64,7 +64,7 @@ def run_one(scenario_name: str, overrides: Sequence[str], client_stack: str, ser
         print(f"{run.run_id}", file=sys.stderr)
     run_dir = run.execute()
     if analyze and not run.summary.get("interrupted"):
-        from analysis import analyze_run
+        from analysis.report import analyze_run
 
         analyze_run(run_dir)
     s = run.summary
@@ -91,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from analysis import analyze_run
+    from analysis.report import analyze_run
 
     for run_dir in args.run_dirs:
         metrics = analyze_run(Path(run_dir))

@@ -38,8 +38,9 @@ def start_capture(emu: Emulation, host: str, intf: str, path: Path, snaplen: int
                   ready_timeout: float = 10.0) -> Capture:
     """Start tcpdump and wait until it listens, so the capture misses no handshake."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    argv = ["tcpdump", "-i", intf, "-s", str(snaplen), "-n", "-U", "-Z", "root",
-            "-w", str(path)]
+    # --immediate-mode: without it a quiet interface can lose its buffered packets at SIGTERM.
+    argv = ["tcpdump", "-i", intf, "-s", str(snaplen), "-n", "-U", "--immediate-mode",
+            "-Z", "root", "-w", str(path)]
     proc = emu.popen(emu.host(host), argv, f"tcpdump {intf}",
                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stderr is not None
