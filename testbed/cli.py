@@ -128,7 +128,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from testbed.emu.bench import bench_links
 
     return bench_links(args.link_backend, args.seed, rate_mbps=args.rate, delay_ms=args.delay,
-                       loss_pct=args.loss, seconds=args.seconds)
+                       loss_pct=args.loss, seconds=args.seconds, out=args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delay", type=float, default=10.0, help="configured one-way delay, ms")
     p.add_argument("--loss", type=float, default=1.0, help="configured loss, percent")
     p.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement")
+    p.add_argument("--out", type=Path, help="also write the results as JSON to this file")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("clean", help="remove what crashed or killed runs left behind")

@@ -19,13 +19,24 @@ from topologies.two_path import CLIENT_ADDRS, SERVER_ADDR, TwoPathTopo
 
 
 def leftovers() -> list[str]:
-    """Mininet shells, shapers and root-namespace interfaces that a test could have left."""
-    found = subprocess.run(["pgrep", "-af", "mininet:|testbed.emu.shaper"], capture_output=True,
-                           text=True, check=False).stdout.splitlines()
+    """Processes in network namespaces other than the root one (Mininet shells, workloads,
+    tcpdump, the shaper's TAPs' namespaces), and emulated interfaces in the root namespace."""
+    root = os.stat("/proc/self/ns/net").st_ino
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            inode = os.stat(f"/proc/{entry}/ns/net").st_ino
+            cmdline = open(f"/proc/{entry}/cmdline", "rb").read().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if inode != root or b"testbed.emu.shaper" in cmdline:
+            found.append(f"{entry} {cmdline.decode(errors='replace').strip()}")
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True,
                            check=True).stdout
     names = re.findall(r"^\d+: ([^:@]+)", links, flags=re.M)
-    return found + [n for n in names if n.startswith(("client-", "router-", "server-"))]
+    return sorted(found) + [n for n in names if n.startswith(("client-", "router-", "server-"))]
 
 
 @pytest.fixture

@@ -1,0 +1,64 @@
+"""The netem backend's translation of shaping into qdiscs (the kernel here has no sch_netem, so
+the netlink calls are recorded by a fake; tests/netns checks the real kernel where it can)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from testbed.emu.linkparams import Shaping
+from testbed.emu.netem import NETEM_HANDLE, TBF_HANDLE, TBF_PARENT, NetemShaper
+from testbed.errors import BackendUnsupported
+
+
+class FakeNetNS:
+    calls: list[tuple[Any, ...]] = []
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __enter__(self) -> FakeNetNS:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def link_lookup(self, ifname: str) -> list[int]:
+        return [7] if ifname == "h1-eth0" else []
+
+    def tc(self, *args: Any, **kwargs: Any) -> None:
+        FakeNetNS.calls.append((*args, kwargs))
+
+
+@pytest.fixture(autouse=True)
+def reset() -> None:
+    FakeNetNS.calls = []
+
+
+def test_netem_then_tbf_with_the_queue_as_byte_limit() -> None:
+    shaper = NetemShaper("/proc/1/ns/net", "h1-eth0", open_netns=FakeNetNS)
+    shaper.apply(Shaping(rate_mbps=10, delay_ms=25, jitter_ms=2, loss_pct=1.5, queue_pkts=40),
+                 create=True)
+    (verb1, kind1, index1, netem), (verb2, kind2, index2, tbf) = FakeNetNS.calls
+    assert (verb1, kind1, index1, verb2, kind2, index2) == ("add", "netem", 7, "add", "tbf", 7)
+    assert netem["handle"] == NETEM_HANDLE
+    assert netem["delay"] == 25_000 and netem["jitter"] == 2_000  # microseconds
+    assert netem["loss"] == 1.5
+    assert tbf["parent"] == TBF_PARENT and tbf["handle"] == TBF_HANDLE
+    assert tbf["rate"] == "10000000bit"
+    assert tbf["limit"] == 40 * 1514
+
+
+def test_a_change_keeps_the_qdiscs_and_changes_them_in_place() -> None:
+    shaper = NetemShaper("/proc/1/ns/net", "h1-eth0", open_netns=FakeNetNS)
+    shaper.apply(Shaping(rate_mbps=5), create=False)
+    assert [call[0] for call in FakeNetNS.calls] == ["change", "change"]
+
+
+def test_what_netem_cannot_do_is_an_error_not_a_silent_no_op() -> None:
+    with pytest.raises(BackendUnsupported, match="userspace backend"):
+        NetemShaper.check(Shaping(trace="cellular.down"))
+    shaper = NetemShaper("/proc/1/ns/net", "missing0", open_netns=FakeNetNS)
+    with pytest.raises(BackendUnsupported, match="no interface missing0"):
+        shaper.apply(Shaping(rate_mbps=5), create=True)
