@@ -9,6 +9,7 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -28,7 +29,7 @@ def leftovers() -> list[str]:
             continue
         try:
             inode = os.stat(f"/proc/{entry}/ns/net").st_ino
-            cmdline = open(f"/proc/{entry}/cmdline", "rb").read().replace(b"\0", b" ")
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
         if inode != root or b"testbed.emu.shaper" in cmdline:

@@ -3,7 +3,7 @@ the netlink calls are recorded by a fake; tests/netns checks the real kernel whe
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -13,7 +13,7 @@ from testbed.errors import BackendUnsupported
 
 
 class FakeNetNS:
-    calls: list[tuple[Any, ...]] = []
+    calls: ClassVar[list[tuple[Any, ...]]] = []
 
     def __init__(self, path: str) -> None:
         self.path = path
