@@ -408,8 +408,19 @@ def measure_capacity(emu: Emulation, seconds: float) -> CapacityMeasurement | No
 
 @contextlib.contextmanager
 def _signals_as_keyboard_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP end the bench like Ctrl-C, so the same cleanup runs."""
+    """SIGTERM and SIGHUP end the bench like Ctrl-C, so the same cleanup runs.
+
+    Only in this process: pyroute2's NetNS forks helper children that inherit the handler, and
+    pyroute2 ends them with SIGTERM. Raising there would run our cleanup in the child (stopping
+    the parent's shaper); a child must die of the signal as it would have without us.
+    """
+    owner = os.getpid()
+
     def raise_interrupt(signum: int, frame: object) -> None:
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     previous = {sig: signal.signal(sig, raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
