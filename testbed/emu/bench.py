@@ -96,8 +96,11 @@ def wilson_interval(successes: int, trials: int,
     z2n = z * z / trials
     centre = (p + z2n / 2) / (1 + z2n)
     half = z * math.sqrt(p * (1 - p) / trials + z2n / (4 * trials)) / (1 + z2n)
-    # Clamp the rounding error at the ends (p = 0 or 1 give exactly 0 or 1 in exact arithmetic).
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # In exact arithmetic p = 0 gives a lower bound of exactly 0 and p = 1 an upper bound of
+    # exactly 1; floating point misses by an ulp, which would fail a 0 % or 100 % link.
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == trials else min(1.0, centre + half)
+    return low, high
 
 
 def rtt_tolerance_ms(configured_ms: float) -> float:
@@ -243,9 +246,9 @@ def _link_counters(emu: Emulation, direction: str) -> dict[str, Any] | None:
 
 
 def _ping(emu: Emulation, count: int, interval_s: float) -> str:
-    # -W bounds the wait for the last replies; the deadline keeps a dead link from hanging us.
-    argv = ["ping", "-n", "-c", str(count), "-i", f"{interval_s:g}", "-W", "2",
-            "-w", f"{count * interval_s + 10:.0f}", B_ADDR]
+    # No -w: with a deadline ping keeps sending until `count` replies came back, which would
+    # hide losses. -W bounds the wait for the last replies; the timeout below bounds the rest.
+    argv = ["ping", "-n", "-c", str(count), "-i", f"{interval_s:g}", "-W", "2", B_ADDR]
     # ping exits 1 when some echo went unanswered, which is the point of the loss check.
     proc = emu.popen(emu.host("a"), argv, "ping", stdout=subprocess.PIPE,
                      stderr=subprocess.PIPE)
