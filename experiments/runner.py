@@ -73,7 +73,11 @@ def _write_json(path: Path, data: Any) -> None:
 @contextlib.contextmanager
 def _interrupts_as_keyboard_interrupt() -> Iterator[None]:
     """SIGTERM (and SIGHUP) end the run like Ctrl-C: cleanup runs and results are kept."""
+    runner = os.getpid()
+
     def raise_interrupt(signum: int, frame: object) -> None:
+        if os.getpid() != runner:  # a forked copy (a library's helper) must not run our code
+            os._exit(128 + signum)
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     previous = {sig: signal.signal(sig, raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}

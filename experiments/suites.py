@@ -47,6 +47,13 @@ def _complete(run_dir: Path) -> bool:
     return not summary.get("interrupted") and bool(summary.get("sha256_match"))
 
 
+def _interrupted(run_dir: Path) -> bool:
+    try:
+        return bool(json.loads((run_dir / "summary.json").read_text()).get("interrupted"))
+    except (OSError, ValueError):
+        return False
+
+
 def run_suite(name: str, results: Path, link_backend: str, seed: int, full: bool) -> int:
     from testbed.cli import run_one
 
@@ -69,6 +76,10 @@ def run_suite(name: str, results: Path, link_backend: str, seed: int, full: bool
         except TestbedError as exc:
             failed.append(f"{tag}: {exc}")
             print(f"{tag}: failed: {exc}", file=sys.stderr)
+        if _interrupted(run_dir):
+            print(f"{tag}: interrupted; the suite stops here. Run it again to resume: "
+                  "complete runs are kept.", file=sys.stderr)
+            return 130
         if not _complete(run_dir):
             failed.append(f"{tag}: incomplete (see {run_dir}/summary.json)")
     redraw(results, name)

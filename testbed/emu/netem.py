@@ -13,9 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pyroute2 import NetNS
-
 from testbed.emu.linkparams import MTU_BYTES, Shaping
+from testbed.emu.netns import netlink
 from testbed.errors import BackendUnsupported
 
 NETEM_HANDLE = 0x10000  # 1:
@@ -32,7 +31,7 @@ class NetemShaper:
     """Shaping of one interface inside one network namespace."""
 
     def __init__(self, netns_path: str, ifname: str,
-                 open_netns: Callable[[str], Any] = NetNS) -> None:
+                 open_netns: Callable[[str], Any] = netlink) -> None:
         self.netns_path = netns_path
         self.ifname = ifname
         self.open_netns = open_netns

@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from mininet.node import Host
-from pyroute2 import NetNS
+from pyroute2 import IPRoute
 
+from testbed.emu.netns import netlink
 from testbed.errors import TestbedError
 
 # Routing tables used for per-interface source routing; 100 + interface index keeps clear of
@@ -104,7 +105,7 @@ class TestbedHost(Host):
             self.gateways = dict(gateways)
         gateways = self.gateways or {}
         addrs = self.addresses()
-        with NetNS(self.netns_path) as ns:
+        with netlink(self.netns_path) as ns:
             for position, (name, iface) in enumerate(addrs):
                 found = ns.link_lookup(ifname=name)
                 if not found or not self.intf_is_up(ns, found[0]):
@@ -127,7 +128,7 @@ class TestbedHost(Host):
                              table=table)
 
     @staticmethod
-    def intf_is_up(ns: NetNS, index: int) -> bool:
+    def intf_is_up(ns: IPRoute, index: int) -> bool:
         link = ns.get_links(index)[0]
         return bool(link["flags"] & 1)  # IFF_UP
 

@@ -6,7 +6,6 @@ descriptor closes, so a shaper that dies for any reason leaves no interface behi
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
@@ -14,6 +13,7 @@ import re
 import socket
 import struct
 
+from testbed.emu.netns import setns
 from testbed.errors import TestbedError
 
 # <linux/if_tun.h>
@@ -28,25 +28,13 @@ SIOCSIFMTU = 0x8922
 SIOCSIFHWADDR = 0x8924
 IFF_UP = 0x1
 ARPHRD_ETHER = 1
-CLONE_NEWNET = 0x40000000
 
 IFNAMSIZ = 16
 _IFREQ_SIZE = 40  # sizeof(struct ifreq) on 64-bit Linux
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
 class TapError(TestbedError):
     """A TAP device could not be created or configured."""
-
-
-def _setns(fd: int) -> None:
-    # Python 3.11 has no os.setns (3.12 added it). setns(2) moves only the calling thread,
-    # which is all a single-threaded daemon needs.
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
 
 
 def _ifreq(name: bytes, payload: bytes = b"") -> bytes:
@@ -100,7 +88,7 @@ def create_tap(pid: int, ifname: str, mac: str | None = None, mtu: int | None = 
     home_ns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     tap_fd = -1
     try:
-        _setns(target_ns)
+        setns(target_ns)
         try:
             # The TAP is created in the namespace of the thread that opens /dev/net/tun.
             tap_fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -108,7 +96,7 @@ def create_tap(pid: int, ifname: str, mac: str | None = None, mtu: int | None = 
             _configure(tap_fd, name, mac_raw, mtu)
         finally:
             # Always go home, or every later TAP and socket of this process would land there.
-            _setns(home_ns)
+            setns(home_ns)
     except OSError as exc:
         if tap_fd >= 0:
             os.close(tap_fd)
