@@ -130,4 +130,5 @@ def test_bad_parameters_are_refused_before_anything_is_created(params: dict[str,
         validate(**args)
     # bench_links refuses them before asking for root, tools or a backend: no root needed here.
     with pytest.raises(ParameterError):
-        bench_links("userspace", 1, **args)
+        bench_links("userspace", 1, rate_mbps=args["rate_mbps"], delay_ms=args["delay_ms"],
+                    loss_pct=args["loss_pct"], seconds=args["seconds"])
