@@ -79,6 +79,11 @@ class Aggregate(Scenario):
     def capture_points(self) -> list[tuple[str, str]]:
         return [("client", "client-eth0"), ("client", "client-eth1")]
 
+    def label(self) -> str:
+        p = self.params
+        return (f"{p.rate1_mbps:g}+{p.rate2_mbps:g} Mbit/s, {p.delay1_ms:g}/{p.delay2_ms:g} ms"
+                + (", download" if p.direction == "download" else ""))
+
     def configured_rates(self) -> dict[str, float]:
         return {"path1": self.params.rate1_mbps, "path2": self.params.rate2_mbps}
 

@@ -129,6 +129,7 @@ class Run:
         meta = {
             "scenario": self.scenario.name,
             "run_id": self.run_id,
+            "label": self.scenario.label(),
             "params": asdict(self.params),
             "seed": self.options.seed,
             "stack": self.stack_label,

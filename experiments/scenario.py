@@ -159,6 +159,10 @@ class Scenario(ABC):
         """(host, interface) pairs to capture on."""
         return []
 
+    def label(self) -> str:
+        """A short human label of this case for figures (e.g. "10+10 Mbit/s, 0/0 ms")."""
+        return self.name
+
     def configured_rates(self) -> dict[str, float]:
         """Link name -> configured rate (Mbit/s), for the fidelity check and the figures."""
         return {}

@@ -51,7 +51,13 @@ class Emulation:
         self.net: Mininet | None = None
 
     def __enter__(self) -> Emulation:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            # __exit__ does not run when __enter__ fails: a half-built network (or a Ctrl-C
+            # while building) must still be taken down.
+            self.stop()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
