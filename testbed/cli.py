@@ -125,7 +125,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from testbed.emu.bench import bench_links
+    from experiments.bench import bench_links
 
     return bench_links(args.link_backend, args.seed, rate_mbps=args.rate, delay_ms=args.delay,
                        loss_pct=args.loss, seconds=args.seconds, out=args.out)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from testbed.emu.bench import (
+from experiments.bench import (
     CheckResult,
     bench_links,
     capacity_needed_fps,
