@@ -76,7 +76,7 @@ class Aggregate(Scenario):
         return Workload(direction=self.params.direction,
                         bytes=round(self.params.size_mib * 1024 * 1024))
 
-    def capture_points(self) -> list[tuple[str, str]]:
+    def default_capture_points(self) -> list[tuple[str, str]]:
         return [("client", "client-eth0"), ("client", "client-eth1")]
 
     def label(self) -> str:

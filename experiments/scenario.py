@@ -63,6 +63,9 @@ class CommonParams:
     path_manager: str = "kernel"
     checksum: bool = False
     capture: bool = True
+    # Interfaces to capture on, comma-separated ("client-eth0,server-eth0"); empty: the
+    # scenario's own choice. The host is the part of the name before its last '-'.
+    capture_on: str = ""
     snaplen: int = 128
     port: int = 5201
     timeout_s: float = 120.0
@@ -76,6 +79,10 @@ class CommonParams:
         if self.snaplen < 96:
             raise ParameterError(
                 f"snaplen below 96 bytes would cut TCP options, got {self.snaplen}")
+        for name in filter(None, self.capture_on.split(",")):
+            if "-" not in name.strip().strip("-"):
+                raise ParameterError(
+                    f"capture_on: {name!r} is not a host interface name like client-eth0")
         if self.sample_interval_s < 0.01:
             raise ParameterError(f"sample_interval_s must be >= 0.01, got {self.sample_interval_s}")
 
@@ -156,7 +163,14 @@ class Scenario(ABC):
         return []
 
     def capture_points(self) -> list[tuple[str, str]]:
-        """(host, interface) pairs to capture on."""
+        """(host, interface) pairs to capture on: the `capture_on` parameter, else the
+        scenario's default_capture_points()."""
+        chosen = [name.strip() for name in self.params.capture_on.split(",") if name.strip()]
+        if chosen:
+            return [(name.rsplit("-", 1)[0], name) for name in chosen]
+        return self.default_capture_points()
+
+    def default_capture_points(self) -> list[tuple[str, str]]:
         return []
 
     def label(self) -> str:

@@ -31,3 +31,14 @@ def test_list_names_the_scenarios_and_their_parameters(
     out = capsys.readouterr().out
     assert out.startswith("aggregate:")
     assert "rate1_mbps = 10.0" in out
+
+
+def test_without_root_the_run_says_why_and_creates_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    out = tmp_path / "run"
+    assert main(["run", "aggregate", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "needs root" in err and "network namespaces" in err
+    assert not out.exists()

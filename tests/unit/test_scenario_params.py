@@ -83,3 +83,12 @@ def test_aggregate_bound_is_the_selftest_formula() -> None:
     assert sorted(topo.hosts()) == ["client", "router", "server"]
     shaped = [info["shaping"] for _, _, info in topo.links(withInfo=True) if info["shaping"]]
     assert [s.a2b.rate_mbps for s in shaped] == [10.0, 10.0]
+
+
+def test_capture_points_default_to_the_scenario_and_can_be_chosen() -> None:
+    assert Aggregate(AggregateParams()).capture_points() == [
+        ("client", "client-eth0"), ("client", "client-eth1")]
+    chosen = Aggregate(parse_overrides(AggregateParams, ["capture_on=server-eth0,router-eth2"]))
+    assert chosen.capture_points() == [("server", "server-eth0"), ("router", "router-eth2")]
+    with pytest.raises(ParameterError, match="capture_on"):
+        parse_overrides(AggregateParams, ["capture_on=eth0"])
