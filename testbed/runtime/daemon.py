@@ -1,0 +1,540 @@
+"""The stack daemon of one emulated host: packet sockets on the host's interfaces, the TCP
+core, the application API on a Unix socket, and the event loop that feeds them with frames
+and time.
+
+    python -m testbed.runtime.daemon --control /run/mptcp-testbed/HOST.sock
+        --iface client-eth0=10.0.1.1/24,gw=10.0.1.254 [--iface ...] [--pcap FILE] [--seed N]
+        [--congestion cubic]
+
+It prints `READY` (flushed) once the control socket listens. SIGTERM or SIGINT ends it: the
+control socket is removed, every descriptor closed, and the interfaces go back to the kernel.
+
+The frames come from AF_PACKET sockets bound to the host's own interfaces, which carry no
+IPv4 address while the daemon runs (the driver removes it): the kernel then neither answers
+ARP for our address nor resets our connections, and the frame reaches us one hop earlier
+than through a bridge and a TAP, with nothing to create or remove.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import fcntl
+import ipaddress
+import json
+import os
+import random
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from testbed.errors import ParameterError
+from testbed.runtime.network import NetworkLayer
+from testbed.runtime.requests import (
+    AcceptRequest,
+    ConnectRequest,
+    ListenRequest,
+    RequestError,
+    StatsRequest,
+    error_reply,
+    ok_reply,
+    parse_request,
+)
+from testbed.runtime.routes import Interface, parse_iface_spec
+
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_IGNORE_OUTGOING = 23  # Linux 4.20: our own transmissions are not looped back to us
+SIOCGIFMTU = 0x8921
+FRAMES_PER_WAKEUP = 256  # bound the time one busy interface can keep the others waiting
+APP_CHUNK = 256 * 1024
+FINISHED_KEPT = 64  # closed connections whose final state a stats query can still see
+
+
+def _ip(addr: bytes) -> str:
+    return str(ipaddress.IPv4Address(addr))
+
+
+def open_packet_socket(ifname: str) -> tuple[socket.socket, bytes, int]:
+    """A non-blocking packet socket on `ifname`, its MAC and its MTU."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_NONBLOCK,
+                         socket.htons(ETH_P_ALL))
+    try:
+        sock.bind((ifname, ETH_P_ALL))
+        sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        # Large buffers absorb a burst while Python is busy in the TCP core.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        mac = bytes(sock.getsockname()[4])
+        ifreq = fcntl.ioctl(sock, SIOCGIFMTU, struct.pack("16s16x", ifname.encode()))
+        (mtu,) = struct.unpack_from("i", ifreq, 16)
+    except OSError:
+        sock.close()
+        raise
+    return sock, mac, mtu
+
+
+@dataclass
+class AppConn:
+    """One Unix connection of an application, through its life: request, then a listener,
+    a pending connect or accept, a byte stream, or a stats reply."""
+
+    sock: socket.socket
+    state: str = "request"  # request | connecting | accepting | stream | listener | closing
+    inbuf: bytearray = field(default_factory=bytearray)
+    to_app: bytearray = field(default_factory=bytearray)
+    conn: Any = None  # TcpConnection
+    listener: Any = None
+    port: int = 0
+    app_eof: bool = False  # the app shut down its sending side (or went away)
+    sent_fin_to_app: bool = False
+    interest: int = 0
+
+
+class StackDaemon:
+    def __init__(self, interfaces: list[Interface], sockets: dict[str, socket.socket],
+                 control: socket.socket, tcp: Any, pcap: Any = None) -> None:
+        self.sockets = sockets
+        self.control = control
+        self.tcp = tcp
+        self.pcap = pcap
+        tap = None if pcap is None else pcap.write
+        self.net = NetworkLayer(interfaces, tcp, tap=tap)
+        self.sel = selectors.DefaultSelector()
+        self.apps: dict[int, AppConn] = {}
+        self.listeners: dict[int, AppConn] = {}  # port -> the app holding the listener
+        self.accepting: dict[int, deque[AppConn]] = {}
+        self.finished: deque[dict[str, Any]] = deque(maxlen=FINISHED_KEPT)
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("AppConnections", "AppBadRequests", "SendErrors", "LoopErrors"), 0)
+        self.running = True
+        self._rxbuf = bytearray(65536)
+        for name, sock in sockets.items():
+            self.sel.register(sock, selectors.EVENT_READ, ("iface", name))
+        self.sel.register(control, selectors.EVENT_READ, ("control", None))
+        # A signal handler only sets a flag; this pipe wakes select() so the flag is seen
+        # (PEP 475 would otherwise resume an idle select() with no timeout forever).
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        while self.running:
+            timeout = self._timeout(time.monotonic())
+            for key, _mask in self.sel.select(timeout):
+                kind, data = key.data
+                try:
+                    if kind == "iface":
+                        self._read_frames(data, key.fileobj)  # type: ignore[arg-type]
+                    elif kind == "wake":
+                        self._wake_r.recv(4096)
+                    elif kind == "control":
+                        self._accept_app()
+                    else:
+                        self._app_event(data, _mask)
+                except Exception as exc:  # the loop must survive any one event
+                    self.counters["LoopErrors"] += 1
+                    print(f"stack daemon: {kind}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            now = time.monotonic()
+            if self.tcp is not None:
+                due = self.tcp.next_timer()
+                if due is not None and due <= now:
+                    self.tcp.handle_timer(now)
+            self.net.poll(now)
+            self._service_apps(now)
+            self._transmit(now)
+
+    def _timeout(self, now: float) -> float | None:
+        deadlines = [t for t in (self.net.next_timer(),
+                                 self.tcp.next_timer() if self.tcp is not None else None)
+                     if t is not None]
+        return max(0.0, min(deadlines) - now) if deadlines else None
+
+    def _read_frames(self, name: str, sock: socket.socket) -> None:
+        now = time.monotonic()
+        view = memoryview(self._rxbuf)
+        for _ in range(FRAMES_PER_WAKEUP):
+            try:
+                n = sock.recv_into(self._rxbuf)
+            except BlockingIOError:
+                break
+            self.net.receive_frame(name, bytes(view[:n]), now)
+            # Answer as we go: handing the core a batch and flushing once per wakeup would
+            # delay every ACK by the whole batch.
+            if self.tcp is not None and n > 0:
+                self._service_apps(now)
+        self._transmit(now)
+
+    def _transmit(self, now: float) -> None:
+        self.net.flush_tcp(now)
+        for name, frame in self.net.frames_to_send():
+            try:
+                self.sockets[name].send(frame)
+            except OSError as exc:
+                # ENOBUFS/EAGAIN: the interface queue is full; a dropped frame is what a real
+                # NIC does, and TCP recovers from it.
+                self.counters["SendErrors"] += 1
+                if exc.errno not in (errno.ENOBUFS, errno.EAGAIN, errno.ENETDOWN):
+                    raise
+
+    # -- applications -----------------------------------------------------------------------
+
+    def _accept_app(self) -> None:
+        try:
+            sock, _ = self.control.accept()
+        except BlockingIOError:
+            return
+        sock.setblocking(False)
+        app = AppConn(sock)
+        self.apps[sock.fileno()] = app
+        self.counters["AppConnections"] += 1
+        app.interest = selectors.EVENT_READ
+        self.sel.register(sock, app.interest, ("app", app))
+
+    def _app_event(self, app: AppConn, mask: int) -> None:
+        now = time.monotonic()
+        if mask & selectors.EVENT_WRITE:
+            self._write_to_app(app)
+        if mask & selectors.EVENT_READ and app.state != "closing":
+            if app.state == "request":
+                self._read_request(app, now)
+            elif app.state == "stream":
+                self._read_stream(app, now)
+            else:
+                # A listener or a waiting accept/connect: only a close means anything.
+                try:
+                    data = app.sock.recv(4096)
+                except OSError:
+                    data = b""
+                if not data:
+                    self._drop_app(app, now)
+
+    def _read_request(self, app: AppConn, now: float) -> None:
+        try:
+            data = app.sock.recv(4096)
+        except OSError:
+            data = b""
+        if not data:
+            self._drop_app(app, now)
+            return
+        app.inbuf += data
+        line, sep, rest = bytes(app.inbuf).partition(b"\n")
+        if not sep:
+            if len(app.inbuf) > 4096:
+                self._fail(app, "request line too long")
+            return
+        try:
+            request = parse_request(line)
+        except RequestError as exc:
+            self._fail(app, str(exc))
+            return
+        if rest:
+            # Data the app sent right after its request (before the reply) is stream data.
+            app.inbuf = bytearray(rest)
+        else:
+            app.inbuf.clear()
+        self._handle(app, request, now)
+
+    def _handle(self, app: AppConn, request: Any, now: float) -> None:
+        if isinstance(request, StatsRequest):
+            app.to_app += json.dumps(self.stats(now)).encode() + b"\n"
+            app.state = "closing"
+        elif self.tcp is None:
+            self._fail(app, "this daemon runs without the TCP core")
+        elif isinstance(request, ConnectRequest):
+            try:
+                app.conn = self.tcp.connect(request.local, request.remote, request.port, now,
+                                            local_port=request.local_port,
+                                            **({"congestion": request.congestion}
+                                               if request.congestion else {}))
+            except (ValueError, OSError) as exc:
+                self._fail(app, f"connect: {exc}")
+                return
+            app.state = "connecting"
+        elif isinstance(request, ListenRequest):
+            if request.port in self.listeners:
+                self._fail(app, f"port {request.port} is already listening")
+                return
+            try:
+                app.listener = self.tcp.listen(request.addr, request.port, request.backlog)
+            except ValueError as exc:
+                self._fail(app, f"listen: {exc}")
+                return
+            app.port = request.port
+            app.state = "listener"
+            self.listeners[request.port] = app
+            app.to_app += ok_reply(port=request.port)
+        elif isinstance(request, AcceptRequest):
+            if request.port not in self.listeners:
+                self._fail(app, f"nothing listens on port {request.port}")
+                return
+            app.port = request.port
+            app.state = "accepting"
+            self.accepting.setdefault(request.port, deque()).append(app)
+
+    def _read_stream(self, app: AppConn, now: float) -> None:
+        space = app.conn.writable_space
+        if space <= 0:
+            return
+        try:
+            data = app.sock.recv(min(space, APP_CHUNK))
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            # shutdown(SHUT_WR) (or exit) by the app: our FIN (RFC 9293 §3.10.4 CLOSE).
+            app.app_eof = True
+            app.conn.close(now)
+            return
+        app.conn.send(data, now)
+
+    def _write_to_app(self, app: AppConn) -> None:
+        if not app.to_app:
+            return
+        try:
+            n = app.sock.send(app.to_app)
+        except BlockingIOError:
+            return
+        except OSError:
+            # The application went away: reset its connection rather than keep the peer
+            # sending into a void (what the kernel does when unread data is discarded).
+            self._drop_app(app, time.monotonic())
+            return
+        del app.to_app[:n]
+
+    def _service_apps(self, now: float) -> None:
+        for port, waiters in list(self.accepting.items()):
+            holder = self.listeners.get(port)
+            while waiters and holder is not None:
+                conn = holder.listener.accept()
+                if conn is None:
+                    break
+                app = waiters.popleft()
+                app.conn = conn
+                app.state = "stream"
+                app.to_app += ok_reply(**self._describe(conn))
+        for app in list(self.apps.values()):
+            self._service(app, now)
+
+    def _service(self, app: AppConn, now: float) -> None:
+        conn = app.conn
+        if app.state == "connecting":
+            if conn.established:
+                app.state = "stream"
+                app.to_app += ok_reply(**self._describe(conn))
+            elif conn.closed:
+                self._fail(app, f"connect failed: {conn.error or 'closed'}")
+                self._finish(conn)
+                app.conn = None
+        if app.state == "stream":
+            # Only pull from TCP what the app has taken: the TCP receive window then closes
+            # when the app is slow, which is backpressure all the way to the peer.
+            while not app.to_app and conn.readable:
+                data = conn.recv(APP_CHUNK)
+                if not data:
+                    break
+                app.to_app += data
+                self._write_to_app(app)
+            if not app.to_app and conn.at_eof and not app.sent_fin_to_app:
+                app.sent_fin_to_app = True
+                with contextlib.suppress(OSError):
+                    app.sock.shutdown(socket.SHUT_WR)
+            if conn.closed:
+                if conn.error:
+                    # A reset: the app sees the Unix socket close; the reason stays in stats.
+                    self._finish(conn)
+                    app.conn = None
+                    self._close_app(app)
+                    return
+                if app.sent_fin_to_app and not app.to_app:
+                    self._finish(conn)
+                    app.conn = None
+                    self._close_app(app)
+                    return
+        if app.state == "closing" and not app.to_app:
+            self._close_app(app)
+            return
+        self._update_interest(app)
+
+    def _update_interest(self, app: AppConn) -> None:
+        want = 0
+        if app.to_app:
+            want |= selectors.EVENT_WRITE
+        # Read from a stream only while TCP can take more (backpressure towards the app);
+        # in the other waiting states a read can only be the app going away.
+        streaming = (app.state == "stream" and not app.app_eof and app.conn is not None
+                     and app.conn.writable_space > 0)
+        if streaming or app.state in ("request", "listener", "accepting", "connecting"):
+            want |= selectors.EVENT_READ
+        if want == app.interest:
+            return
+        if not want:
+            self.sel.unregister(app.sock)
+        elif not app.interest:
+            self.sel.register(app.sock, want, ("app", app))
+        else:
+            self.sel.modify(app.sock, want, ("app", app))
+        app.interest = want
+
+    def _fail(self, app: AppConn, message: str) -> None:
+        self.counters["AppBadRequests"] += 1
+        app.to_app += error_reply(message)
+        app.state = "closing"
+
+    def _drop_app(self, app: AppConn, now: float) -> None:
+        """The app closed its Unix socket: release whatever it held."""
+        if app.state == "listener":
+            self.listeners.pop(app.port, None)
+            close = getattr(app.listener, "close", None)
+            if close is not None:
+                close(now)
+        elif app.state == "accepting":
+            waiters = self.accepting.get(app.port)
+            if waiters is not None and app in waiters:
+                waiters.remove(app)
+        elif app.conn is not None and not app.conn.closed:
+            app.conn.abort(now)
+            self._finish(app.conn)
+        self._close_app(app)
+
+    def _close_app(self, app: AppConn) -> None:
+        if app.interest:
+            self.sel.unregister(app.sock)
+            app.interest = 0
+        self.apps.pop(app.sock.fileno(), None)
+        app.state = "closed"
+        app.sock.close()
+
+    # -- statistics -------------------------------------------------------------------------
+
+    @staticmethod
+    def _describe(conn: Any) -> dict[str, Any]:
+        return {
+            "local": [_ip(conn.local_addr), conn.local_port],
+            "remote": [_ip(conn.remote_addr), conn.remote_port],
+            "congestion": getattr(conn, "congestion_name", None),
+        }
+
+    def _conn_record(self, conn: Any) -> dict[str, Any]:
+        record = self._describe(conn)
+        record["state"] = str(getattr(conn.state, "name", conn.state))
+        record["error"] = conn.error
+        record["stats"] = conn.stats()
+        return record
+
+    def _finish(self, conn: Any) -> None:
+        self.finished.append(self._conn_record(conn))
+
+    def stats(self, now: float) -> dict[str, Any]:
+        live = [self._conn_record(app.conn) for app in self.apps.values()
+                if app.conn is not None]
+        return {
+            "time": now,
+            "connections": live,
+            "finished": list(self.finished),
+            "listening": sorted(self.listeners),
+            "counters": {**self.net.counters, **self.net.neighbour_counters(), **self.counters,
+                         **(dict(self.tcp.counters) if self.tcp is not None else {})},
+        }
+
+    def close(self) -> None:
+        for app in list(self.apps.values()):
+            self._close_app(app)
+        self.sel.close()
+        for sock in self.sockets.values():
+            sock.close()
+        self.control.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        if self.pcap is not None:
+            self.pcap.close()
+
+
+def _make_tcp(seed: int, congestion: str | None) -> Any:
+    """The TCP core, or None when this checkout does not have it yet (ARP and ICMP only)."""
+    try:
+        from testbed.stack.tcp.connection import TcpConfig
+        from testbed.stack.tcp.stack import TcpStack
+    except ImportError as exc:
+        print(f"stack daemon: no TCP core ({exc}); ARP and ICMP only", file=sys.stderr)
+        return None
+    config = TcpConfig(congestion=congestion) if congestion else TcpConfig()
+    return TcpStack(rng=random.Random(seed), config=config)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m testbed.runtime.daemon",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--control", required=True, help="Unix socket path of the application API")
+    p.add_argument("--iface", action="append", required=True,
+                   help="NAME=ADDR/PREFIX[,gw=GW]; repeat per interface")
+    p.add_argument("--pcap", help="write every frame the stack sends and receives here")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--congestion", help="default congestion control of new connections")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        specs = [parse_iface_spec(spec) for spec in args.iface]
+    except ParameterError as exc:
+        print(f"stack daemon: {exc}", file=sys.stderr)
+        return 2
+    sockets: dict[str, socket.socket] = {}
+    interfaces = []
+    control = None
+    try:
+        for name, addr, gateway in specs:
+            sock, mac, mtu = open_packet_socket(name)
+            sockets[name] = sock
+            interfaces.append(Interface(name, mac, addr, gateway, mtu))
+        control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        if os.path.exists(args.control):
+            os.unlink(args.control)  # a stale socket of a daemon that was killed
+        control.bind(args.control)
+        control.listen(64)
+    except OSError as exc:
+        print(f"stack daemon: {exc}", file=sys.stderr)
+        for sock in sockets.values():
+            sock.close()
+        if control is not None:
+            control.close()
+        return 1
+    pcap = None
+    if args.pcap:
+        from testbed.runtime.pcap import PcapWriter
+        pcap = PcapWriter(args.pcap)
+    daemon = StackDaemon(interfaces, sockets, control, _make_tcp(args.seed, args.congestion),
+                         pcap)
+
+    def _stop(signum: int, frame: object) -> None:
+        daemon.running = False
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    signal.set_wakeup_fd(daemon._wake_w.fileno(), warn_on_full_buffer=False)
+    print("READY", flush=True)
+    try:
+        daemon.run()
+    finally:
+        daemon.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(args.control)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

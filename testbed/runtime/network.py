@@ -1,0 +1,218 @@
+"""The stack's L2/L3 endpoint, sans-I/O: Ethernet frames in, Ethernet frames out. It answers
+ARP for its addresses, resolves its neighbours, answers ICMP echo, routes TCP segments to and
+from the TCP core, and counts (never raises on) whatever it cannot use.
+
+The daemon feeds it frames and `now`; nothing here reads a clock or touches a descriptor, so
+the unit tests drive it with exact frames and exact times.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from testbed.runtime.neighbours import ArpRequestDue, NeighbourTable
+from testbed.runtime.routes import Interface, RouteTable
+from testbed.stack.wire.arp import ARP_REPLY, ARP_REQUEST, ArpPacket, emit_arp, parse_arp
+from testbed.stack.wire.errors import ParseError
+from testbed.stack.wire.ethernet import (
+    BROADCAST_MAC,
+    ETHERTYPE_ARP,
+    ETHERTYPE_IPV4,
+    EthernetFrame,
+    emit_ethernet,
+    parse_ethernet,
+)
+from testbed.stack.wire.icmp import (
+    IcmpDestUnreachable,
+    IcmpEcho,
+    emit_icmp,
+    parse_icmp,
+)
+from testbed.stack.wire.ipv4 import PROTO_ICMP, PROTO_TCP, Ipv4Packet, emit_ipv4, parse_ipv4
+from testbed.stack.wire.tcp import TcpSegment, emit_tcp, parse_tcp
+
+ZERO_MAC = b"\0" * 6
+ZERO_IP = b"\0" * 4
+LIMITED_BROADCAST = b"\xff" * 4
+
+
+class SegmentSink(Protocol):
+    """The part of the TCP core (testbed.stack.tcp.stack.TcpStack) this layer drives."""
+
+    def receive(self, src_addr: bytes, dst_addr: bytes, seg: TcpSegment, now: float) -> None: ...
+
+    def segments_to_send(self, now: float) -> list[tuple[bytes, bytes, TcpSegment]]: ...
+
+
+# A tap on every frame the stack sends or receives (the pcap writer): (frame, now).
+FrameTap = Callable[[bytes, float], None]
+
+
+class NetworkLayer:
+    """Ethernet, ARP, IPv4 and ICMP for a set of interfaces, with TCP above."""
+
+    def __init__(self, interfaces: list[Interface], tcp: SegmentSink | None = None,
+                 tap: FrameTap | None = None) -> None:
+        self.routes = RouteTable(interfaces)
+        self.tcp = tcp
+        self.tap = tap
+        self._ifaces = {iface.name: iface for iface in interfaces}
+        self._neighbours = {iface.name: NeighbourTable() for iface in interfaces}
+        self._out: deque[tuple[str, bytes]] = deque()
+        # Names after the kernel's MIB where one exists (nstat: IpInReceives, IcmpInEchos...),
+        # so our numbers line up with a Linux peer's.
+        self.counters: dict[str, int] = dict.fromkeys((
+            "FramesIn", "FramesOut", "FramesNotForUs", "FramesBadEthertype", "ParseErrors",
+            "ArpIn", "ArpRepliesSent", "IpInReceives", "IpInAddrErrors", "IpInUnknownProtos",
+            "IpReasmFails", "IpOutRequests", "IpOutNoRoutes", "IcmpInEchos", "IcmpOutEchoReps",
+            "IcmpInDestUnreachs", "IcmpInOther", "TcpInSegs", "TcpOutSegs",
+        ), 0)
+
+    # -- input ------------------------------------------------------------------------------
+
+    def receive_frame(self, iface_name: str, frame: bytes, now: float) -> None:
+        """Handle one frame that arrived on `iface_name`; malformed input is counted."""
+        iface = self._ifaces[iface_name]
+        self.counters["FramesIn"] += 1
+        if self.tap is not None:
+            self.tap(frame, now)
+        try:
+            eth = parse_ethernet(frame)
+            # The interface is not promiscuous in spirit: the bridge or the kernel may still
+            # hand us frames for other stations (flooding before learning).
+            if eth.dst != iface.mac and eth.dst != BROADCAST_MAC:
+                self.counters["FramesNotForUs"] += 1
+                return
+            if eth.ethertype == ETHERTYPE_ARP:
+                self._receive_arp(iface, parse_arp(eth.payload), now)
+            elif eth.ethertype == ETHERTYPE_IPV4:
+                self._receive_ipv4(iface, eth, now)
+            else:
+                self.counters["FramesBadEthertype"] += 1
+        except ParseError:
+            self.counters["ParseErrors"] += 1
+
+    def _receive_arp(self, iface: Interface, arp: ArpPacket, now: float) -> None:
+        self.counters["ArpIn"] += 1
+        table = self._neighbours[iface.name]
+        for_us = arp.target_ip == iface.ip
+        # RFC 826 "Packet reception": merge the sender into an existing entry; if the packet
+        # is for us, add it. (A gratuitous ARP updates but never creates.)
+        if arp.sender_ip != ZERO_IP:
+            waiting = (table.learn if for_us else table.update_if_known)(
+                arp.sender_ip, arp.sender_mac, now)
+            for packet in waiting:
+                self._emit(iface, arp.sender_mac, ETHERTYPE_IPV4, packet, now)
+        if for_us and arp.op == ARP_REQUEST:
+            reply = ArpPacket(ARP_REPLY, iface.mac, iface.ip, arp.sender_mac, arp.sender_ip)
+            self._emit(iface, arp.sender_mac, ETHERTYPE_ARP, emit_arp(reply), now)
+            self.counters["ArpRepliesSent"] += 1
+
+    def _receive_ipv4(self, iface: Interface, eth: EthernetFrame, now: float) -> None:
+        packet = parse_ipv4(eth.payload)
+        self.counters["IpInReceives"] += 1
+        if not self.routes.is_local(packet.dst):
+            # We are a host, not a router (RFC 1122 §3.3.4.2 "silently discard").
+            self.counters["IpInAddrErrors"] += 1
+            return
+        if packet.is_fragment:
+            # Our peers send with DF and MSS-sized segments; reassembly is not worth having.
+            self.counters["IpReasmFails"] += 1
+            return
+        if packet.protocol == PROTO_TCP:
+            self.counters["TcpInSegs"] += 1
+            seg = parse_tcp(packet.payload, packet.src, packet.dst)
+            if self.tcp is not None:
+                self.tcp.receive(packet.src, packet.dst, seg, now)
+        elif packet.protocol == PROTO_ICMP:
+            self._receive_icmp(packet, now)
+        else:
+            self.counters["IpInUnknownProtos"] += 1
+
+    def _receive_icmp(self, packet: Ipv4Packet, now: float) -> None:
+        message = parse_icmp(packet.payload)
+        if isinstance(message, IcmpEcho) and not message.reply:
+            self.counters["IcmpInEchos"] += 1
+            # RFC 1122 §3.2.2.6: the reply's source is the address the request was sent to.
+            reply = Ipv4Packet(src=packet.dst, dst=packet.src, protocol=PROTO_ICMP,
+                               payload=emit_icmp(message.make_reply()))
+            if self.send_ipv4(reply, now):
+                self.counters["IcmpOutEchoReps"] += 1
+        elif isinstance(message, IcmpDestUnreachable):
+            # Counted only: RFC 5927 advises against acting on these for TCP without checks
+            # the core would have to make, and nothing here needs them yet.
+            self.counters["IcmpInDestUnreachs"] += 1
+        else:
+            self.counters["IcmpInOther"] += 1
+
+    # -- output -----------------------------------------------------------------------------
+
+    def flush_tcp(self, now: float) -> int:
+        """Move every segment the TCP core has ready onto the wire queue; returns how many."""
+        if self.tcp is None:
+            return 0
+        segments = self.tcp.segments_to_send(now)
+        for src, dst, seg in segments:
+            self.counters["TcpOutSegs"] += 1
+            self.send_ipv4(Ipv4Packet(src=src, dst=dst, protocol=PROTO_TCP,
+                                      payload=emit_tcp(seg, src, dst)), now)
+        return len(segments)
+
+    def send_ipv4(self, packet: Ipv4Packet, now: float) -> bool:
+        """Route `packet` by destination and source address and queue its frame (or park it
+        until its next hop resolves). False when there is no route."""
+        route = self.routes.lookup(packet.dst, packet.src)
+        if route is None:
+            self.counters["IpOutNoRoutes"] += 1
+            return False
+        self.counters["IpOutRequests"] += 1
+        data = emit_ipv4(packet)
+        if packet.dst == LIMITED_BROADCAST:
+            self._emit(route.iface, BROADCAST_MAC, ETHERTYPE_IPV4, data, now)
+            return True
+        table = self._neighbours[route.iface.name]
+        mac = table.lookup(route.next_hop, now)
+        if mac is not None:
+            self._emit(route.iface, mac, ETHERTYPE_IPV4, data, now)
+        else:
+            due = table.enqueue(route.next_hop, data, now)
+            if due is not None:
+                self._arp_request(route.iface, due, now)
+        return True
+
+    def poll(self, now: float) -> None:
+        """Timers of this layer: ARP retransmissions and give-ups."""
+        for name, table in self._neighbours.items():
+            for due in table.poll(now):
+                self._arp_request(self._ifaces[name], due, now)
+
+    def next_timer(self) -> float | None:
+        return min((t for table in self._neighbours.values()
+                    if (t := table.next_timer()) is not None), default=None)
+
+    def frames_to_send(self) -> list[tuple[str, bytes]]:
+        """(interface name, frame) in order, emptying the queue."""
+        frames = list(self._out)
+        self._out.clear()
+        return frames
+
+    def neighbour_counters(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for table in self._neighbours.values():
+            for key, value in table.counters.items():
+                total[key] = total.get(key, 0) + value
+        return total
+
+    def _arp_request(self, iface: Interface, due: ArpRequestDue, now: float) -> None:
+        request = ArpPacket(ARP_REQUEST, iface.mac, iface.ip, ZERO_MAC, due.ip)
+        self._emit(iface, BROADCAST_MAC, ETHERTYPE_ARP, emit_arp(request), now)
+
+    def _emit(self, iface: Interface, dst_mac: bytes, ethertype: int, payload: bytes,
+              now: float) -> None:
+        frame = emit_ethernet(EthernetFrame(dst_mac, iface.mac, ethertype, payload))
+        if self.tap is not None:
+            self.tap(frame, now)
+        self._out.append((iface.name, frame))
+        self.counters["FramesOut"] += 1
