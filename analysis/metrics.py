@@ -302,3 +302,223 @@ def run_metrics(run_dir: Path, host: str | None = None) -> dict[str, Any]:
     for name in hosts:
         result["hosts"][name] = packet_metrics(read_host_packets(run_dir, name))
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Cases, configured rates and the selftest bound (comparison across runs)
+
+# Parameter name stem -> (unit shown, how the values of a numbered group are joined). Rates of
+# two paths add up (what aggregation can reach), so they are joined with "+"; the other
+# per-path values are just listed.
+_UNITS: dict[str, tuple[str, str]] = {
+    "mbps": ("Mbit/s", "/"), "ms": ("ms", "/"), "pct": ("%", "/"), "mib": ("MiB", "/"),
+    "s": ("s", "/"), "pkts": ("pkts", "/"),
+}
+# Stems that need no name in front of their value: the unit says what they are.
+_SELF_EXPLAINING = {"rate", "delay", "bw"}
+_STEM_ORDER = ["rate", "bw", "delay", "jitter", "loss", "queue"]
+
+
+def _split_param(key: str) -> tuple[str, str, str]:
+    """"rate1_mbps" -> ("rate", "1", "mbps"); "direction" -> ("direction", "", "")."""
+    head, _, tail = key.rpartition("_")
+    stem, unit = (head, tail) if head and tail in _UNITS else (key, "")
+    digits = ""
+    while stem and stem[-1].isdigit():
+        stem, digits = stem[:-1], stem[-1] + digits
+    return stem, digits, unit
+
+
+def _fmt_value(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return f"{value:g}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def compact_params(params: dict[str, Any], keys: list[str]) -> str:
+    """A short label from the parameters named in `keys` ("10+10 Mbit/s, 1/25 ms").
+
+    Numbered parameters of the same kind (rate1_mbps, rate2_mbps) are shown together as soon
+    as one of them is named, so a label never shows one path's rate without the other's.
+    """
+    stems: list[tuple[str, str]] = []
+    for key in keys:
+        stem, _, unit = _split_param(key)
+        if (stem, unit) not in stems:
+            stems.append((stem, unit))
+    # Rates first, then delays: the order a reader of a two-path experiment looks for them.
+    stems.sort(key=lambda su: _STEM_ORDER.index(su[0]) if su[0] in _STEM_ORDER
+               else len(_STEM_ORDER))
+    parts = []
+    for stem, unit in stems:
+        members = sorted((k for k in params if _split_param(k)[0] == stem
+                          and _split_param(k)[2] == unit), key=lambda k: _split_param(k)[1])
+        values = [params[k] for k in members if params[k] is not None]
+        if not values:
+            continue
+        shown, joiner = _UNITS.get(unit, ("", "/"))
+        joiner = "+" if stem in ("rate", "bw") else joiner
+        text = joiner.join(_fmt_value(v) for v in values)
+        if shown:
+            text = f"{text} {shown}" if shown != "%" else f"{text}%"
+        if stem not in _SELF_EXPLAINING and not (isinstance(values[0], str) and not shown):
+            text = f"{stem.replace('_', ' ')} {text}"
+        parts.append(text)
+    return ", ".join(parts) if parts else "default"
+
+
+def case_label(meta: dict[str, Any], varying: list[str] | None = None) -> str:
+    """The short label of a run's case: meta.json's `label`, else the varying parameters."""
+    if meta.get("label"):
+        return str(meta["label"])
+    params = meta.get("params") or {}
+    if not isinstance(params, dict):
+        return str(meta.get("scenario") or "default")
+    keys = varying if varying is not None else sorted(params)
+    chosen = [k for k in keys if k in params]
+    if not chosen:  # nothing differs between the runs compared: the scenario is the case
+        return str(meta.get("scenario") or "default")
+    return compact_params(params, chosen)
+
+
+def configured_rates(meta: dict[str, Any]) -> dict[str, float]:
+    """Path name -> configured rate [Mbit/s]: meta.json's `configured_rates_mbps`, else the
+    rate parameters (older runs)."""
+    given = meta.get("configured_rates_mbps")
+    if isinstance(given, dict) and given:
+        rates = {}
+        for name, value in given.items():
+            try:
+                rate = float(value)
+            except (TypeError, ValueError):
+                continue
+            if rate > 0:
+                rates[str(name)] = rate
+        if rates:
+            return rates
+    return link_rates_mbps(meta)
+
+
+def simult_flows_bound_s(size_bytes: float, rates_mbps: list[float]) -> float:
+    """The kernel selftest simult_flows.sh bound: size*8/(r1+r2) * 10/9 + 0.4 s."""
+    return link_limited_s(size_bytes, rates_mbps) * 10 / 9 + 0.4
+
+
+def link_limited_s(size_bytes: float, rates_mbps: list[float]) -> float:
+    """The time the summed configured rates need for `size_bytes`, without any slack."""
+    total = sum(rates_mbps)
+    if total <= 0:
+        raise ValueError("rates must sum to a positive value")
+    return size_bytes * 8 / (total * 1e6)
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def completion(summary: dict[str, Any]) -> dict[str, Any]:
+    """Duration against the selftest bound, from summary.json: duration_s, bound_s,
+    link_limited_s, within_bound (None when the run has no bound).
+
+    `link_limited_s` is derived from the bound when an older summary lacks it (the bound is
+    link-limited time * 10/9 + 0.4 s); `within_bound` is recomputed from the duration when
+    absent, so the verdict drawn is the one the numbers give.
+    """
+    duration, bound = _number(summary.get("duration_s")), _number(summary.get("bound_s"))
+    limited = _number(summary.get("link_limited_s"))
+    if limited is None and bound is not None:
+        limited = (bound - 0.4) * 9 / 10
+    within = summary.get("within_bound")
+    if bound is None:
+        within = None
+    elif not isinstance(within, bool):
+        within = duration is not None and duration <= bound
+    return {"duration_s": duration, "bound_s": bound, "link_limited_s": limited,
+            "within_bound": within}
+
+
+# ---------------------------------------------------------------------------------------------
+# Socket samples (stats/subflows-<host>.csv, written by the sampler)
+
+SAMPLE_NUMBERS = ("cwnd", "ssthresh", "srtt_ms", "rttvar_ms", "rto_ms", "bytes_acked",
+                  "bytes_received", "bytes_sent", "retrans", "delivery_rate_bps")
+
+
+def load_socket_samples(run_dir: Path) -> dict[str, pd.DataFrame]:
+    """The sampler's CSV per host: {host: frame}; empty cells (not reported) become NaN.
+
+    A file that cannot be parsed is skipped rather than failing the whole analysis.
+    """
+    stats = Path(run_dir) / "stats"
+    samples: dict[str, pd.DataFrame] = {}
+    for path in sorted(stats.glob("subflows-*.csv")) if stats.is_dir() else []:
+        host = path.stem.removeprefix("subflows-")
+        try:
+            frame = pd.read_csv(path, dtype={"token": "string", "local": "string",
+                                             "remote": "string", "kind": "string"})
+        except (ValueError, OSError, pd.errors.ParserError):
+            continue
+        if frame.empty or "t" not in frame:
+            continue
+        for column in SAMPLE_NUMBERS:
+            if column in frame:
+                frame[column] = pd.to_numeric(frame[column], errors="coerce")
+        frame["t"] = pd.to_numeric(frame["t"], errors="coerce")
+        samples[host] = frame.dropna(subset=["t"])
+    return samples
+
+
+def _connections(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of TCP connections (MPTCP subflows or plain TCP), without the MPTCP meta rows."""
+    if "kind" in frame:
+        return frame[frame["kind"].fillna("tcp").isin(["subflow", "tcp"])]
+    return frame
+
+
+def acked_growth(frame: pd.DataFrame) -> float:
+    """Bytes acknowledged over the samples, summed over connections: > 0 only at a sender."""
+    rows = _connections(frame)
+    if rows.empty or "bytes_acked" not in rows or rows["bytes_acked"].isna().all():
+        return 0.0
+    keys = [c for c in ("local", "remote") if c in rows]
+    if not keys:
+        return float(rows["bytes_acked"].max() - rows["bytes_acked"].min())
+    per = rows.groupby(keys, dropna=False)["bytes_acked"]
+    return float((per.max() - per.min()).fillna(0).sum())
+
+
+def sender_host(samples: dict[str, pd.DataFrame]) -> str | None:
+    """The host whose sockets saw bytes_acked grow the most: the data sender."""
+    best, growth = None, 0.0
+    for host, frame in samples.items():
+        grown = acked_growth(frame)
+        if grown > growth:
+            best, growth = host, grown
+    return best
+
+
+def subflow_series(frame: pd.DataFrame) -> pd.DataFrame:
+    """cwnd and srtt over time per subflow: columns time_s, subflow, cwnd, srtt_ms.
+
+    time_s counts from the first sample of the file; a subflow is named by its addresses
+    ("10.0.1.1:60616 → 10.0.3.1:5201"), in the order subflows first appear.
+    """
+    columns = ["time_s", "subflow", "cwnd", "srtt_ms"]
+    rows = _connections(frame)
+    if rows.empty or "t" not in rows:
+        return pd.DataFrame(columns=columns)
+    t0 = float(frame["t"].min())
+    local = rows["local"].fillna("?") if "local" in rows else pd.Series("?", index=rows.index)
+    remote = rows["remote"].fillna("?") if "remote" in rows else pd.Series("?", index=rows.index)
+    out = pd.DataFrame({
+        "time_s": rows["t"] - t0,
+        "subflow": local.astype(str) + " → " + remote.astype(str),
+        "cwnd": rows.get("cwnd", math.nan),
+        "srtt_ms": rows.get("srtt_ms", math.nan),
+    })
+    out = out.dropna(subset=["cwnd", "srtt_ms"], how="all")
+    return out.sort_values(["time_s"], kind="stable").reset_index(drop=True)[columns]
