@@ -7,6 +7,8 @@ a display or changes another module's pyplot backend.
 
 from __future__ import annotations
 
+import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,9 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.patheffects import withStroke
 
 from analysis import metrics
 
@@ -108,7 +113,8 @@ def _bin_width(frame: pd.DataFrame) -> float:
 
 def _run_title(meta: dict[str, Any], summary: dict[str, Any], what: str) -> str:
     scenario = summary.get("scenario", meta.get("scenario", "run"))
-    return f"{what}: {scenario}, {metrics.stack_label(meta, summary)}"
+    case = f" ({meta['label']})" if meta.get("label") else ""
+    return f"{what}: {scenario}{case}, {stack_name(metrics.stack_label(meta, summary))}"
 
 
 def plot_throughput(tput: pd.DataFrame, meta: dict[str, Any], summary: dict[str, Any],
@@ -182,44 +188,277 @@ def varying_keys(param_sets: Sequence[dict[str, Any]]) -> list[str]:
     return [k for k in keys if len({repr(p.get(k)) for p in param_sets}) > 1]
 
 
-def plot_comparison(runs: pd.DataFrame, series: pd.DataFrame, base: Path,
-                    title: str = "Goodput by stack") -> list[Path]:
-    """Bars of mean goodput per stack grouped by parameters, and goodput over time per stack.
+# Stacks in the order a reader compares them (MPTCP first, the single-path baseline last),
+# with fixed colours so a stack looks the same in every figure.
+STACK_ORDER: tuple[str, ...] = ("kernel", "userspace", "tcp")
+STACK_NAMES: dict[str, str] = {"kernel": "kernel MPTCP", "userspace": "userspace MPTCP",
+                               "tcp": "TCP"}
+_PALETTE = sns.color_palette("colorblind")
+_STACK_COLOURS: dict[str, Any] = {"kernel": _PALETTE[0], "userspace": _PALETTE[2],
+                                  "tcp": _PALETTE[1]}
+_OTHER_COLOURS = [_PALETTE[i] for i in (4, 3, 7, 8, 9, 5, 6)]
+PASS_COLOUR, FAIL_COLOUR = "#1a7f37", "#c0392b"
+BOUND_COLOUR = "#c0392b"
 
-    `runs`: one row per run with columns stack, group (parameter label), goodput_mbps,
-    fidelity_ok. `series`: long form time_s, mbps, stack, run and optionally group (may be
-    empty).
+
+def stack_name(stack: str) -> str:
+    """The stack as printed in figures ("kernel" -> "kernel MPTCP")."""
+    return STACK_NAMES.get(stack, stack)
+
+
+def ordered_stacks(stacks: Sequence[str]) -> list[str]:
+    known = [s for s in STACK_ORDER if s in stacks]
+    return known + sorted({s for s in stacks if s not in STACK_ORDER})
+
+
+def _stack_colours(stacks: Sequence[str]) -> dict[str, Any]:
+    others = iter(_OTHER_COLOURS * 3)
+    return {s: _STACK_COLOURS[s] if s in _STACK_COLOURS else next(others) for s in stacks}
+
+
+def case_order(runs: pd.DataFrame) -> list[str]:
+    """Cases in the order their runs were given (run directories sort by parameters)."""
+    return list(dict.fromkeys(str(c) for c in runs["case"])) if "case" in runs else []
+
+
+def _first(values: pd.Series) -> float:
+    numbers = pd.to_numeric(values, errors="coerce").dropna()
+    return float(numbers.iloc[0]) if not numbers.empty else math.nan
+
+
+def case_markers(runs: pd.DataFrame) -> pd.DataFrame:
+    """Reference values per case: rate_sum_mbps (what aggregation can reach), best_path_mbps
+    (what one path, hence TCP, can reach), bound_s (selftest bound) and link_limited_s.
+
+    The bound is taken from the runs' summaries (all runs of a case share it).
     """
+    rows = []
+    for case in case_order(runs):
+        group = runs[runs["case"].astype(str) == case]
+        rows.append({
+            "case": case,
+            "rate_sum_mbps": _first(group.get("rate_sum_mbps", pd.Series(dtype=float))),
+            "best_path_mbps": _first(group.get("best_path_mbps", pd.Series(dtype=float))),
+            "bound_s": _first(group.get("bound_s", pd.Series(dtype=float))),
+            "link_limited_s": _first(group.get("link_limited_s", pd.Series(dtype=float))),
+        })
+    return pd.DataFrame(rows, columns=["case", "rate_sum_mbps", "best_path_mbps", "bound_s",
+                                       "link_limited_s"])
+
+
+def bar_table(runs: pd.DataFrame, value: str) -> pd.DataFrame:
+    """One bar per (case, stack): x position, mean of `value`, runs, failed fidelity checks,
+    and runs within the bound. Cases sit at integers; stacks spread within 0.8 of a slot."""
+    cases, stacks = case_order(runs), ordered_stacks([str(s) for s in runs["stack"]])
+    width = 0.8 / max(len(stacks), 1)
+    rows = []
+    for ci, case in enumerate(cases):
+        for si, stack in enumerate(stacks):
+            group = runs[(runs["case"].astype(str) == case) & (runs["stack"] == stack)]
+            if group.empty:
+                continue
+            values = pd.to_numeric(group[value], errors="coerce").dropna()
+            within = group["within_bound"] if "within_bound" in group else pd.Series(dtype=object)
+            rows.append({
+                "case": case, "stack": stack,
+                "x": ci - 0.4 + width * (si + 0.5), "width": width,
+                "value": float(values.mean()) if not values.empty else math.nan,
+                "values": [float(v) for v in values],
+                "runs": len(group),
+                "fidelity_failed": int(group["fidelity_ok"].eq(False).sum())
+                if "fidelity_ok" in group else 0,
+                "within": int(within.eq(True).sum()),
+                "judged": int(within.isin([True, False]).sum()),
+            })
+    return pd.DataFrame(rows, columns=["case", "stack", "x", "width", "value", "values", "runs",
+                                       "fidelity_failed", "within", "judged"])
+
+
+def _draw_bars(ax: Axes, bars: pd.DataFrame, colours: dict[str, Any]) -> None:
+    for row in bars.itertuples():
+        if math.isnan(row.value):
+            continue
+        bad = row.fidelity_failed > 0
+        ax.bar(row.x, row.value, width=row.width * 0.92, color=colours[row.stack],
+               edgecolor="0.15" if bad else "none", linewidth=0.9 if bad else 0,
+               hatch="///" if bad else None, zorder=2)
+        if len(row.values) > 1:  # repetitions: every run as a dot on its bar
+            ax.plot([row.x] * len(row.values), row.values, "o", color="0.15", markersize=3,
+                    zorder=4)
+
+
+def _bar_values(ax: Axes, bars: pd.DataFrame) -> None:
+    # The value at the foot of each bar, where no reference marker runs through it.
+    for row in bars.itertuples():
+        if not math.isnan(row.value) and row.value > 0:
+            ax.annotate(f"{row.value:.1f}", (row.x, 0), xytext=(0, 4),
+                        textcoords="offset points", ha="center", va="bottom", rotation=90,
+                        fontsize=8, color="white", fontweight="bold", zorder=5,
+                        path_effects=[withStroke(linewidth=1.8, foreground="0.2")])
+
+
+def _draw_case_marks(ax: Axes, markers: pd.DataFrame, column: str, **style: Any) -> bool:
+    drawn = False
+    for i, value in enumerate(markers[column]):
+        if not math.isnan(value):
+            ax.hlines(value, i - 0.46, i + 0.46, zorder=3, **style)
+            drawn = True
+    return drawn
+
+
+def _case_ticks(ax: Axes, cases: Sequence[str]) -> None:
+    # One line per part of the label ("10+10 Mbit/s" over "1/25 ms") keeps ticks horizontal.
+    ax.set_xticks(range(len(cases)), [c.replace(", ", "\n") for c in cases])
+    ax.set_xlim(-0.6, len(cases) - 0.4)
+    ax.tick_params(axis="x", length=0)
+    ax.grid(False, axis="x")
+
+
+def fidelity_banner(runs: pd.DataFrame) -> str | None:
+    """The banner naming the runs whose emulation fidelity check failed, or None."""
+    if "fidelity_ok" not in runs:
+        return None
+    bad = runs[runs["fidelity_ok"].eq(False)]
+    if bad.empty:
+        return None
+    names = [f"{stack_name(str(r.stack))} at {r.case}" for r in bad.itertuples()]
+    return ("WARNING: emulation fidelity check failed (hatched bars) for "
+            + "; ".join(dict.fromkeys(names)) + ": these numbers may not reflect the model")
+
+
+def plot_comparison(runs: pd.DataFrame, base: Path, title: str = "Goodput by stack"
+                    ) -> list[Path]:
+    """Goodput per case and stack against the configured rates and, when the runs carry the
+    selftest bound, completion time per case and stack against that bound.
+
+    `runs`: one row per run with columns case, stack, goodput_mbps, fidelity_ok, and
+    optionally rate_sum_mbps, best_path_mbps, duration_s, bound_s, link_limited_s,
+    within_bound (see `analysis.report.runs_table`).
+    """
+    cases = case_order(runs)
+    stacks = ordered_stacks([str(s) for s in runs["stack"]]) if not runs.empty else []
+    colours = _stack_colours(stacks)
+    markers = case_markers(runs)
+    has_bound = bool(markers["bound_s"].notna().any()) and "duration_s" in runs
+    # Wide enough for the legend's four columns above two panels, and 1.25 in per case.
+    width = max(10.5 if has_bound else 6.5, 1.6 + 1.25 * len(cases) * (2 if has_bound else 1))
     with sns.axes_style("whitegrid"), mpl.rc_context(_RC):
-        fig, (bars, lines) = _new_figure(width=11.0, height=4.2, ncols=2)
-        if not runs.empty and runs["goodput_mbps"].notna().any():
-            sns.barplot(data=runs, x="group", y="goodput_mbps", hue="stack", ax=bars,
-                        palette="colorblind", errorbar=("ci", 95) if len(runs) > 1 else None,
-                        capsize=0.1, err_kws={"linewidth": 1.0})
-            for container in bars.containers:
-                bars.bar_label(container, fmt="%.1f", fontsize=8, padding=2)  # type: ignore[arg-type]
-        bars.set_xlabel("Scenario parameters")
-        bars.set_ylabel("Goodput [Mbit/s]")
-        bars.set_title("Mean goodput per run")
-        bars.tick_params(axis="x", labelrotation=15)
-        if not series.empty:
-            # Runs with different parameters are drawn apart (style); only repetitions of
-            # the same stack and parameters are pooled into the median and its band.
-            style = "group" if "group" in series and series["group"].nunique() > 1 else None
-            sns.lineplot(data=series, x="time_s", y="mbps", hue="stack", style=style,
-                         ax=lines, palette="colorblind", errorbar=("pi", 50), linewidth=1.4,
-                         drawstyle="steps-post")
-        lines.set_xlabel("Time [s]")
-        lines.set_ylabel("Goodput [Mbit/s]")
-        lines.set_title("Goodput over time (median, 50% band)")
-        lines.set_ylim(bottom=0)
-        lines.set_xlim(left=0)
-        for ax in (bars, lines):
-            if ax.get_legend() is not None:
-                ax.legend(loc="lower right", framealpha=0.9, fontsize=8)
-        fig.suptitle(title)
-        if "fidelity_ok" in runs and runs["fidelity_ok"].eq(False).any():
-            bad = runs.loc[runs["fidelity_ok"].eq(False), "run"] if "run" in runs else []
-            _mark_fidelity(fig, {"fidelity_ok": False}, which=", ".join(map(str, bad)))
+        fig, axes = _new_figure(width=min(width, 16.0), height=4.6, ncols=2 if has_bound else 1)
+        ax = axes[0]
+        gbars = bar_table(runs, "goodput_mbps") if not runs.empty else bar_table(
+            pd.DataFrame(columns=["case", "stack", "goodput_mbps"]), "goodput_mbps")
+        _draw_bars(ax, gbars, colours)
+        _bar_values(ax, gbars)
+        handles: list[Any] = [Patch(color=colours[s], label=stack_name(s))
+                              for s in stacks]
+        if _draw_case_marks(ax, markers, "rate_sum_mbps", colors="0.1", linestyles="--",
+                            linewidth=1.6):
+            handles.append(Line2D([], [], color="0.1", linestyle="--",
+                                            linewidth=1.6, label="sum of path rates"))
+        if _draw_case_marks(ax, markers, "best_path_mbps", colors="0.45", linestyles=":",
+                            linewidth=1.8):
+            handles.append(Line2D([], [], color="0.45", linestyle=":",
+                                            linewidth=1.8, label="best single path"))
+        _case_ticks(ax, cases)
+        ax.set_ylabel("Goodput [Mbit/s]")
+        ax.set_ylim(0, max([1.0, *gbars["value"].dropna(), *markers["rate_sum_mbps"].dropna()])
+                    * 1.12)
+        ax.set_title("Goodput per case")
+        if not cases:
+            ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", color="0.4")
+        if has_bound:
+            _plot_completion(axes[1], runs, markers, colours, cases, handles)
+        if (runs.get("fidelity_ok", pd.Series(dtype=object))).eq(False).any():
+            handles.append(Patch(facecolor="white", edgecolor="0.15", hatch="///",
+                                             label="fidelity check failed"))
+        # Above the panels, outside the data, so a legend never hides a bar; the figure's
+        # title is the legend's title because a suptitle and an outside legend would overlap.
+        fig.legend(handles=handles, loc="outside upper center",
+                   ncols=min(len(handles), 4 if has_bound else 3),
+                   frameon=False, title=title, title_fontsize=13)
+        banner = fidelity_banner(runs)
+        if banner:
+            _banner(fig, banner)
         return save(fig, base)
 
+
+def _banner(fig: Figure, text: str) -> None:
+    # supxlabel takes part in the constrained layout, so the banner never hides data.
+    width = int(fig.get_figwidth() * 10)
+    fig.supxlabel(textwrap.fill(text, width=width), fontsize=10, color="white",
+                  fontweight="bold", bbox={"boxstyle": "round", "facecolor": "#c0392b",
+                                           "edgecolor": "none"})
+
+
+def _plot_completion(ax: Axes, runs: pd.DataFrame, markers: pd.DataFrame,
+                     colours: dict[str, Any], cases: Sequence[str], handles: list[Any]) -> None:
+    """Completion time bars with the selftest bound per case; OK/FAIL over every bar, as
+    simult_flows.sh prints them."""
+    bars = bar_table(runs, "duration_s")
+    _draw_bars(ax, bars, colours)
+    _bar_values(ax, bars)
+    if _draw_case_marks(ax, markers, "bound_s", colors=BOUND_COLOUR, linestyles="-",
+                        linewidth=2.0):
+        handles.append(Line2D([], [], color=BOUND_COLOUR, linewidth=2.0,
+                                        label="selftest bound (simult_flows.sh)"))
+    if _draw_case_marks(ax, markers, "link_limited_s", colors="0.1", linestyles="--",
+                        linewidth=1.4):
+        handles.append(Line2D([], [], color="0.1", linestyle="--", linewidth=1.4,
+                                        label="link-limited time"))
+    top = max([1.0, *bars["value"].dropna(), *markers["bound_s"].dropna()])
+    # The verdicts sit in one row above every bar, clear of the bound line: read left to
+    # right like the selftest's [ OK ] / [FAIL] column.
+    for row in bars.itertuples():
+        if math.isnan(row.value):
+            continue
+        if row.judged == 0:
+            continue
+        ok = row.within == row.judged
+        text = ("OK" if ok else "FAIL") if row.judged == 1 else f"{row.within}/{row.judged}"
+        ax.text(row.x, top * 1.06, text, ha="center", va="bottom", fontsize=8,
+                fontweight="bold", color=PASS_COLOUR if ok else FAIL_COLOUR, zorder=5)
+    _case_ticks(ax, cases)
+    ax.set_ylabel("Completion time [s]")
+    ax.set_ylim(0, top * 1.15)
+    ax.set_title("Completion time vs selftest bound")
+
+
+def plot_subflow_state(series: pd.DataFrame, meta: dict[str, Any], summary: dict[str, Any],
+                       base: Path, host: str | None = None) -> list[Path]:
+    """cwnd (top) and smoothed RTT (bottom) over time per subflow, from the sender's socket
+    samples (`metrics.subflow_series`); the panels share the time axis."""
+    with sns.axes_style("whitegrid"), mpl.rc_context(_RC):
+        fig = Figure(figsize=(7.0, 5.2), layout="constrained")
+        FigureCanvasAgg(fig)
+        top = fig.add_subplot(2, 1, 1)
+        bottom = fig.add_subplot(2, 1, 2, sharex=top)
+        for ax in (top, bottom):
+            ax.grid(True, color="0.88", linewidth=0.8)
+            ax.set_axisbelow(True)
+        names = sorted(set(series["subflow"])) if not series.empty else []
+        palette = sns.color_palette("colorblind", max(len(names), 1))
+        for colour, name in zip(palette, names, strict=False):
+            rows = series[series["subflow"] == name]
+            cwnd, srtt = rows.dropna(subset=["cwnd"]), rows.dropna(subset=["srtt_ms"])
+            top.step(cwnd["time_s"], cwnd["cwnd"], where="post", color=colour, linewidth=1.4,
+                     label=name)
+            bottom.step(srtt["time_s"], srtt["srtt_ms"], where="post", color=colour,
+                        linewidth=1.4)
+        top.set_ylabel("cwnd [segments]")
+        bottom.set_ylabel("srtt [ms]")
+        bottom.set_xlabel("Time [s]")
+        top.tick_params(labelbottom=False)
+        for ax in (top, bottom):
+            ax.set_ylim(bottom=0)
+            ax.set_xlim(left=0)
+        if names:
+            # Just above the top panel, where no line can run.
+            top.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=min(len(names), 2),
+                       frameon=False, fontsize=8)
+        else:
+            top.text(0.5, 0.5, "no subflow samples", transform=top.transAxes, ha="center",
+                     va="center", color="0.4")
+        where = f" (sender {host})" if host else ""
+        fig.suptitle(_run_title(meta, summary, "Subflow state") + where)
+        _mark_fidelity(fig, summary)
+        return save(fig, base)

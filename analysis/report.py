@@ -20,6 +20,7 @@ from analysis import figures, metrics, tshark
 
 THROUGHPUT_FIGURE = "throughput"
 GOODPUT_FIGURE = "goodput"
+SUBFLOWS_FIGURE = "subflows"
 METRICS_FILE = "metrics.json"
 
 
@@ -41,8 +42,9 @@ def _capture_host(run_dir: Path) -> str | None:
 def analyze_run(run_dir: Path, bin_s: float = metrics.DEFAULT_BIN_S) -> dict[str, Any]:
     """Analyse one results directory: write figures into run_dir/figures, return metrics.
 
-    Figures: throughput.{png,pdf} (per subflow and total, from the busiest host's captures)
-    and goodput.{png,pdf} (receiver series). Metrics are also written to
+    Figures: throughput.{png,pdf} (per subflow and total, from the busiest host's captures),
+    goodput.{png,pdf} (receiver series) and subflows.{png,pdf} (cwnd and srtt per subflow
+    from the sender's socket samples, stats/subflows-<host>.csv). Metrics are also written to
     figures/metrics.json. A run without captures or stats still gets what can be drawn.
     """
     run_dir = Path(run_dir)
@@ -64,6 +66,14 @@ def analyze_run(run_dir: Path, bin_s: float = metrics.DEFAULT_BIN_S) -> dict[str
     if not goodput.empty or report:
         written += figures.plot_goodput(goodput, meta, summary, out_dir / GOODPUT_FIGURE)
 
+    samples = metrics.load_socket_samples(run_dir)
+    sender = metrics.sender_host(samples)
+    result["sender_host"] = sender
+    if sender is not None:
+        series = metrics.subflow_series(samples[sender])
+        written += figures.plot_subflow_state(series, meta, summary, out_dir / SUBFLOWS_FIGURE,
+                                              host=sender)
+
     result["figures"] = [str(p.relative_to(run_dir)) for p in written]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / METRICS_FILE).write_text(json.dumps(result, indent=2, default=_json_default))
@@ -79,30 +89,42 @@ def _json_default(value: Any) -> Any:
 
 
 def run_row(run_dir: Path, group_keys: Sequence[str] | None = None) -> dict[str, Any]:
-    """One line of the runs table, from meta.json and summary.json only (no pcap parsing)."""
+    """One line of the runs table, from meta.json and summary.json only (no pcap parsing).
+
+    `group_keys`: the parameters that vary between the runs compared, for a case label when
+    meta.json has none.
+    """
     meta, summary = metrics.load_meta(Path(run_dir)), metrics.load_summary(Path(run_dir))
     params = meta.get("params") or summary.get("params") or {}
     goodput = summary.get("goodput_mbps")
     if goodput is None:
         goodput = metrics.mean_goodput_mbps(metrics.load_workload_report(Path(run_dir)))
+    rates = metrics.configured_rates(meta)
+    keys = list(group_keys) if group_keys is not None else None
     return {
         "run": Path(run_dir).name,
+        "path": str(run_dir),
         "scenario": summary.get("scenario", meta.get("scenario", "")),
+        "case": metrics.case_label({**meta, "params": params}, keys),
         "stack": metrics.stack_label(meta, summary),
         "link_backend": summary.get("link_backend", meta.get("link_backend", "")),
         "params": params,
         "group": figures.params_label(params, group_keys),
         "goodput_mbps": float(goodput) if goodput is not None else math.nan,
+        "rate_sum_mbps": sum(rates.values()) if rates else math.nan,
+        "best_path_mbps": max(rates.values()) if rates else math.nan,
         "sha256_match": summary.get("sha256_match"),
         "subflows": summary.get("subflows"),
-        "duration_s": summary.get("duration_s"),
+        **metrics.completion(summary),
         "verdict": summary.get("verdict"),
         "fidelity_ok": summary.get("fidelity_ok"),
+        "fidelity_notes": summary.get("fidelity_notes") or [],
     }
 
 
 def runs_table(run_dirs: Sequence[Path]) -> pd.DataFrame:
-    """The runs table; `group` labels only the parameters that differ between runs."""
+    """The runs table; `case` and `group` label only the parameters that differ between runs
+    (when meta.json carries no `label`)."""
     params = [metrics.load_meta(Path(d)).get("params") or {} for d in run_dirs]
     keys = figures.varying_keys(params)
     return pd.DataFrame([run_row(Path(d), keys) for d in run_dirs])
@@ -110,23 +132,23 @@ def runs_table(run_dirs: Sequence[Path]) -> pd.DataFrame:
 
 def compare_runs(run_dirs: Sequence[Path], out_dir: Path,
                  name: str = "comparison") -> list[Path]:
-    """Comparison figure across runs (e.g. kernel MPTCP against plain TCP): out_dir/name.*."""
+    """Comparison figure across runs (e.g. kernel MPTCP against plain TCP): out_dir/name.*.
+
+    Goodput per case and stack against the configured rates, and, for runs whose summary
+    carries the selftest bound (`aggregate`), completion time against that bound.
+    """
     if not run_dirs:
         raise ValueError("compare_runs needs at least one results directory")
     runs = runs_table(run_dirs)
-    series_parts = []
-    for run_dir, row in zip(run_dirs, runs.itertuples(), strict=True):
-        goodput = metrics.goodput_series(metrics.load_workload_report(Path(run_dir)))
-        if not goodput.empty:
-            goodput["stack"] = row.stack
-            goodput["run"] = row.run
-            goodput["group"] = row.group
-            series_parts.append(goodput)
-    series = pd.concat(series_parts, ignore_index=True) if series_parts else pd.DataFrame(
-        columns=["time_s", "bytes", "mbps", "stack", "run", "group"])
     scenarios = sorted({str(s) for s in runs["scenario"] if s})
-    title = f"Goodput by stack: {', '.join(scenarios)}" if scenarios else "Goodput by stack"
-    return figures.plot_comparison(runs, series, Path(out_dir) / name, title=title)
+    stacks = figures.ordered_stacks([str(s) for s in runs["stack"]])
+    title = " vs ".join(figures.stack_name(s) for s in stacks)
+    if scenarios:
+        title = f"{', '.join(scenarios)}: {title}"
+    sizes = {p.get("size_mib") for p in runs["params"] if isinstance(p, dict)}
+    if len(sizes) == 1 and None not in sizes:
+        title += f", {next(iter(sizes)):g} MiB transfer"
+    return figures.plot_comparison(runs, Path(out_dir) / name, title=title)
 
 
 def _cell(value: Any) -> str:
@@ -141,8 +163,55 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
+ANCHORS: dict[str, str] = {
+    "aggregate": "Linux selftest `simult_flows.sh`: the transfer must finish within "
+                 "size*8/(r1+r2) * 10/9 + 0.4 s (opposed delays are known to be flaky "
+                 "upstream)",
+}
+
+
+def _fidelity_cell(row: dict[str, Any]) -> str:
+    if row["fidelity_ok"] is None:
+        return "–"
+    if row["fidelity_ok"]:
+        return "ok"
+    notes = "; ".join(str(n) for n in row.get("fidelity_notes") or [])
+    return f"**failed**: {notes}" if notes else "**failed**"
+
+
+def _within_cell(row: dict[str, Any]) -> str:
+    if row["within_bound"] is None:
+        return _cell(row.get("verdict"))
+    return "yes" if row["within_bound"] else "**no**"
+
+
+def anchor_counts(runs: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """Per stack: (runs within the bound, runs with a bound), stacks in figure order."""
+    counts: dict[str, tuple[int, int]] = {}
+    judged = runs[runs["within_bound"].isin([True, False])] if "within_bound" in runs else runs[:0]
+    for stack in figures.ordered_stacks([str(s) for s in judged["stack"]]):
+        rows = judged[judged["stack"] == stack]
+        counts[stack] = (int(rows["within_bound"].eq(True).sum()), len(rows))
+    return counts
+
+
+def anchor_line(scenario: str, runs: pd.DataFrame) -> str | None:
+    """The "published anchor" sentence of a scenario and how many runs of each stack met it."""
+    if scenario not in ANCHORS:
+        return None
+    counts = anchor_counts(runs)
+    met = "; ".join(f"{figures.stack_name(stack)} {ok} of {n} runs" for stack, (ok, n)
+                    in counts.items())
+    bad = runs[runs["fidelity_ok"].eq(False)] if "fidelity_ok" in runs else runs[:0]
+    caveat = (f" ({len(bad)} run(s) failed the emulation fidelity check, see the table)"
+              if not bad.empty else "")
+    return (f"**Published anchor**: {ANCHORS[scenario]}. Within the bound: "
+            f"{met or 'no run carries the bound'}{caveat}.")
+
+
 def write_report(run_dirs: Sequence[Path], out_path: Path, analyze: bool = True) -> Path:
-    """A Markdown report: a table of runs, then each run's figures (linked relative to the report).
+    """A Markdown report: per scenario a table of runs against the published anchor and the
+    comparison figure, then each run's figures (linked relative to the report).
 
     With `analyze` the figures are (re)made first; otherwise existing figures are linked.
     """
@@ -150,25 +219,36 @@ def write_report(run_dirs: Sequence[Path], out_path: Path, analyze: bool = True)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     runs = runs_table(run_dirs)
     lines = ["# MPTCP testbed report", ""]
-    lines += ["| run | scenario | stack | params | goodput [Mbit/s] | sha256 match | subflows "
-              "| duration [s] | verdict |", "|---|---|---|---|---:|---|---:|---:|---|"]
-    for row in runs.to_dict(orient="records"):
-        verdict = row["verdict"]
-        if row["fidelity_ok"] is False:
-            verdict = f"{verdict or ''} ⚠ fidelity check failed".strip()
-        cells = [row["run"], row["scenario"], row["stack"], row["params"], row["goodput_mbps"],
-                 row["sha256_match"], row["subflows"], row["duration_s"], verdict]
-        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    lines.append("")
-    if len(run_dirs) > 1:
-        compare = compare_runs(run_dirs, out_path.parent / "figures",
-                               name=f"{out_path.stem}-comparison")
-        lines += ["## Comparison", ""]
-        lines += [f"![comparison]({_rel(p, out_path.parent)})" for p in compare
+    scenarios = list(dict.fromkeys(str(s) for s in runs["scenario"])) if not runs.empty else []
+    for scenario in scenarios:
+        mask = runs["scenario"].astype(str) == scenario
+        subset = runs[mask]
+        lines += [f"## Scenario `{scenario or 'unknown'}`", ""]
+        lines += ["| case | stack | goodput [Mbit/s] | duration [s] | bound [s] | within bound "
+                  "| subflows | sha256 match | fidelity | run |",
+                  "|---|---|---:|---:|---:|---|---:|---|---|---|"]
+        for row in subset.to_dict(orient="records"):
+            cells = [_cell(row["case"]), _cell(figures.stack_name(str(row["stack"]))),
+                     _cell(row["goodput_mbps"]), _cell(row["duration_s"]),
+                     _cell(row["bound_s"]), _within_cell(row), _cell(row["subflows"]),
+                     _cell(row["sha256_match"]), _fidelity_cell(row).replace("|", "\\|"),
+                     f"`{_rel(Path(row['path']), out_path.parent)}`"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        anchor = anchor_line(scenario, subset)
+        if anchor:
+            lines += [anchor, ""]
+        selected = [d for d, keep in zip(run_dirs, mask, strict=True) if keep]
+        name = f"{out_path.stem}-comparison" if len(scenarios) == 1 else \
+            f"{out_path.stem}-{scenario}-comparison"
+        compare = compare_runs(selected, out_path.parent / "figures", name=name)
+        lines += [f"![{scenario} comparison]({_rel(p, out_path.parent)})" for p in compare
                   if p.suffix == ".png"] + [""]
-    for run_dir in run_dirs:
+    lines += ["## Runs", ""]
+    for run_dir, row in zip(run_dirs, runs.to_dict(orient="records"), strict=True):
         run_dir = Path(run_dir)
-        lines += [f"## {run_dir.name}", ""]
+        title = f"{row['scenario']}: {row['case']}, {figures.stack_name(str(row['stack']))}"
+        lines += [f"### {title}", "", f"Results: `{_rel(run_dir, out_path.parent)}`", ""]
         if analyze:
             try:
                 result = analyze_run(run_dir)
@@ -184,10 +264,11 @@ def write_report(run_dirs: Sequence[Path], out_path: Path, analyze: bool = True)
                     f"{counts['MP_CAPABLE']}, MP_JOIN {counts['MP_JOIN']}, DSS {counts['DSS']}"
                     f", malformed {numbers['malformed_packets']}")
             lines.append("")
-        for figure in (THROUGHPUT_FIGURE, GOODPUT_FIGURE):
+        for figure in (THROUGHPUT_FIGURE, GOODPUT_FIGURE, SUBFLOWS_FIGURE):
             png = run_dir / "figures" / f"{figure}.png"
             if png.exists():
-                lines.append(f"![{run_dir.name} {figure}]({_rel(png, out_path.parent)})")
+                lines.append(f"![{row['case']}, {row['stack']}: {figure}]"
+                             f"({_rel(png, out_path.parent)})")
         lines.append("")
     out_path.write_text("\n".join(lines))
     return out_path

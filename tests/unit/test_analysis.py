@@ -190,21 +190,41 @@ def test_run_pcaps_groups_by_host(tmp_path: Path) -> None:
 # Results directories
 
 
+MIB16 = 16 * 1024 * 1024
+
+
 def make_run(root: Path, name: str, stack: str, rate1: float, goodput: float,
-             fidelity_ok: bool = True, verdict: str | None = "pass") -> Path:
-    """A results directory following DESIGN.md's contract, without captures."""
+             fidelity_ok: bool = True, verdict: str | None = "pass", *, rate2: float = 5,
+             delays: tuple[float, float] = (0, 0), label: str | None = None,
+             bound: bool = False, duration: float = 8.1) -> Path:
+    """A results directory following DESIGN.md's contract, without captures.
+
+    With `bound` the summary carries the simult_flows.sh fields of the `aggregate` scenario
+    (bound_s, within_bound, link_limited_s) and meta.json the configured rates.
+    """
     run = root / name
     (run / "stats").mkdir(parents=True)
     (run / "pcap").mkdir()
-    meta = {"scenario": "two-paths", "params": {"rate1_mbps": rate1, "rate2_mbps": 5,
-                                                "delay_ms": 10},
-            "seed": 1, "stack": stack, "link_backend": "tc", "versions": {},
-            "kernel": "6.18", "started_at": "2026-11-25T00:00:00Z"}
+    scenario = "aggregate" if bound else "two-paths"
+    meta: dict[str, Any] = {
+        "scenario": scenario,
+        "params": {"rate1_mbps": rate1, "rate2_mbps": rate2, "delay1_ms": float(delays[0]),
+                   "delay2_ms": float(delays[1]), "direction": "upload", "size_mib": 16.0},
+        "seed": 1, "stack": stack, "link_backend": "tc", "versions": {},
+        "kernel": "6.18", "started_at": "2026-11-25T00:00:00Z"}
+    if label is not None:
+        meta["label"] = label
     summary: dict[str, Any] = {
-        "scenario": "two-paths", "stack": stack, "link_backend": "tc",
+        "scenario": scenario, "stack": stack, "link_backend": "tc",
         "goodput_mbps": goodput, "bytes_sent": 10_000_000, "bytes_received": 10_000_000,
-        "sha256_match": True, "subflows": 2 if stack == "kernel" else 1, "duration_s": 8.1,
-        "fidelity_ok": fidelity_ok}
+        "sha256_match": True, "subflows": 2 if stack == "kernel" else 1,
+        "duration_s": duration, "fidelity_ok": fidelity_ok,
+        "fidelity_notes": [] if fidelity_ok else ["CPU saturated (worst second 2.5% idle)"]}
+    if bound:
+        meta["configured_rates_mbps"] = {"path1": rate1, "path2": rate2}
+        bound_s = metrics.simult_flows_bound_s(MIB16, [rate1, rate2])
+        summary.update(bound_s=round(bound_s, 3), within_bound=duration <= bound_s,
+                       link_limited_s=round(metrics.link_limited_s(MIB16, [rate1, rate2]), 3))
     if verdict is not None:
         summary["verdict"] = verdict
     per_bin = int(goodput * 1e6 / 8 * 0.1)
@@ -215,8 +235,31 @@ def make_run(root: Path, name: str, stack: str, rate1: float, goodput: float,
     (run / "summary.json").write_text(json.dumps(summary))
     (run / "stats" / "workload-server.json").write_text(json.dumps(receiver))
     (run / "stats" / "workload-client.json").write_text(json.dumps({"bytes": 10_000_000}))
-    (run / "stats" / "subflows-h1.csv").write_text("t,local,remote,cwnd,srtt_ms,bytes_acked\n")
     return run
+
+
+SAMPLER_HEADER = ("t,netid,kind,state,local,remote,token,subflows,cwnd,ssthresh,srtt_ms,"
+                  "rttvar_ms,rto_ms,bytes_acked,bytes_received,bytes_sent,retrans,"
+                  "delivery_rate_bps,congestion,mptcp_flags")
+
+
+def write_samples(run: Path) -> None:
+    """The sampler's CSVs of a two-subflow upload: the client sends, the server receives."""
+    client = [SAMPLER_HEADER]
+    server = [SAMPLER_HEADER]
+    for i in range(5):
+        t = 100.0 + i * 0.1
+        client.append(f"{t},tcp,subflow,ESTAB,10.0.1.1:4000,10.0.3.1:5201,ab,,{10 + i},,"
+                      f"{12 + i},1,200,{1000 * i + 1},,{1000 * i},0,,cubic,Mec")
+        # The joined subflow: its first sample has no srtt yet (empty = not reported).
+        srtt = "" if i == 0 else f"{50 + i}"
+        client.append(f"{t},tcp,subflow,ESTAB,10.0.2.1:4001,10.0.3.1:5201,ab,,{20 + i},,"
+                      f"{srtt},1,200,{500 * i + 1},,{500 * i},0,,cubic,Jjc")
+        client.append(f"{t},mptcp,mptcp,ESTAB,10.0.1.1:4000,10.0.3.1:5201,ab,2,,,,,,,,,,,,")
+        server.append(f"{t + 0.02},tcp,subflow,ESTAB,10.0.3.1:5201,10.0.1.1:4000,cd,,10,,"
+                      f"3,1,200,1,{1000 * i},,0,,cubic,Mec")
+    (run / "stats" / "subflows-client.csv").write_text("\n".join(client) + "\n")
+    (run / "stats" / "subflows-server.csv").write_text("\n".join(server) + "\n")
 
 
 def test_analyze_run_writes_figures_and_metrics(tmp_path: Path) -> None:
@@ -227,6 +270,7 @@ def test_analyze_run_writes_figures_and_metrics(tmp_path: Path) -> None:
     for ext in ("png", "pdf"):
         assert (run / "figures" / f"goodput.{ext}").stat().st_size > 1000
     assert "figures/goodput.png" in result["figures"]
+    assert "figures/subflows.png" not in result["figures"]  # no sampler CSV, no figure
     saved = json.loads((run / "figures" / "metrics.json").read_text())
     assert saved["scenario"] == "two-paths"
 
@@ -239,50 +283,219 @@ def test_throughput_figure_from_packets(tmp_path: Path, two_subflows: pd.DataFra
     assert all(p.stat().st_size > 1000 for p in paths)
 
 
-def test_fidelity_warning_is_drawn(tmp_path: Path) -> None:
-    texts: list[str] = []
+def _spy_saved(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Figures passed to `figures.save`, kept for inspection."""
+    saved: list[Any] = []
     real_save = figures.save
 
     def spy(fig: Any, base: Path) -> list[Path]:
-        label = fig._supxlabel  # where the banner lives (it takes part in the layout)
-        texts.append(label.get_text() if label is not None else "")
+        saved.append(fig)
         return real_save(fig, base)
 
-    figures.save = spy  # type: ignore[assignment]
-    try:
-        figures.plot_goodput(pd.DataFrame(), {}, {"fidelity_ok": False}, tmp_path / "bad")
-        figures.plot_goodput(pd.DataFrame(), {}, {"fidelity_ok": True}, tmp_path / "good")
-    finally:
-        figures.save = real_save  # type: ignore[assignment]
-    assert texts.count(figures.FIDELITY_WARNING) == 1
+    monkeypatch.setattr(figures, "save", spy)
+    return saved
 
 
-def test_compare_runs(tmp_path: Path) -> None:
+def _banner_text(fig: Any) -> str:
+    label = fig._supxlabel  # where the banner lives (it takes part in the layout)
+    return label.get_text() if label is not None else ""
+
+
+def test_fidelity_warning_is_drawn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    saved = _spy_saved(monkeypatch)
+    figures.plot_goodput(pd.DataFrame(), {}, {"fidelity_ok": False}, tmp_path / "bad")
+    figures.plot_goodput(pd.DataFrame(), {}, {"fidelity_ok": True}, tmp_path / "good")
+    assert [_banner_text(f) for f in saved].count(figures.FIDELITY_WARNING) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Case labels, configured rates and the selftest bound
+
+
+def test_case_label_prefers_meta_label_then_compact_params() -> None:
+    params = {"rate1_mbps": 10.0, "rate2_mbps": 10.0, "delay1_ms": 1.0, "delay2_ms": 25.0,
+              "direction": "upload", "loss1_pct": 1.0, "loss2_pct": 0.0}
+    assert metrics.case_label({"label": "10+10 Mbit/s, 1/25 ms", "params": params}) == \
+        "10+10 Mbit/s, 1/25 ms"
+    varying = ["delay1_ms", "delay2_ms", "rate1_mbps"]
+    # One varying rate brings its sibling along; rates come first; no "key=value" strings.
+    assert metrics.case_label({"params": params}, varying) == "10+10 Mbit/s, 1/25 ms"
+    assert metrics.case_label({"params": params}, ["loss1_pct", "direction"]) == \
+        "loss 1/0%, upload"
+    assert metrics.case_label({"scenario": "aggregate", "params": params}, []) == "aggregate"
+    assert "=" not in metrics.case_label({"params": params})
+
+
+def test_configured_rates_prefer_meta_then_params() -> None:
+    meta = {"configured_rates_mbps": {"path1": 15, "path2": "5"},
+            "params": {"rate1_mbps": 1, "rate2_mbps": 1}}
+    assert metrics.configured_rates(meta) == {"path1": 15.0, "path2": 5.0}
+    assert metrics.configured_rates({"params": {"rate1_mbps": 10, "rate2_mbps": 10}}) == \
+        {"rate1_mbps": 10.0, "rate2_mbps": 10.0}
+    assert metrics.configured_rates({"configured_rates_mbps": {}}) == {}
+
+
+def test_simult_flows_bound() -> None:
+    # 16 MiB over 10+10 Mbit/s: 6.711 s link-limited, 7.857 s with the selftest's slack.
+    assert metrics.link_limited_s(MIB16, [10, 10]) == pytest.approx(6.7109, abs=1e-4)
+    assert metrics.simult_flows_bound_s(MIB16, [10, 10]) == pytest.approx(7.8566, abs=1e-4)
+    assert metrics.simult_flows_bound_s(MIB16, [15, 5]) == \
+        pytest.approx(metrics.simult_flows_bound_s(MIB16, [10, 10]))
+    with pytest.raises(ValueError):
+        metrics.link_limited_s(1, [0, 0])
+
+
+def test_completion_derives_missing_fields() -> None:
+    full = metrics.completion({"duration_s": 7.3, "bound_s": 7.857, "link_limited_s": 6.711,
+                               "within_bound": True})
+    assert full == {"duration_s": 7.3, "bound_s": 7.857, "link_limited_s": 6.711,
+                    "within_bound": True}
+    old = metrics.completion({"duration_s": 9.0, "bound_s": 7.857})
+    assert old["link_limited_s"] == pytest.approx(6.7113)
+    assert old["within_bound"] is False
+    assert metrics.completion({"duration_s": 9.0})["within_bound"] is None
+
+
+def _suite(tmp_path: Path) -> list[Path]:
+    """Four aggregate runs: two cases x (kernel, tcp); kernel fails the bound at 15+5 and
+    the TCP run at 10+10 failed its fidelity check. Directory layout as `make experiment`."""
+    return [
+        make_run(tmp_path, "r10-10/kernel", "kernel", 10, 18.8, rate2=10, bound=True,
+                 duration=7.2),
+        make_run(tmp_path, "r10-10/tcp", "tcp", 10, 9.6, rate2=10, bound=True, duration=14.0,
+                 fidelity_ok=False),
+        make_run(tmp_path, "r15-5/kernel", "kernel", 15, 13.1, rate2=5, delays=(1, 25),
+                 bound=True, duration=10.3, label="15+5 Mbit/s, 1/25 ms"),
+        make_run(tmp_path, "r15-5/tcp", "tcp", 15, 14.3, rate2=5, delays=(1, 25), bound=True,
+                 duration=9.4, label="15+5 Mbit/s, 1/25 ms"),
+    ]
+
+
+def test_runs_table_and_markers(tmp_path: Path) -> None:
+    runs = report.runs_table(_suite(tmp_path))
+    assert list(runs["case"]) == ["10+10 Mbit/s, 0/0 ms"] * 2 + ["15+5 Mbit/s, 1/25 ms"] * 2
+    assert list(runs["within_bound"]) == [True, False, False, False]
+    markers = figures.case_markers(runs).set_index("case")
+    assert markers.loc["10+10 Mbit/s, 0/0 ms", "rate_sum_mbps"] == 20
+    assert markers.loc["10+10 Mbit/s, 0/0 ms", "best_path_mbps"] == 10
+    assert markers.loc["15+5 Mbit/s, 1/25 ms", "best_path_mbps"] == 15
+    assert markers["bound_s"].tolist() == pytest.approx([7.857, 7.857])
+    assert markers["link_limited_s"].tolist() == pytest.approx([6.711, 6.711])
+
+
+def test_bar_table_positions_and_verdicts(tmp_path: Path) -> None:
+    runs = report.runs_table(_suite(tmp_path))
+    bars = figures.bar_table(runs, "duration_s").set_index(["case", "stack"])
+    kernel = bars.loc[("10+10 Mbit/s, 0/0 ms", "kernel")]
+    tcp = bars.loc[("10+10 Mbit/s, 0/0 ms", "tcp")]
+    # MPTCP left of TCP inside the case's slot centred on 0.
+    assert kernel["x"] == pytest.approx(-0.2) and tcp["x"] == pytest.approx(0.2)
+    assert bars.loc[("15+5 Mbit/s, 1/25 ms", "kernel"), "x"] == pytest.approx(0.8)
+    assert (kernel["within"], kernel["judged"]) == (1, 1)
+    assert (tcp["within"], tcp["fidelity_failed"]) == (0, 1)
+    assert bars.loc[("15+5 Mbit/s, 1/25 ms", "kernel"), "value"] == pytest.approx(10.3)
+    assert figures.ordered_stacks(["tcp", "mine", "kernel", "userspace"]) == \
+        ["kernel", "userspace", "tcp", "mine"]
+
+
+def test_fidelity_banner_names_the_cases(tmp_path: Path) -> None:
+    runs = report.runs_table(_suite(tmp_path))
+    banner = figures.fidelity_banner(runs)
+    assert banner is not None and "TCP at 10+10 Mbit/s, 0/0 ms" in banner
+    assert "kernel MPTCP" not in banner
+    assert figures.fidelity_banner(runs[runs["fidelity_ok"]]) is None
+
+
+def test_compare_runs_with_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    saved = _spy_saved(monkeypatch)
+    paths = report.compare_runs(_suite(tmp_path), tmp_path / "out")
+    assert {p.name for p in paths} == {"comparison.png", "comparison.pdf"}
+    assert all(p.stat().st_size > 1000 for p in paths)
+    (fig,) = saved
+    goodput_ax, completion_ax = fig.axes
+    assert [t.get_text() for t in goodput_ax.get_xticklabels()] == \
+        ["10+10 Mbit/s\n0/0 ms", "15+5 Mbit/s\n1/25 ms"]
+    verdicts = [t.get_text() for t in completion_ax.texts if t.get_text() in ("OK", "FAIL")]
+    assert verdicts == ["OK", "FAIL", "FAIL", "FAIL"]
+    assert "TCP at 10+10 Mbit/s, 0/0 ms" in " ".join(_banner_text(fig).split())  # wrapped
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert {"kernel MPTCP", "TCP", "sum of path rates", "best single path",
+            "selftest bound (simult_flows.sh)", "fidelity check failed"} <= set(legend)
+
+
+def test_compare_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    saved = _spy_saved(monkeypatch)
     runs = [make_run(tmp_path, f"{stack}-{rate}-{rep}", stack, rate,
                      goodput=(1.4 if stack == "kernel" else 0.9) * rate + rep)
             for stack in ("kernel", "tcp") for rate in (5, 10) for rep in (0, 1)]
     paths = report.compare_runs(runs, tmp_path / "out")
     assert {p.name for p in paths} == {"comparison.png", "comparison.pdf"}
     table = report.runs_table(runs)
-    # Only the parameter that varies goes into the group label.
-    assert set(table["group"]) == {"rate1_mbps=5", "rate1_mbps=10"}
+    # Only the parameters that vary make the case label (with the other path's rate).
+    assert set(table["case"]) == {"5+5 Mbit/s", "10+5 Mbit/s"}
+    (fig,) = saved
+    assert len(fig.axes) == 1  # no bound in these summaries: no completion panel
+    bars = figures.bar_table(table, "goodput_mbps").set_index(["case", "stack"])
+    assert bars.loc[("5+5 Mbit/s", "kernel"), "values"] == pytest.approx([7.0, 8.0])
+    assert bars.loc[("5+5 Mbit/s", "kernel"), "value"] == pytest.approx(7.5)
     with pytest.raises(ValueError):
         report.compare_runs([], tmp_path / "out")
 
 
 def test_write_report(tmp_path: Path) -> None:
-    runs = [make_run(tmp_path, "mp", "kernel", 10, 14.0),
-            make_run(tmp_path, "tcp", "tcp", 10, 9.5, fidelity_ok=False, verdict=None)]
-    out = report.write_report(runs, tmp_path / "report" / "index.md")
+    runs = _suite(tmp_path / "default")
+    out = report.write_report(runs, tmp_path / "default" / "report.md")
     text = out.read_text()
-    assert "| mp | two-paths | kernel |" in text
-    assert "14.00" in text and "9.50" in text
-    assert "fidelity check failed" in text
-    assert "![mp goodput](../mp/figures/goodput.png)" in text
-    assert (tmp_path / "report" / "figures" / "index-comparison.png").exists()
-    for line in text.splitlines():
-        if line.startswith("| tcp "):
-            assert line.count("|") == 10
+    assert "## Scenario `aggregate`" in text
+    rows = [line for line in text.splitlines() if line.startswith("| 10+10 Mbit/s")]
+    assert rows[0].split(" | ")[:6] == ["| 10+10 Mbit/s, 0/0 ms", "kernel MPTCP", "18.80",
+                                        "7.20", "7.86", "yes"]
+    assert "**no**" in rows[1] and "**failed**: CPU saturated" in rows[1]
+    assert all(line.count("|") == 11 for line in rows)
+    assert "simult_flows.sh" in text
+    assert "kernel MPTCP 1 of 2 runs; TCP 0 of 2 runs" in text
+    assert "![aggregate comparison](figures/report-comparison.png)" in text
+    assert (tmp_path / "default" / "figures" / "report-comparison.png").exists()
+    assert "(r10-10/kernel/figures/goodput.png)" in text
+
+
+def test_report_counts_per_stack() -> None:
+    runs = pd.DataFrame({"stack": ["tcp", "kernel", "kernel", "x"],
+                         "within_bound": [False, True, False, None],
+                         "fidelity_ok": [True, True, True, True]})
+    assert report.anchor_counts(runs) == {"kernel": (1, 2), "tcp": (0, 1)}
+    assert report.anchor_line("handover", runs) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Socket samples
+
+
+def test_sender_and_subflow_series(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "r", "kernel", 10, 14.0)
+    write_samples(run)
+    samples = metrics.load_socket_samples(run)
+    assert sorted(samples) == ["client", "server"]
+    assert metrics.acked_growth(samples["client"]) == 4000 + 2000
+    assert metrics.acked_growth(samples["server"]) == 0
+    assert metrics.sender_host(samples) == "client"
+    series = metrics.subflow_series(samples["client"])
+    assert set(series["subflow"]) == {"10.0.1.1:4000 → 10.0.3.1:5201",
+                                      "10.0.2.1:4001 → 10.0.3.1:5201"}  # no MPTCP meta rows
+    joined = series[series["subflow"].str.startswith("10.0.2.1")]
+    assert list(joined["cwnd"]) == [20, 21, 22, 23, 24]
+    assert math.isnan(joined["srtt_ms"].iloc[0])
+    assert series["time_s"].min() == 0 and series["time_s"].max() == pytest.approx(0.4)
+
+
+def test_analyze_run_draws_subflow_state(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "r", "kernel", 10, 14.0)
+    write_samples(run)
+    (run / "stats" / "subflows-broken.csv").write_text("t,cwnd\nnot,a number\n")
+    result = report.analyze_run(run)
+    assert result["sender_host"] == "client"
+    assert "figures/subflows.png" in result["figures"]
+    assert (run / "figures" / "subflows.pdf").stat().st_size > 1000
 
 
 def test_partial_run_does_not_crash(tmp_path: Path) -> None:
