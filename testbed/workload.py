@@ -272,6 +272,24 @@ def write_report(report: Report, path: str | None) -> None:
         raise
 
 
+def _userspace_connection(args: argparse.Namespace, side: Side,
+                          addr: str) -> tuple[socket.socket, Any]:
+    """Our userspace stack's connection: a socket from its daemon (testbed.runtime.api)
+    carrying the TCP byte stream, used below exactly like a kernel socket."""
+    from testbed.runtime import api
+
+    if side == "server":
+        with api.listen(args.stack_control, addr, args.port, timeout=args.timeout) as listener:
+            print("LISTENING", flush=True)
+            conn, peer = listener.accept(timeout=args.timeout)
+    else:
+        conn = api.connect(args.stack_control, addr, args.port, congestion=args.congestion,
+                           timeout=args.timeout)
+        peer = conn.getpeername()
+    conn.settimeout(args.timeout)
+    return conn, peer
+
+
 def run(args: argparse.Namespace) -> Report:
     """Run one side of the transfer; errors end up in the report, never as an exception."""
     side: Side = args.mode
@@ -288,21 +306,24 @@ def run(args: argparse.Namespace) -> Report:
     conn: socket.socket | None = None
     try:
         addr = args.listen if side == "server" else args.connect
-        sock = make_socket(args.proto, _family(addr))
-        if args.congestion:
-            set_congestion(sock, args.congestion)
-        sock.settimeout(args.timeout)
-        if side == "server":
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((addr, args.port))
-            sock.listen(1)
-            print("LISTENING", flush=True)
-            conn, peer = sock.accept()
-            conn.settimeout(args.timeout)
+        if args.proto == "userspace":
+            conn, peer = _userspace_connection(args, side, addr)
         else:
-            sock.connect((addr, args.port))
-            peer = sock.getpeername()
-            conn, sock = sock, None
+            sock = make_socket(args.proto, _family(addr))
+            if args.congestion:
+                set_congestion(sock, args.congestion)
+            sock.settimeout(args.timeout)
+            if side == "server":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((addr, args.port))
+                sock.listen(1)
+                print("LISTENING", flush=True)
+                conn, peer = sock.accept()
+                conn.settimeout(args.timeout)
+            else:
+                sock.connect((addr, args.port))
+                peer = sock.getpeername()
+                conn, sock = sock, None
         established = time.monotonic()
         report.t_start = time.time()
         report.local = _addr(conn.getsockname())
@@ -342,7 +363,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m testbed.workload", description=__doc__.split("\n")[0]
     )
     p.add_argument("mode", choices=["server", "client"])
-    p.add_argument("--proto", choices=["mptcp", "tcp"], default="mptcp")
+    p.add_argument("--proto", choices=["mptcp", "tcp", "userspace"], default="mptcp")
+    p.add_argument("--stack-control", help="userspace: the stack daemon's control socket")
     p.add_argument("--listen", help="server: address to bind")
     p.add_argument("--connect", help="client: server address")
     p.add_argument("--port", type=int, required=True)
@@ -371,6 +393,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="give up when accept/connect/send/recv makes no progress this long",
     )
     args = p.parse_args(argv)
+    if args.proto == "userspace" and not args.stack_control:
+        p.error("--proto userspace needs --stack-control PATH")
     if args.mode == "server" and not args.listen:
         p.error("server needs --listen ADDR")
     if args.mode == "client" and not args.connect:
