@@ -93,6 +93,13 @@ def _draw_rates(ax: Axes, meta: dict[str, Any]) -> None:
                    label=f"sum of configured rates {total:g} Mbit/s")
 
 
+def _legend_above(ax: Axes) -> None:
+    # Above the axes, outside the data: a legend inside would cover a time series somewhere.
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+              ncols=min(len(labels), 3), frameon=False, fontsize=8)
+
+
 def _with_last_step(frame: pd.DataFrame, key: str | None, bin_s: float) -> pd.DataFrame:
     """Repeat each line's last bin at its end time, so steps-post draws the last bin too."""
     if frame.empty:
@@ -137,9 +144,9 @@ def plot_throughput(tput: pd.DataFrame, meta: dict[str, Any], summary: dict[str,
         ax.set_ylabel("Throughput [Mbit/s]")
         ax.set_ylim(bottom=0)
         ax.set_xlim(left=0)
-        ax.set_title(_run_title(meta, summary, "Throughput per subflow"))
+        fig.suptitle(_run_title(meta, summary, "Throughput per subflow"))
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(title=None, loc="best", frameon=True, framealpha=0.9)
+            _legend_above(ax)
         else:
             ax.text(0.5, 0.5, "no TCP data in the capture", transform=ax.transAxes,
                     ha="center", va="center", color="0.4")
@@ -165,12 +172,12 @@ def plot_goodput(goodput: pd.DataFrame, meta: dict[str, Any], summary: dict[str,
                     transform=ax.transAxes, ha="center", va="center", color="0.4")
         _draw_rates(ax, meta)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="lower right", framealpha=0.9)
+            _legend_above(ax)
         ax.set_xlabel("Time [s]")
         ax.set_ylabel("Goodput [Mbit/s]")
         ax.set_ylim(bottom=0)
         ax.set_xlim(left=0)
-        ax.set_title(_run_title(meta, summary, "Application goodput"))
+        fig.suptitle(_run_title(meta, summary, "Application goodput"))
         _mark_fidelity(fig, summary)
         return save(fig, base)
 
