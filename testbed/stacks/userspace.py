@@ -1,0 +1,194 @@
+"""Driver for our own stack (`userspace`): one stack daemon per host (testbed.runtime.daemon)
+that becomes the host's IPv4 endpoint, and the workload talking to it through its API.
+
+The host's interfaces keep their MACs but lose their IPv4 addresses while the daemon runs,
+so the kernel neither answers ARP for them nor resets our connections; the daemon reads and
+writes frames on those interfaces itself. `release()` stops the daemon and gives the
+addresses (and default routes) back to the kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
+
+from testbed.errors import TestbedError
+from testbed.stacks.base import (
+    Endpoint,
+    HostExec,
+    PreparedHost,
+    StackConfig,
+    WorkloadProto,
+    register_stack,
+)
+
+CONTROL_DIR = Path("/run/mptcp-testbed")
+READY_TIMEOUT_S = 10.0
+# The workload's protocol name for our stack (`python -m testbed.workload --proto userspace`).
+USERSPACE_PROTO = cast(WorkloadProto, "userspace")
+
+_ADDR_RE = re.compile(r"^\d+:\s+(\S+)\s+inet\s+(\d+\.\d+\.\d+\.\d+/\d+)")
+_DEFAULT_RE = re.compile(r"^default via (\S+) dev (\S+)(?:.*\bmetric (\d+))?")
+
+
+@dataclass(frozen=True)
+class HostAddress:
+    """An address the driver took from the kernel, and the default route through it."""
+
+    dev: str
+    addr: str  # ADDR/PREFIX
+    gateway: str | None = None
+    metric: int | None = None
+
+    def iface_arg(self) -> str:
+        return f"{self.dev}={self.addr}" + (f",gw={self.gateway}" if self.gateway else "")
+
+
+@dataclass(frozen=True)
+class UserspacePreparedHost(PreparedHost):
+    control_path: str = ""
+    daemon_pid: int = 0
+    pcap: str | None = None
+    addresses: tuple[HostAddress, ...] = field(default_factory=tuple)
+
+    def workload_args(self) -> list[str]:
+        return [*super().workload_args(), "--stack-control", self.control_path]
+
+
+def host_addresses(host: HostExec) -> list[HostAddress]:
+    """The host's IPv4 addresses (lo excluded) and the default route of each interface."""
+    gateways: dict[str, tuple[str, int | None]] = {}
+    for line in host.run(["ip", "-4", "route", "show", "default"]).splitlines():
+        match = _DEFAULT_RE.match(line.strip())
+        if match and match.group(2) not in gateways:
+            metric = int(match.group(3)) if match.group(3) else None
+            gateways[match.group(2)] = (match.group(1), metric)
+    found = []
+    for line in host.run(["ip", "-o", "-4", "addr", "show"]).splitlines():
+        match = _ADDR_RE.match(line)
+        if match is None or match.group(1) == "lo":
+            continue
+        dev = match.group(1)
+        gateway, metric = gateways.get(dev, (None, None))
+        found.append(HostAddress(dev, match.group(2), gateway, metric))
+    return found
+
+
+def _restore(host: HostExec, addresses: Sequence[HostAddress]) -> None:
+    for address in addresses:
+        host.run(["ip", "addr", "replace", address.addr, "dev", address.dev], check=False)
+        if address.gateway:
+            metric = ["metric", str(address.metric)] if address.metric is not None else []
+            host.run(["ip", "route", "replace", "default", "via", address.gateway,
+                      "dev", address.dev, *metric], check=False)
+
+
+@dataclass(frozen=True)
+class UserspaceStack:
+    """Our userspace TCP (MPTCP later) on every interface of the host."""
+
+    name: str = "userspace"
+    workload_proto: WorkloadProto = USERSPACE_PROTO
+    control_dir: Path = CONTROL_DIR
+    pcap_dir: Path | None = None
+    seed: int = 1
+
+    def prepare(
+        self, host: HostExec, endpoints: Sequence[Endpoint], config: StackConfig
+    ) -> PreparedHost:
+        addresses = host_addresses(host)
+        if not addresses:
+            raise TestbedError(f"{host.name}: no IPv4 address to hand to the userspace stack")
+        self.control_dir.mkdir(parents=True, exist_ok=True)
+        control = str(self.control_dir / f"{host.name}.sock")
+        pcap = str(self.pcap_dir / f"stack-{host.name}.pcap") if self.pcap_dir else None
+        argv = [sys.executable, "-m", "testbed.runtime.daemon", "--control", control,
+                "--seed", str(self.seed), "--congestion", config.congestion]
+        for address in addresses:
+            argv += ["--iface", address.iface_arg()]
+        if pcap:
+            argv += ["--pcap", pcap]
+        # From here on the kernel no longer owns the addresses: removing one also removes its
+        # connected and default routes, so the kernel has no route to answer anything with.
+        for address in addresses:
+            host.run(["ip", "addr", "del", address.addr, "dev", address.dev])
+        # stderr to a file, not a pipe: a long-lived daemon must never block on a full pipe.
+        log = self.control_dir / f"{host.name}.log"
+        try:
+            with open(log, "wb") as err:
+                proc = host.popen(argv, stdout=subprocess.PIPE, stderr=err,
+                                  cwd=str(Path(__file__).resolve().parents[2]))
+        except OSError:
+            _restore(host, addresses)
+            raise
+        if not _wait_ready(proc, READY_TIMEOUT_S):
+            proc.kill()
+            proc.communicate()
+            _restore(host, addresses)
+            raise TestbedError(f"{host.name}: stack daemon did not start: "
+                               f"{log.read_text(errors='replace').strip()}")
+        notes = [f"stack daemon pid {proc.pid}, control {control}"]
+        if endpoints:
+            notes.append("single path for now: MPTCP endpoints are not used yet")
+        return UserspacePreparedHost(
+            host=host.name, stack=self.name, workload_proto=self.workload_proto,
+            congestion=config.congestion, notes=notes, control_path=control,
+            daemon_pid=proc.pid, pcap=pcap, addresses=tuple(addresses),
+        )
+
+    def release(self, host: HostExec, prepared: UserspacePreparedHost,
+                timeout: float = 5.0) -> None:
+        """Stop the daemon (SIGTERM, then SIGKILL) and give the addresses back."""
+        stop_process(prepared.daemon_pid, timeout)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(prepared.control_path)
+        _restore(host, prepared.addresses)
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], deadline - time.monotonic())
+        if not ready:
+            return False
+        line = proc.stdout.readline()
+        if not line:
+            return False  # exited
+        if line.strip() == b"READY":
+            # Nothing more is read from stdout: let it go to /dev/null-like oblivion without
+            # ever blocking the daemon on a full pipe.
+            proc.stdout.close()
+            return True
+    return False
+
+
+def stop_process(pid: int, timeout: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid if not Path(f"/proc/{pid}").exists() else 0
+        if done:
+            return
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+USERSPACE = register_stack(UserspaceStack())
