@@ -469,3 +469,64 @@ def plot_subflow_state(series: pd.DataFrame, meta: dict[str, Any], summary: dict
         fig.suptitle(_run_title(meta, summary, "Subflow state") + where)
         _mark_fidelity(fig, summary)
         return save(fig, base)
+
+
+def plot_goodput_small_multiples(curves: pd.DataFrame, runs: pd.DataFrame, base: Path,
+                                 title: str = "Goodput over time", window_s: float = 0.5
+                                 ) -> list[Path]:
+    """Goodput over time, one panel per case (shared axes), one line per run coloured by
+    stack, each already averaged over `window_s` (`metrics.smoothed_goodput`).
+
+    `curves`: long form case, stack, run, time_s, mbps. `runs`: the runs table, for the
+    sum of the configured rates per case and the fidelity banner.
+    """
+    cases = case_order(runs)
+    stacks = ordered_stacks([str(s) for s in runs["stack"]]) if not runs.empty else []
+    colours = _stack_colours(stacks)
+    markers = case_markers(runs).set_index("case") if cases else pd.DataFrame()
+    ncols = min(max(len(cases), 1), 4)
+    nrows = max(math.ceil(len(cases) / ncols), 1)
+    with sns.axes_style("whitegrid"), mpl.rc_context(_RC):
+        fig = Figure(figsize=(2.9 * ncols + 0.8, 2.4 * nrows + 1.2), layout="constrained")
+        FigureCanvasAgg(fig)
+        grid = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
+        for i, ax in enumerate(grid.flat):
+            if i >= len(cases):
+                ax.set_visible(False)
+                continue
+            case = cases[i]
+            ax.grid(True, color="0.88", linewidth=0.8)
+            ax.set_axisbelow(True)
+            part = curves[curves["case"] == case] if not curves.empty else curves
+            for _, line in part.groupby("run", sort=False) if not part.empty else []:
+                stack = str(line["stack"].iloc[0])
+                ax.step(line["time_s"], line["mbps"], where="post", color=colours[stack],
+                        linewidth=1.4)
+            total = markers.loc[case, "rate_sum_mbps"] if case in markers.index else math.nan
+            if not math.isnan(total):
+                ax.axhline(total, color="0.1", linestyle="--", linewidth=1.1, zorder=1)
+            best = markers.loc[case, "best_path_mbps"] if case in markers.index else math.nan
+            if not math.isnan(best):
+                ax.axhline(best, color="0.45", linestyle=":", linewidth=1.4, zorder=1)
+            ax.set_title(case, fontsize=10)
+            ax.set_xlim(left=0)
+            if i % ncols == 0:
+                ax.set_ylabel("Goodput [Mbit/s]")
+            if i // ncols == nrows - 1 or i + ncols >= len(cases):
+                ax.set_xlabel("Time [s]")
+                ax.tick_params(labelbottom=True)
+        # The shared y axis is set once all panels are drawn, so no panel's peak is cut off.
+        peaks = [1.0, *(curves["mbps"].dropna() if not curves.empty else []),
+                 *(markers["rate_sum_mbps"].dropna() if not markers.empty else [])]
+        grid.flat[0].set_ylim(0, max(peaks) * 1.08)
+        handles: list[Any] = [Line2D([], [], color=colours[s], linewidth=1.4,
+                                     label=stack_name(s)) for s in stacks]
+        handles += [Line2D([], [], color="0.1", linestyle="--", label="sum of path rates"),
+                    Line2D([], [], color="0.45", linestyle=":", label="best single path")]
+        fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 5),
+                   frameon=False, title=f"{title} (averaged over {window_s:g} s)",
+                   title_fontsize=12)
+        banner = fidelity_banner(runs)
+        if banner:
+            _banner(fig, banner.replace(" (hatched bars)", ""))
+        return save(fig, base)

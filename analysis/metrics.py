@@ -522,3 +522,24 @@ def subflow_series(frame: pd.DataFrame) -> pd.DataFrame:
     })
     out = out.dropna(subset=["cwnd", "srtt_ms"], how="all")
     return out.sort_values(["time_s"], kind="stable").reset_index(drop=True)[columns]
+
+
+def smoothed_goodput(series: pd.DataFrame, window_s: float = 0.5) -> pd.DataFrame:
+    """A goodput series (`goodput_series`) averaged over consecutive windows of `window_s`:
+    columns time_s (window start), mbps.
+
+    Each window's rate divides its bytes by the time its bins cover, so a short last window
+    is not drawn as a drop.
+    """
+    if window_s <= 0:
+        raise ValueError(f"window_s must be positive, got {window_s}")
+    if series.empty:
+        return pd.DataFrame(columns=["time_s", "mbps"])
+    steps = series["time_s"].diff().dropna()
+    steps = steps[steps > 0]
+    bin_s = float(steps.median()) if not steps.empty else DEFAULT_BIN_S
+    window = (series["time_s"] / window_s + 1e-9).astype("int64")
+    grouped = series.groupby(window)["bytes"]
+    covered = grouped.count() * min(bin_s, window_s)
+    return pd.DataFrame({"time_s": grouped.sum().index * window_s,
+                         "mbps": (grouped.sum() * 8 / covered / 1e6).to_numpy()})

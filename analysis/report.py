@@ -22,6 +22,9 @@ THROUGHPUT_FIGURE = "throughput"
 GOODPUT_FIGURE = "goodput"
 SUBFLOWS_FIGURE = "subflows"
 METRICS_FILE = "metrics.json"
+# Goodput over time in the comparison is averaged over this window: the receiver's 100 ms
+# bins alternate with the sender's bursts and would draw a comb instead of a rate.
+SMOOTHING_S = 0.5
 
 
 def _capture_host(run_dir: Path) -> str | None:
@@ -135,7 +138,9 @@ def compare_runs(run_dirs: Sequence[Path], out_dir: Path,
     """Comparison figure across runs (e.g. kernel MPTCP against plain TCP): out_dir/name.*.
 
     Goodput per case and stack against the configured rates, and, for runs whose summary
-    carries the selftest bound (`aggregate`), completion time against that bound.
+    carries the selftest bound (`aggregate`), completion time against that bound; then
+    name-goodput.*: goodput over time per case (small multiples, averaged over 0.5 s),
+    when the runs have a receiver series.
     """
     if not run_dirs:
         raise ValueError("compare_runs needs at least one results directory")
@@ -148,7 +153,18 @@ def compare_runs(run_dirs: Sequence[Path], out_dir: Path,
     sizes = {p.get("size_mib") for p in runs["params"] if isinstance(p, dict)}
     if len(sizes) == 1 and None not in sizes:
         title += f", {next(iter(sizes)):g} MiB transfer"
-    return figures.plot_comparison(runs, Path(out_dir) / name, title=title)
+    written = figures.plot_comparison(runs, Path(out_dir) / name, title=title)
+    curves = []
+    for run_dir, row in zip(run_dirs, runs.itertuples(), strict=True):
+        series = metrics.goodput_series(metrics.load_workload_report(Path(run_dir)))
+        smooth = metrics.smoothed_goodput(series, SMOOTHING_S)
+        if not smooth.empty:
+            curves.append(smooth.assign(case=row.case, stack=row.stack, run=row.path))
+    if curves:
+        written += figures.plot_goodput_small_multiples(
+            pd.concat(curves, ignore_index=True), runs, Path(out_dir) / f"{name}-goodput",
+            title=title, window_s=SMOOTHING_S)
+    return written
 
 
 def _cell(value: Any) -> str:

@@ -146,6 +146,19 @@ def test_goodput_series_uses_bin_spacing() -> None:
     assert metrics.goodput_series({}).empty
 
 
+def test_smoothed_goodput_averages_windows() -> None:
+    # 100 ms bins alternating 20 and 0 Mbit/s (a comb) average to 10 Mbit/s per 0.5 s; the
+    # last window holds two bins and is divided by 0.2 s, not 0.5 s.
+    series = metrics.goodput_series({"series": [[round(i * 0.1, 1), 250_000 if i % 2 else 0]
+                                                for i in range(12)]})
+    smooth = metrics.smoothed_goodput(series, 0.5)
+    assert list(smooth["time_s"]) == pytest.approx([0.0, 0.5, 1.0])
+    assert list(smooth["mbps"]) == pytest.approx([8.0, 12.0, 10.0])
+    assert metrics.smoothed_goodput(series.iloc[:0]).empty
+    with pytest.raises(ValueError):
+        metrics.smoothed_goodput(series, 0)
+
+
 def test_mean_goodput_from_timestamps() -> None:
     assert metrics.mean_goodput_mbps({"bytes": 1_250_000, "t_start": 1.0, "t_end": 2.0}) == 10.0
     assert metrics.mean_goodput_mbps({"bytes": 1, "t_start": 2.0, "t_end": 2.0}) is None
@@ -409,9 +422,16 @@ def test_fidelity_banner_names_the_cases(tmp_path: Path) -> None:
 def test_compare_runs_with_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     saved = _spy_saved(monkeypatch)
     paths = report.compare_runs(_suite(tmp_path), tmp_path / "out")
-    assert {p.name for p in paths} == {"comparison.png", "comparison.pdf"}
+    assert {p.name for p in paths} == {"comparison.png", "comparison.pdf",
+                                       "comparison-goodput.png", "comparison-goodput.pdf"}
     assert all(p.stat().st_size > 1000 for p in paths)
-    (fig,) = saved
+    fig, small = saved
+    # Small multiples: one panel per case with one line per run, shared y axis.
+    panels = [ax for ax in small.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["10+10 Mbit/s, 0/0 ms", "15+5 Mbit/s, 1/25 ms"]
+    assert panels[0].get_shared_y_axes().joined(panels[0], panels[1])
+    assert all(len([ln for ln in ax.get_lines() if ln.get_linestyle() == "-"]) == 2
+               for ax in panels)
     goodput_ax, completion_ax = fig.axes
     assert [t.get_text() for t in goodput_ax.get_xticklabels()] == \
         ["10+10 Mbit/s\n0/0 ms", "15+5 Mbit/s\n1/25 ms"]
@@ -429,12 +449,11 @@ def test_compare_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
                      goodput=(1.4 if stack == "kernel" else 0.9) * rate + rep)
             for stack in ("kernel", "tcp") for rate in (5, 10) for rep in (0, 1)]
     paths = report.compare_runs(runs, tmp_path / "out")
-    assert {p.name for p in paths} == {"comparison.png", "comparison.pdf"}
+    assert {p.name for p in paths} >= {"comparison.png", "comparison.pdf"}
     table = report.runs_table(runs)
     # Only the parameters that vary make the case label (with the other path's rate).
     assert set(table["case"]) == {"5+5 Mbit/s", "10+5 Mbit/s"}
-    (fig,) = saved
-    assert len(fig.axes) == 1  # no bound in these summaries: no completion panel
+    assert len(saved[0].axes) == 1  # no bound in these summaries: no completion panel
     bars = figures.bar_table(table, "goodput_mbps").set_index(["case", "stack"])
     assert bars.loc[("5+5 Mbit/s", "kernel"), "values"] == pytest.approx([7.0, 8.0])
     assert bars.loc[("5+5 Mbit/s", "kernel"), "value"] == pytest.approx(7.5)
@@ -455,6 +474,7 @@ def test_write_report(tmp_path: Path) -> None:
     assert "simult_flows.sh" in text
     assert "kernel MPTCP 1 of 2 runs; TCP 0 of 2 runs" in text
     assert "![aggregate comparison](figures/report-comparison.png)" in text
+    assert "![aggregate comparison](figures/report-comparison-goodput.png)" in text
     assert (tmp_path / "default" / "figures" / "report-comparison.png").exists()
     assert "(r10-10/kernel/figures/goodput.png)" in text
 
