@@ -146,6 +146,9 @@ class StackDaemon:
                 except Exception as exc:  # the loop must survive any one event
                     self.counters["LoopErrors"] += 1
                     print(f"stack daemon: {kind}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                    if kind == "app" and data.state != "closed":
+                        # Tell the app rather than leave it waiting for a reply forever.
+                        self._fail(data, f"internal error: {type(exc).__name__}: {exc}")
             now = time.monotonic()
             if self.tcp is not None:
                 due = self.tcp.next_timer()
@@ -283,9 +286,17 @@ class StackDaemon:
             app.state = "accepting"
             self.accepting.setdefault(request.port, deque()).append(app)
 
+    def _push_to_tcp(self, app: AppConn, now: float) -> None:
+        """Hand TCP what the app sent and TCP could not take yet (or what came with the
+        request line); `inbuf` is the app-to-TCP queue once the stream is open."""
+        if app.inbuf:
+            taken = app.conn.send(bytes(app.inbuf), now)
+            del app.inbuf[:taken]
+
     def _read_stream(self, app: AppConn, now: float) -> None:
+        self._push_to_tcp(app, now)
         space = app.conn.writable_space
-        if space <= 0:
+        if space <= 0 or app.inbuf:
             return
         try:
             data = app.sock.recv(min(space, APP_CHUNK))
@@ -298,7 +309,9 @@ class StackDaemon:
             app.app_eof = True
             app.conn.close(now)
             return
-        app.conn.send(data, now)
+        taken = app.conn.send(data, now)
+        if taken < len(data):
+            app.inbuf += data[taken:]
 
     def _write_to_app(self, app: AppConn) -> None:
         if not app.to_app:
@@ -339,6 +352,7 @@ class StackDaemon:
                 self._finish(conn)
                 app.conn = None
         if app.state == "stream":
+            self._push_to_tcp(app, now)
             # Only pull from TCP what the app has taken: the TCP receive window then closes
             # when the app is slow, which is backpressure all the way to the peer.
             while not app.to_app and conn.readable:
@@ -375,7 +389,7 @@ class StackDaemon:
         # Read from a stream only while TCP can take more (backpressure towards the app);
         # in the other waiting states a read can only be the app going away.
         streaming = (app.state == "stream" and not app.app_eof and app.conn is not None
-                     and app.conn.writable_space > 0)
+                     and not app.inbuf and app.conn.writable_space > 0)
         if streaming or app.state in ("request", "listener", "accepting", "connecting"):
             want |= selectors.EVENT_READ
         if want == app.interest:

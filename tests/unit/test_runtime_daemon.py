@@ -1,0 +1,150 @@
+"""The daemon's application side over a real Unix socket, with a fake TCP core: the request
+reply, bytes both ways, shutdown as FIN and FIN as shutdown, errors, and the stats query."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from testbed.runtime import api
+from testbed.runtime.daemon import StackDaemon
+
+
+class FakeConn:
+    def __init__(self, remote: bytes, port: int) -> None:
+        self.local_addr, self.local_port = bytes([10, 0, 1, 1]), 40000
+        self.remote_addr, self.remote_port = remote, port
+        self.sent = bytearray()
+        self.rx = bytearray()
+        self.peer_fin = False
+        self.fin_sent = False
+        self.established, self.closed = True, False
+        self.error: str | None = None
+        self.state = "ESTABLISHED"
+        self.writable_space = 1000  # small, so the daemon must hold back the rest
+
+    @property
+    def readable(self) -> bool:
+        return bool(self.rx)
+
+    @property
+    def at_eof(self) -> bool:
+        return self.peer_fin and not self.rx
+
+    def send(self, data: bytes, now: float) -> int:
+        taken = data[:self.writable_space]
+        self.sent += taken
+        return len(taken)
+
+    def recv(self, max_bytes: int) -> bytes:
+        data = bytes(self.rx[:max_bytes])
+        del self.rx[:max_bytes]
+        return data
+
+    def close(self, now: float) -> None:
+        self.fin_sent = True
+
+    def abort(self, now: float) -> None:
+        self.closed, self.error = True, "aborted"
+
+    def stats(self) -> dict[str, Any]:
+        return {"cwnd": 14480, "srtt_ms": 1.0}
+
+
+class FakeTcp:
+    def __init__(self) -> None:
+        self.conns: list[FakeConn] = []
+        self.counters = {"ActiveOpens": 0}
+
+    def connect(self, local: bytes | None, remote: bytes, port: int, now: float,
+                local_port: int | None = None, **options: Any) -> FakeConn:
+        if port == 9:
+            raise ValueError("no route")
+        self.counters["ActiveOpens"] += 1
+        self.conns.append(FakeConn(remote, port))
+        return self.conns[-1]
+
+    def receive(self, *args: Any) -> None: ...
+
+    def segments_to_send(self, now: float) -> list[Any]:
+        return []
+
+    def next_timer(self) -> float | None:
+        return None
+
+    def handle_timer(self, now: float) -> None: ...
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[tuple[StackDaemon, str]]:
+    path = str(tmp_path / "stack.sock")
+    control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    control.bind(path)
+    control.listen()
+    d = StackDaemon([], {}, control, FakeTcp())
+    thread = threading.Thread(target=d.run, daemon=True)
+    thread.start()
+    yield d, path
+    d.running = False
+    d._wake_w.send(b"x")
+    thread.join(timeout=5)
+    d.close()
+
+
+def poke(d: StackDaemon) -> None:
+    """Wake the loop after the test changed the fake core behind its back."""
+    d._wake_w.send(b"x")
+
+
+def test_connect_streams_both_ways_with_fin_semantics(daemon: tuple[StackDaemon, str]) -> None:
+    d, path = daemon
+    sock = api.connect(path, "10.0.3.1", 5201, congestion="reno", timeout=5)
+    assert sock.getpeername() == ("10.0.3.1", 5201)
+    assert sock.getsockname() == ("10.0.1.1", 40000)
+    conn = d.tcp.conns[0]
+    sock.sendall(b"a" * 3000)
+    # TCP takes 1000 bytes per call here; the daemon keeps the rest until there is room.
+    while len(conn.sent) < 3000:
+        poke(d)
+    sock.shutdown(socket.SHUT_WR)
+    while not conn.fin_sent:
+        poke(d)
+    assert bytes(conn.sent) == b"a" * 3000
+    conn.rx += b"reply"
+    conn.peer_fin = True
+    poke(d)
+    data = b""
+    while chunk := sock.recv(100):
+        data += chunk
+    assert data == b"reply"  # then EOF: the peer's FIN became our shutdown(SHUT_WR)
+    sock.close()
+
+
+def test_refusals_come_back_as_errors(daemon: tuple[StackDaemon, str]) -> None:
+    _, path = daemon
+    with pytest.raises(api.StackApiError, match="no route"):
+        api.connect(path, "10.0.3.1", 9, timeout=5)
+    with pytest.raises(api.StackApiError, match=r"internal error.*listen"):
+        api.listen(path, "0.0.0.0", 80, timeout=5)  # FakeTcp has no listen: the app is told
+    with pytest.raises(api.StackApiError, match="nothing listens"):
+        api.Listener(path, socket.socket(), 81).accept(timeout=5)
+    with pytest.raises(api.StackApiError, match="unknown op"):
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.connect(path)
+        raw.sendall(b'{"op":"bind"}\n')
+        raise api.StackApiError(raw.makefile("rb").readline().decode())
+
+
+def test_stats_lists_connections_and_counters(daemon: tuple[StackDaemon, str]) -> None:
+    _, path = daemon
+    sock = api.connect(path, "10.0.3.1", 5201, timeout=5)
+    result = api.stats(path)
+    [record] = result["connections"]
+    assert record["remote"] == ["10.0.3.1", 5201] and record["stats"]["cwnd"] == 14480
+    assert result["counters"]["ActiveOpens"] == 1 and result["counters"]["LoopErrors"] == 0
+    sock.close()
