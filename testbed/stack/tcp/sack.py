@@ -1,0 +1,192 @@
+"""The sender's retransmission queue and SACK scoreboard (RFC 6675 §4: IsLost, pipe,
+NextSeg), kept per segment as sent (like Linux's retransmit queue) so that Karn's rule,
+pipe and loss marking are questions about a handful of flags.
+
+The same queue serves NewReno (RFC 6582) when SACK is off: nothing is ever SACKed and the
+connection marks the head segment lost on fast retransmit and on partial ACKs.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from testbed.stack.tcp import seq as sq
+
+
+@dataclass(slots=True)
+class SentSegment:
+    seq: int
+    end: int  # seq + sequence space consumed (a FIN counts one)
+    sent_at: float
+    fin: bool = False
+    ever_retransmitted: bool = False  # Karn's rule (RFC 6298 §3)
+    retransmitted: bool = False  # retransmitted and still counted in pipe (RFC 6675)
+    sacked: bool = False
+    lost: bool = False
+
+    @property
+    def length(self) -> int:
+        return sq.diff(self.end, self.seq)
+
+
+@dataclass(frozen=True)
+class AckResult:
+    acked_bytes: int
+    rtt_sent_at: float | None  # send time of the newest acked never-retransmitted segment
+    fin_acked: bool
+
+
+class Scoreboard:
+    def __init__(self, dup_thresh: int = 3) -> None:
+        self.dup_thresh = dup_thresh
+        self.segments: list[SentSegment] = []
+        self.sacked_bytes = 0
+        self.high_sacked: int | None = None  # right edge of the highest SACKed segment
+
+    def __len__(self) -> int:
+        return len(self.segments)
+
+    def add(self, seq: int, length: int, now: float, fin: bool = False) -> SentSegment:
+        seg = SentSegment(seq, sq.add(seq, length), now, fin=fin)
+        self.segments.append(seg)
+        return seg
+
+    def ack(self, snd_una: int) -> AckResult:
+        """Drop everything below the new cumulative ACK."""
+        acked = 0
+        rtt_sent_at: float | None = None
+        fin_acked = False
+        n = 0
+        ambiguous = False
+        for seg in self.segments:
+            if sq.le(seg.end, snd_una):
+                n += 1
+                acked += seg.length
+                if seg.sacked:
+                    self.sacked_bytes -= seg.length
+                # Karn (RFC 6298 §3): an ACK that covers a retransmission may be its echo;
+                # and a SACKed segment's cumulative ACK says nothing about its own RTT.
+                ambiguous = ambiguous or seg.ever_retransmitted
+                rtt_sent_at = None if (ambiguous or seg.sacked) else seg.sent_at
+                fin_acked = fin_acked or seg.fin
+            else:
+                break
+        del self.segments[:n]
+        if self.segments and sq.lt(self.segments[0].seq, snd_una):
+            # A cumulative ACK inside a segment (the peer trimmed it): keep the tail.
+            head = self.segments[0]
+            part = sq.diff(snd_una, head.seq)
+            acked += part
+            if head.sacked:
+                self.sacked_bytes -= part
+            head.seq = snd_una
+        if not self.segments or self.sacked_bytes == 0:
+            self.high_sacked = None
+        return AckResult(acked, rtt_sent_at, fin_acked)
+
+    def _index(self, seq: int) -> int:
+        """Index of the first segment whose seq is >= `seq`."""
+        if not self.segments:
+            return 0
+        base = self.segments[0].seq
+        return bisect.bisect_left(
+            self.segments, sq.diff(seq, base), key=lambda s: sq.diff(s.seq, base)
+        )
+
+    def apply_sack(self, blocks: tuple[tuple[int, int], ...], snd_una: int, snd_nxt: int) -> int:
+        """Mark segments wholly covered by SACK blocks; returns newly SACKed bytes.
+        Blocks outside (snd_una, snd_nxt] are ignored (RFC 2018 §8 and old D-SACKs)."""
+        newly = 0
+        for left, right in blocks:
+            if not (sq.lt(left, right) and sq.ge(left, snd_una) and sq.le(right, snd_nxt)):
+                continue
+            i = self._index(left)
+            while i < len(self.segments):
+                seg = self.segments[i]
+                if sq.gt(seg.end, right):
+                    break
+                if not seg.sacked:
+                    seg.sacked = True
+                    seg.lost = False
+                    seg.retransmitted = False
+                    newly += seg.length
+                    self.sacked_bytes += seg.length
+                    if self.high_sacked is None or sq.gt(seg.end, self.high_sacked):
+                        self.high_sacked = seg.end
+                i += 1
+        return newly
+
+    def mark_lost(self, mss: int) -> int:
+        """IsLost (RFC 6675 §4): a segment is lost when dup_thresh discontiguous SACKed
+        segments, or more than (dup_thresh - 1) * mss SACKed bytes, lie above it. Returns
+        how many segments were newly marked."""
+        if self.sacked_bytes == 0:
+            return 0
+        marked = 0
+        sacked_segs = 0
+        sacked_bytes = 0
+        for seg in reversed(self.segments):
+            if seg.sacked:
+                sacked_segs += 1
+                sacked_bytes += seg.length
+            elif sacked_segs >= self.dup_thresh or sacked_bytes > (self.dup_thresh - 1) * mss:
+                if not seg.lost and not seg.retransmitted:
+                    seg.lost = True
+                    marked += 1
+                elif seg.lost:
+                    # Everything below an already lost segment was marked before.
+                    break
+        return marked
+
+    def mark_head_lost(self) -> None:
+        if self.segments and not self.segments[0].sacked:
+            self.segments[0].lost = True
+            self.segments[0].retransmitted = False
+
+    def mark_all_lost(self, forget_sacks: bool) -> None:
+        """After an RTO everything outstanding is presumed lost (RFC 6298 §5.4, 6675 §5.1).
+        `forget_sacks` drops SACK marks too, in case the receiver reneged (RFC 2018 §8)."""
+        for seg in self.segments:
+            if forget_sacks and seg.sacked:
+                seg.sacked = False
+            seg.retransmitted = False
+            if not seg.sacked:
+                seg.lost = True
+        if forget_sacks:
+            self.sacked_bytes = 0
+            self.high_sacked = None
+
+    def pipe(self) -> int:
+        """Bytes presumed in the network (RFC 6675 §4 SetPipe)."""
+        total = 0
+        for seg in self.segments:
+            if seg.sacked:
+                continue
+            if not seg.lost:
+                total += seg.length
+            if seg.retransmitted:
+                total += seg.length
+        return total
+
+    def next_lost(self) -> SentSegment | None:
+        """NextSeg rule 1 (RFC 6675 §4): the first lost segment not yet retransmitted."""
+        for seg in self.segments:
+            if seg.lost and not seg.sacked and not seg.retransmitted:
+                return seg
+        return None
+
+    def next_rescue(self) -> SentSegment | None:
+        """NextSeg rule 3: when no new data can go, an unSACKed segment below the highest
+        SACKed byte that was not retransmitted yet."""
+        if self.high_sacked is None:
+            return None
+        for seg in self.segments:
+            if not sq.lt(seg.seq, self.high_sacked):
+                return None
+            if not seg.sacked and not seg.retransmitted:
+                return seg
+        return None
+
+    def has_lost(self) -> bool:
+        return any(s.lost and not s.retransmitted and not s.sacked for s in self.segments)
