@@ -6,7 +6,7 @@ import contextlib
 import struct
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from testbed.stack.wire.errors import ParseError
@@ -208,6 +208,7 @@ def test_icmp_round_trip(message: IcmpMessage) -> None:
     assert emit_icmp(parse_icmp(data)) == data
 
 
+@settings(max_examples=400)
 @given(st.binary(max_size=100), st.booleans())
 def test_random_bytes_raise_only_parse_error(data: bytes, verify: bool) -> None:
     with contextlib.suppress(ParseError):
@@ -220,6 +221,7 @@ def test_random_bytes_raise_only_parse_error(data: bytes, verify: bool) -> None:
             message.quoted()
 
 
+@settings(max_examples=400)
 @given(packets, st.data())
 def test_mutated_ipv4_raises_only_parse_error(packet: Ipv4Packet, data: st.DataObject) -> None:
     raw = bytearray(emit_ipv4(packet))

@@ -9,7 +9,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from testbed.runtime.pcap import LINKTYPE_ETHERNET, PcapWriter
@@ -131,6 +131,7 @@ def test_valid_frames_parse() -> None:
     assert kinds == ["ArpPacket", "IcmpEcho", "TcpSegment", "TcpSegment"]
 
 
+@settings(max_examples=400)
 @given(st.sampled_from(VALID_FRAMES), st.data())
 def test_mutated_frames_raise_only_parse_error(frame: bytes, data: st.DataObject) -> None:
     raw = bytearray(frame)

@@ -6,7 +6,7 @@ import contextlib
 import struct
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from testbed.stack.wire.errors import ParseError
@@ -266,6 +266,7 @@ def test_parse_then_emit_gives_canonical_bytes(seg: TcpSegment, src: bytes, dst:
     assert emit_tcp(parse_tcp(canonical, src, dst), src, dst) == canonical
 
 
+@settings(max_examples=400)
 @given(st.binary(max_size=120), addresses, addresses, st.booleans())
 def test_random_bytes_raise_only_parse_error(data: bytes, src: bytes, dst: bytes,
                                              verify: bool) -> None:
@@ -273,6 +274,7 @@ def test_random_bytes_raise_only_parse_error(data: bytes, src: bytes, dst: bytes
         parse_tcp(data, src, dst, verify_checksum=verify)
 
 
+@settings(max_examples=400)
 @given(segments, st.data())
 def test_mutated_segments_raise_only_parse_error(seg: TcpSegment, data: st.DataObject) -> None:
     raw = bytearray(emit_tcp(seg, SRC, DST))
