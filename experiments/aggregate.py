@@ -29,7 +29,11 @@ class AggregateParams(CommonParams):
     jitter2_ms: float = 0.0
     loss1_pct: float = 0.0
     loss2_pct: float = 0.0
-    queue_pkts: int | None = None
+    # netem's queue in simult_flows.sh was its default (1000 packets) and is now a few tens of
+    # packets per path. The BDP default of other scenarios (10 packets at 0 ms) starves cubic
+    # on a 15 Mbit/s path with no delay; 100 packets keeps the paths busy while bounding the
+    # queueing delay (80 ms at 15 Mbit/s). `--set queue_pkts=none` gives the BDP default.
+    queue_pkts: int | None = 100
     size_mib: float = 16.0
     direction: str = "upload"
 
