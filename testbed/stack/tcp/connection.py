@@ -518,9 +518,12 @@ class TcpConnection:
                 self._syn_pending = True  # our SYN-ACK was lost: send it again
             return
 
-        # RFC 7323 §5.3 PAWS: an old timestamp marks an old duplicate.
+        # RFC 7323 §5.3 PAWS: an old timestamp marks an old duplicate. Segments without
+        # data or FIN are exempt (like Linux's tcp_disordered_ack): an ACK that was merely
+        # reordered behind a newer one cannot corrupt the stream, and answering it would
+        # only add an ACK per reordered ACK.
         if (isinstance(ts, TimestampOption) and self.config.paws and not seg.has(RST)
-                and sq.lt(ts.tsval, self.ts_recent)):
+                and (seg.payload or seg.has(FIN | SYN)) and sq.lt(ts.tsval, self.ts_recent)):
             self._count("PAWSEstabRejected")
             self._queue_ack(now)
             return
