@@ -24,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from experiments.scenario import LinkEvent, Scenario
+from experiments.scenario import HostEvent, LinkEvent, RunOutcome, Scenario, TimelineEvent
 from testbed import stats
 from testbed.emu.capture import Capture, CpuMonitor, start_capture
 from testbed.emu.cleanup import ProcessRecord, RunRecord
@@ -137,7 +137,7 @@ class Run:
             "server_stack": self.options.server_stack,
             "link_backend": backend,
             "link_backend_requested": self.options.link_backend,
-            "timeline": [asdict(event) for event in self.timeline],
+            "timeline": [event.record() for event in self.timeline],
             "configured_rates_mbps": self.scenario.configured_rates(),
             "versions": _versions(),
             "kernel": platform.release(),
@@ -170,9 +170,9 @@ class Run:
     # -- the run itself ---------------------------------------------------------------------
 
     def _prepare(self, emu: Emulation) -> tuple[PreparedHost, PreparedHost]:
-        client = self.client_driver.prepare(emu.host(self.scenario.client),
+        client = self.client_driver.prepare(emu.recorded(self.scenario.client),
                                             self.scenario.client_endpoints(), self.stack_config)
-        server = self.server_driver.prepare(emu.host(self.scenario.server),
+        server = self.server_driver.prepare(emu.recorded(self.scenario.server),
                                             self.scenario.server_endpoints(), self.stack_config)
         return client, server
 
@@ -270,18 +270,29 @@ class Run:
 
     def _play_timeline(self, emu: Emulation, t0: float) -> None:
         applied = []
-        for event in self.timeline:
-            if self._timeline_stop.wait(max(0.0, t0 + event.at_s - time.monotonic())):
-                break
-            try:
-                self._apply(emu, event)
-                applied.append({"at_s": round(time.monotonic() - t0, 4), **asdict(event)})
-            except TestbedError as exc:
-                self.errors.append(f"link event at {event.at_s} s failed: {exc}")
-        _write_json(self.run_dir / "stats" / "timeline.json", applied)
+        try:
+            for event in self.timeline:
+                if self._timeline_stop.wait(max(0.0, t0 + event.at_s - time.monotonic())):
+                    break
+                started, wall = time.monotonic(), time.time()
+                try:
+                    self._apply(emu, event)
+                    # Wall time too: the workload reports stamp their start with time.time().
+                    applied.append({**event.record(), "applied_at_s": round(started - t0, 4),
+                                    "wall_time": wall,
+                                    "took_s": round(time.monotonic() - started, 4)})
+                except (TestbedError, OSError) as exc:
+                    kind = "link" if isinstance(event, LinkEvent) else "host"
+                    self.errors.append(f"{kind} event at {event.at_s} s failed: {exc}")
+        finally:
+            # Written even if an action had a bug: analysis needs to know what was played.
+            _write_json(self.run_dir / "stats" / "timeline.json", applied)
 
     @staticmethod
-    def _apply(emu: Emulation, event: LinkEvent) -> None:
+    def _apply(emu: Emulation, event: TimelineEvent) -> None:
+        if isinstance(event, HostEvent):
+            event.action(emu)
+            return
         link = emu.link(event.link)
         if event.action == "set":
             assert event.shaping is not None
@@ -297,6 +308,12 @@ class Run:
             return dict(json.loads(path.read_text()))
         except (OSError, ValueError):
             return {}
+
+    def _read_timeline(self) -> list[dict[str, Any]]:
+        try:
+            return list(json.loads((self.run_dir / "stats" / "timeline.json").read_text()))
+        except (OSError, ValueError):
+            return []
 
     def _finish(self, backend: str, interrupted: bool, wall_s: float) -> None:
         client, server = self._read_report("client"), self._read_report("server")
@@ -333,7 +350,9 @@ class Run:
             "prepared": getattr(self, "prepared", None),
         }
         summary.update(self._fidelity())
-        summary.update(self.scenario.evaluate(summary))
+        summary.update(self.scenario.evaluate_run(RunOutcome(
+            summary=summary, sender=sender, receiver=receiver,
+            timeline=self._read_timeline(), run_dir=self.run_dir)))
         self.summary = summary
         _write_json(self.run_dir / "summary.json", summary)
 

@@ -133,6 +133,11 @@ class Emulation:
         self.record.add_process(proc.pid, f"{what} on {host.name}")
         return proc
 
+    def recorded(self, name: str) -> RecordedHost:
+        """The host as stack drivers see it (testbed.stacks.base.HostExec): every process a
+        driver starts in it (a stack daemon, say) is recorded for cleanup like the runner's."""
+        return RecordedHost(self, self.host(name))
+
     def shaper_stats(self) -> dict[str, Any]:
         return self.backend.stats()
 
@@ -145,3 +150,22 @@ class Emulation:
             self.backend.close()
             sweep(self.record)
 
+
+
+class RecordedHost:
+    """A host whose popen() records what it starts (the HostExec protocol of stack drivers)."""
+
+    def __init__(self, emulation: Emulation, host: TestbedHost) -> None:
+        self.emulation = emulation
+        self.host = host
+        self.name = host.name
+
+    def run(self, argv: Sequence[str], check: bool = True) -> str:
+        return self.host.run(argv, check=check)
+
+    def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        return self.emulation.popen(self.host, argv, f"{argv[0]} (stack)", **kwargs)
+
+    @property
+    def netns_path(self) -> str:
+        return self.host.netns_path
