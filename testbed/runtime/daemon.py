@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import ipaddress
@@ -256,12 +257,21 @@ class StackDaemon:
         elif self.tcp is None:
             self._fail(app, "this daemon runs without the TCP core")
         elif isinstance(request, ConnectRequest):
+            local = request.local
+            if local is None:
+                # The source address is the route's (RFC 1122 §3.3.4.3): its interface's.
+                route = self.net.routes.lookup(request.remote)
+                if route is None:
+                    self._fail(app, f"connect: no route to {_ip(request.remote)}")
+                    return
+                local = route.src
+            config = self.tcp.config
+            if request.congestion:
+                config = dataclasses.replace(config, congestion=request.congestion)
             try:
-                app.conn = self.tcp.connect(request.local, request.remote, request.port, now,
-                                            local_port=request.local_port,
-                                            **({"congestion": request.congestion}
-                                               if request.congestion else {}))
-            except (ValueError, OSError) as exc:
+                app.conn = self.tcp.connect(local, request.remote, request.port, now,
+                                            local_port=request.local_port, config=config)
+            except (ValueError, KeyError, OSError) as exc:
                 self._fail(app, f"connect: {exc}")
                 return
             app.state = "connecting"
@@ -271,7 +281,7 @@ class StackDaemon:
                 return
             try:
                 app.listener = self.tcp.listen(request.addr, request.port, request.backlog)
-            except ValueError as exc:
+            except (ValueError, OSError) as exc:
                 self._fail(app, f"listen: {exc}")
                 return
             app.port = request.port
@@ -411,9 +421,7 @@ class StackDaemon:
         """The app closed its Unix socket: release whatever it held."""
         if app.state == "listener":
             self.listeners.pop(app.port, None)
-            close = getattr(app.listener, "close", None)
-            if close is not None:
-                close(now)
+            app.listener.close()
         elif app.state == "accepting":
             waiters = self.accepting.get(app.port)
             if waiters is not None and app in waiters:
@@ -438,7 +446,7 @@ class StackDaemon:
         return {
             "local": [_ip(conn.local_addr), conn.local_port],
             "remote": [_ip(conn.remote_addr), conn.remote_port],
-            "congestion": getattr(conn, "congestion_name", None),
+            "congestion": conn.config.congestion,
         }
 
     def _conn_record(self, conn: Any) -> dict[str, Any]:

@@ -72,8 +72,9 @@ def test_linux_pings_our_stack_through_the_router(ours: tuple[Emulation, Userspa
     counters = api.stats(prepared.control_path)["counters"]
     assert counters["IcmpInEchos"] >= 20
     assert counters["IcmpOutEchoReps"] == counters["IcmpInEchos"]
-    # The router asked for us first, so its request taught us its MAC: no request of ours.
-    assert counters["ArpRepliesSent"] >= 1 and counters["ArpRequestsSent"] == 0
+    # Who asks whom first depends on the router's ARP cache (the interface keeps its MAC, so
+    # an entry from before the handover stays valid); either way ARP went through us.
+    assert counters["ArpRepliesSent"] + counters["ArpResolved"] >= 1
     assert counters["LoopErrors"] == 0
 
 
@@ -86,7 +87,7 @@ def _transfer(emu: Emulation, server_args: list[str], client_args: list[str],
               tmp: Path) -> tuple[dict[str, object], dict[str, object]]:
     server = _workload(emu, "server", ["server", "--listen", "0.0.0.0", "--port", "5201",
                                        "--report", str(tmp / "server.json"), "--seed", "9",
-                                       "--timeout", "30", *server_args])
+                                       "--timeout", "30", "--bytes", str(MB10), *server_args])
     assert server.stdout is not None
     assert b"LISTENING" in server.stdout.readline()
     client = _workload(emu, "client", ["client", "--connect", SERVER_ADDR, "--port", "5201",
@@ -116,6 +117,7 @@ def test_our_client_uploads_10mb_to_a_linux_server(
     client, server = _transfer(emu, ["--proto", "tcp"], prepared.workload_args(), tmp_path)
     assert client["error"] is None and server["error"] is None, (client, server)
     assert server["bytes"] == MB10 and server["sha256"] == payload_sha256(9, MB10)
+    print(f"\nours -> Linux: {server['goodput_mbps']:.1f} Mbit/s over 10 MB")
     assert client["local"] == f"{CLIENT_ADDRS[0]}:" + str(client["local"]).split(":")[1]
 
 
@@ -128,3 +130,4 @@ def test_our_server_sends_10mb_to_a_linux_client(
                                ["--proto", "tcp", "--direction", "download"], tmp_path)
     assert client["error"] is None and server["error"] is None, (client, server)
     assert client["bytes"] == MB10 and client["sha256"] == payload_sha256(9, MB10)
+    print(f"\nours (server) -> Linux: {client['goodput_mbps']:.1f} Mbit/s over 10 MB")

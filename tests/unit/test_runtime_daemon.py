@@ -3,9 +3,13 @@ reply, bytes both ways, shutdown as FIN and FIN as shutdown, errors, and the sta
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import socket
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +17,17 @@ import pytest
 
 from testbed.runtime import api
 from testbed.runtime.daemon import StackDaemon
+from testbed.runtime.routes import Interface
+
+
+@dataclass(frozen=True)
+class FakeConfig:
+    congestion: str = "reno"
 
 
 class FakeConn:
+    config = FakeConfig()
+
     def __init__(self, remote: bytes, port: int) -> None:
         self.local_addr, self.local_port = bytes([10, 0, 1, 1]), 40000
         self.remote_addr, self.remote_port = remote, port
@@ -59,10 +71,11 @@ class FakeConn:
 class FakeTcp:
     def __init__(self) -> None:
         self.conns: list[FakeConn] = []
+        self.config = FakeConfig()
         self.counters = {"ActiveOpens": 0}
 
-    def connect(self, local: bytes | None, remote: bytes, port: int, now: float,
-                local_port: int | None = None, **options: Any) -> FakeConn:
+    def connect(self, local: bytes, remote: bytes, port: int, now: float,
+                local_port: int | None = None, config: Any = None) -> FakeConn:
         if port == 9:
             raise ValueError("no route")
         self.counters["ActiveOpens"] += 1
@@ -86,7 +99,11 @@ def daemon(tmp_path: Path) -> Iterator[tuple[StackDaemon, str]]:
     control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     control.bind(path)
     control.listen()
-    d = StackDaemon([], {}, control, FakeTcp())
+    # An interface without a socket: the fake core sends no segments, but connect needs a
+    # route to choose its source address from.
+    iface = Interface("eth0", bytes(6), ipaddress.IPv4Interface("10.0.1.1/24"),
+                      ipaddress.IPv4Address("10.0.1.254"))
+    d = StackDaemon([iface], {}, control, FakeTcp())
     thread = threading.Thread(target=d.run, daemon=True)
     thread.start()
     yield d, path
@@ -97,8 +114,11 @@ def daemon(tmp_path: Path) -> Iterator[tuple[StackDaemon, str]]:
 
 
 def poke(d: StackDaemon) -> None:
-    """Wake the loop after the test changed the fake core behind its back."""
-    d._wake_w.send(b"x")
+    """Wake the loop after the test changed the fake core behind its back (a full wake
+    socket already means a wakeup is pending)."""
+    with contextlib.suppress(BlockingIOError):
+        d._wake_w.send(b"x")
+    time.sleep(0.001)  # yield to the daemon thread; nothing here measures time
 
 
 def test_connect_streams_both_ways_with_fin_semantics(daemon: tuple[StackDaemon, str]) -> None:
