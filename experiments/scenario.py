@@ -7,15 +7,19 @@ import dataclasses
 import types
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from mininet.topo import Topo
 
 from testbed.emu.linkparams import Shaping
 from testbed.errors import ParameterError
 from testbed.stacks.base import Endpoint
+
+if TYPE_CHECKING:
+    from testbed.emu.network import Emulation
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,50 @@ class LinkEvent:
             raise ParameterError(f"link event action must be set, down or up, got {self.action!r}")
         if (self.action == "set") != (self.shaping is not None):
             raise ParameterError("a 'set' link event needs shaping, and only 'set' takes it")
+
+    def record(self) -> dict[str, Any]:
+        """What meta.json and stats/timeline.json keep of this event."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class HostEvent:
+    """At `at_s` seconds after the workload starts: act on hosts rather than on a link (add an
+    address, add or delete an MPTCP endpoint, ...). `action` gets the running emulation and
+    raises TestbedError when it cannot do its job; `description` is what the records keep,
+    since a callable has no useful JSON form."""
+
+    at_s: float
+    description: str
+    action: Callable[[Emulation], None] = field(compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.at_s < 0:
+            raise ParameterError(f"host event time must be >= 0, got {self.at_s}")
+        if not self.description:
+            raise ParameterError("a host event needs a description for the records")
+
+    def record(self) -> dict[str, Any]:
+        return {"at_s": self.at_s, "host_action": self.description}
+
+
+TimelineEvent = LinkEvent | HostEvent
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What a finished run produced, for a scenario's own verdicts (`Scenario.evaluate_run`).
+
+    Reports are the workload's JSON reports as read (empty when one is missing); `timeline` is
+    stats/timeline.json: each event applied, as scheduled (`at_s`), when it was started
+    (`applied_at_s`, from the workload's start, and `wall_time`, time.time(), which lines it up
+    with the reports' `t_start`) and how long it took (`took_s`)."""
+
+    summary: dict[str, Any]
+    sender: dict[str, Any]
+    receiver: dict[str, Any]
+    timeline: list[dict[str, Any]]
+    run_dir: Path
 
 
 @dataclass(frozen=True)
@@ -159,7 +207,7 @@ class Scenario(ABC):
     @abstractmethod
     def workload(self) -> Workload: ...
 
-    def timeline(self) -> list[LinkEvent]:
+    def timeline(self) -> list[TimelineEvent]:
         return []
 
     def capture_points(self) -> list[tuple[str, str]]:
@@ -184,3 +232,8 @@ class Scenario(ABC):
     def evaluate(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Scenario-specific verdicts added to summary.json (e.g. a published bound)."""
         return {}
+
+    def evaluate_run(self, outcome: RunOutcome) -> dict[str, Any]:
+        """Like evaluate(), for verdicts that need more than the summary (the receiver's time
+        series, the timeline as played, the stats files); the default is evaluate()."""
+        return self.evaluate(outcome.summary)
