@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from experiments.aggregate import Aggregate
 from experiments.scenario import Scenario
+from experiments.vm_migration import VmMigration
 from testbed.errors import ParameterError
 
-SCENARIOS: dict[str, type[Scenario]] = {cls.name: cls for cls in (Aggregate,)}
+SCENARIOS: dict[str, type[Scenario]] = {cls.name: cls for cls in (Aggregate, VmMigration)}
 
 
 def get_scenario(name: str) -> type[Scenario]:

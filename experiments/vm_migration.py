@@ -1,0 +1,372 @@
+"""`vm-migration`: a VM serving a long transfer moves to another network domain.
+
+Le & Nahum, INFOCOM 2019 (live migration over the WAN with MPTCP); "Nearby live VM migration
+using cloudlets and MPTCP", J. Cloud Computing 2016 ("almost zero downtime"). The VM (the
+server) runs in domain A. At `migrate_at_s` it stops there: its link to domain A goes down,
+frames in flight are lost. `stop_time_s` later (the stop-and-copy phase of live migration) it
+resumes in domain B with a new address. With MPTCP the server announces the new address
+(ADD_ADDR, from a `signal` endpoint added once the address exists), the client joins it
+(MP_JOIN), and `remove_after_s` after that join the server withdraws the old address
+(REMOVE_ADDR of address id 0, the initial subflow's), which also makes Linux reinject the data
+lost on the old path. Expected: the gap is about the stop time plus one round
+trip of the new path; plain TCP dies, since nothing can tell it the new address.
+
+How the announcement reaches the client: when the VM resumes, its only subflow is the one from
+the old address. Linux (a weak-host stack) routes that subflow's packets, ADD_ADDR included, out
+of the new interface with the old source address, and the domains here do no ingress filtering
+(BCP 38), so the client hears it; replies to the old address are lost. A domain B that filtered
+sources outside its prefix would leave MPTCP unable to learn the new address as well.
+
+The VM is modelled as unreachable during the stop, not frozen: its kernel's timers keep running
+(retransmission backoff grows), which a paused guest's would not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mininet.topo import Topo
+from pyroute2 import NetlinkError
+
+from experiments.scenario import (
+    CommonParams,
+    HostEvent,
+    LinkEvent,
+    RunOutcome,
+    Scenario,
+    TimelineEvent,
+    Workload,
+)
+from testbed import stats
+from testbed.emu.linkparams import LinkShaping, Shaping
+from testbed.emu.netns import netlink
+from testbed.emu.network import Emulation
+from testbed.emu.nodes import TestbedHost
+from testbed.errors import ParameterError, TestbedError
+from testbed.workload import BIN_S
+from topologies.migration import (
+    CLIENT_ADDR,
+    GATEWAY_B,
+    PREFIX_LEN,
+    SERVER_ADDR_A,
+    SERVER_ADDR_B,
+    SERVER_INTF_B,
+    MigrationTopo,
+)
+
+# How long the VM's agent waits for the client's join before withdrawing the old address
+# anyway; a join takes about 1.5 round trips of the new path.
+JOIN_WAIT_S = 2.0
+# The kernel counters (nstat) that show the mechanism: announcement, join, removal.
+MECHANISM_COUNTERS: tuple[str, ...] = (
+    "MPTcpExtAddAddr", "MPTcpExtAddAddrTx", "MPTcpExtEchoAdd", "MPTcpExtEchoAddTx",
+    "MPTcpExtRmAddr", "MPTcpExtRmAddrTx", "MPTcpExtRmSubflow",
+    "MPTcpExtMPJoinSynRx", "MPTcpExtMPJoinSynAckRx", "MPTcpExtMPJoinAckRx",
+    "MPTcpExtMPJoinSynTx",
+)  # fmt: skip
+
+
+@dataclass
+class VmMigrationParams(CommonParams):
+    """Rates (Mbit/s) and one-way delays (ms) of the client's access and of the two domains'
+    links; when the VM moves, how long it stays stopped, and when it withdraws the old address.
+    Times are seconds from the start of the workload."""
+
+    client_rate_mbps: float = 50.0
+    client_delay_ms: float = 5.0
+    rate_a_mbps: float = 10.0  # domain A: a distant data centre
+    delay_a_ms: float = 20.0
+    rate_b_mbps: float = 20.0  # domain B: a nearby cloudlet, as in the 2016 paper
+    delay_b_ms: float = 5.0
+    queue_pkts: int | None = None
+    migrate_at_s: float = 8.0
+    stop_time_s: float = 0.5
+    remove_after_s: float = 0.0  # after the join to the new address is seen
+    duration_s: float = 20.0
+    direction: str = "download"  # the VM usually sends
+    # Also how long a side waits without progress before giving up: how long plain TCP takes
+    # to be declared dead (the kernel itself would retry for about 15 minutes).
+    timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for link in ("client", "domain_a", "domain_b"):  # Shaping validates every value
+            self.shaping(link)
+        Workload(direction=self.direction, seconds=self.duration_s)
+        for name in ("migrate_at_s", "stop_time_s", "remove_after_s"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ParameterError(f"{name} must be >= 0, got {value!r}")
+        if self.migrate_at_s <= 0:
+            raise ParameterError("migrate_at_s must be > 0: the transfer has to start in domain A")
+        if self.migrate_at_s + self.stop_time_s + self.remove_after_s >= self.duration_s:
+            raise ParameterError(
+                f"the move (migrate_at_s {self.migrate_at_s} + stop_time_s {self.stop_time_s} + "
+                f"remove_after_s {self.remove_after_s}) must end before duration_s "
+                f"({self.duration_s}), or there is no 'after' to measure"
+            )
+        if self.timeout_s < self.duration_s:
+            raise ParameterError(
+                f"timeout_s ({self.timeout_s}) must be >= duration_s ({self.duration_s}): the "
+                "runner stops a run after timeout_s + 10 s"
+            )
+
+    def shaping(self, link: str) -> Shaping:
+        rate, delay = {
+            "client": (self.client_rate_mbps, self.client_delay_ms),
+            "domain_a": (self.rate_a_mbps, self.delay_a_ms),
+            "domain_b": (self.rate_b_mbps, self.delay_b_ms),
+        }[link]
+        return Shaping(rate_mbps=rate, delay_ms=delay, queue_pkts=self.queue_pkts)
+
+    @property
+    def resume_at_s(self) -> float:
+        return self.migrate_at_s + self.stop_time_s
+
+    @property
+    def new_path_rtt_s(self) -> float:
+        return 2 * (self.client_delay_ms + self.delay_b_ms) / 1000
+
+
+# -- the two host actions of the timeline -----------------------------------------------------
+
+def resume_in_domain_b(emu: Emulation) -> None:
+    """The VM runs again, in domain B: its port there gets the new address and the default
+    route, then the address becomes a `signal` endpoint, which makes the kernel path manager
+    announce it (ADD_ADDR) on every MPTCP connection. The route comes first: an ADD_ADDR sent
+    with no route out is lost and only retransmitted after net.mptcp.add_addr_timeout (120 s)."""
+    server = emu.host("server")
+    try:
+        with netlink(server.netns_path) as ns:
+            index = ns.link_lookup(ifname=SERVER_INTF_B)[0]
+            ns.link("set", index=index, state="up")
+            ns.addr("add", index=index, address=SERVER_ADDR_B, prefixlen=PREFIX_LEN)
+            ns.route("replace", dst="0.0.0.0/0", gateway=GATEWAY_B, oif=index)
+    except (IndexError, OSError, NetlinkError) as exc:  # NetlinkError is no OSError
+        raise TestbedError(f"server: cannot configure {SERVER_INTF_B}: {exc}") from None
+    server.run(["ip", "mptcp", "endpoint", "add", SERVER_ADDR_B, "dev", SERVER_INTF_B, "signal"])
+
+
+def has_subflow_from(server: TestbedHost, address: str) -> bool:
+    """Whether the server has an established TCP socket (an MPTCP subflow) from `address`."""
+    out = server.run(["ss", "-tnH", "state", "established", "src", address])
+    return bool(out.strip())
+
+
+@dataclass(frozen=True)
+class WithdrawOldAddress:
+    """The VM's agent withdraws the old address once the client has joined the new one: it
+    deletes the MPTCP endpoint of address id 0, the initial subflow's (RFC 8684 §3.4.2), so the
+    kernel sends REMOVE_ADDR and closes the old subflow.
+
+    Waiting for the join matters: Linux reinjects the data lost in flight on the dead subflow
+    only when that subflow closes, so until then the receiver holds the new subflow's data
+    behind a hole. After `join_wait_s` without a join (plain TCP; a lost ADD_ADDR) the old
+    address is withdrawn anyway: it is gone with domain A."""
+
+    after_join_s: float
+    join_wait_s: float = JOIN_WAIT_S
+    poll_s: float = 0.01
+
+    def __call__(self, emu: Emulation) -> None:
+        server = emu.host("server")
+        deadline = time.monotonic() + self.join_wait_s
+        while not has_subflow_from(server, SERVER_ADDR_B) and time.monotonic() < deadline:
+            time.sleep(self.poll_s)
+        time.sleep(self.after_join_s)
+        server.run(["ip", "mptcp", "endpoint", "delete", "id", "0", SERVER_ADDR_A])
+
+
+# -- metrics from the receiver's 100 ms series ------------------------------------------------
+
+@dataclass(frozen=True)
+class MoveMetrics:
+    """What the receiver saw around the move.
+
+    `gap_s` counts whole empty bins, so the real silence lies between gap_s and gap_s plus two
+    bins; None when no data came after the move. Goodput before is over the bins before the
+    move's bin; goodput after, over the bins from the end of the gap to the last data."""
+
+    gap_s: float | None
+    gap_start_s: float | None
+    bytes_after_move: int
+    goodput_before_mbps: float | None
+    goodput_after_mbps: float | None
+
+
+def _mbps(byte_count: int, bins: int, bin_s: float) -> float | None:
+    return round(byte_count * 8 / (bins * bin_s) / 1e6, 3) if bins > 0 else None
+
+
+def move_metrics(series: Sequence[Sequence[float]], move_s: float,
+                 bin_s: float = BIN_S) -> MoveMetrics:
+    """`series` is the workload receiver's [[bin start (s), bytes], ...]; `move_s` is when the
+    VM stopped, in the same clock (seconds after the receiver's t_start)."""
+    bins: list[int] = []
+    for start, count in series:
+        index = round(start / bin_s)
+        if index >= len(bins):
+            bins.extend([0] * (index + 1 - len(bins)))
+        bins[index] += int(count)
+    move_bin = max(0, math.floor(move_s / bin_s))
+    before = _mbps(sum(bins[:move_bin]), min(move_bin, len(bins)), bin_s)
+    after_bytes = sum(bins[move_bin + 1:])
+    if after_bytes == 0:
+        return MoveMetrics(None, None, 0, before, None)
+    # Longest run of empty bins that is not over before the move: a silence that began a
+    # little earlier (the bin of the move itself may hold data) still counts.
+    best_start, best_len = move_bin, 0
+    run_start = None
+    for index, count in enumerate(bins):
+        if count == 0:
+            run_start = index if run_start is None else run_start
+            continue
+        if run_start is not None and index > move_bin and index - run_start > best_len:
+            best_start, best_len = run_start, index - run_start
+        run_start = None
+    resumed = best_start + best_len
+    after = _mbps(sum(bins[resumed:]), len(bins) - resumed, bin_s)
+    return MoveMetrics(
+        gap_s=round(best_len * bin_s, 3),
+        gap_start_s=round(best_start * bin_s, 3),
+        bytes_after_move=after_bytes,
+        goodput_before_mbps=before,
+        goodput_after_mbps=after,
+    )
+
+
+def survival(sha256_match: bool, bytes_after_move: int,
+             errors: Sequence[str]) -> tuple[bool, str]:
+    """Survived: the whole byte stream arrived intact (sha256 and length equal) and data
+    flowed after the move. Otherwise the reason, the workload's own error first."""
+    if sha256_match and bytes_after_move > 0:
+        return True, "the whole byte stream arrived intact, with data after the move"
+    if errors:
+        return False, "; ".join(errors)
+    if not sha256_match:
+        return False, "the byte stream did not arrive intact (sha256 or length differ)"
+    return False, "no data arrived after the move"
+
+
+def mechanism_counters(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
+    """Non-zero changes of the counters that show ADD_ADDR, MP_JOIN and REMOVE_ADDR."""
+    delta = stats.counters_delta(before, after)
+    return {name: delta[name] for name in MECHANISM_COUNTERS if delta.get(name)}
+
+
+@dataclass
+class VmMigration(Scenario):
+    name = "vm-migration"
+    description = "a VM serving a transfer moves to another domain and address (Le & Nahum 2019)"
+    params_type = VmMigrationParams
+
+    params: VmMigrationParams
+
+    def topology(self) -> Topo:
+        p = self.params
+        return MigrationTopo(client=LinkShaping(p.shaping("client"), p.shaping("client")),
+                             domain_a=LinkShaping(p.shaping("domain_a"), p.shaping("domain_a")),
+                             domain_b=LinkShaping(p.shaping("domain_b"), p.shaping("domain_b")))
+
+    def server_address(self) -> str:
+        return SERVER_ADDR_A
+
+    def workload(self) -> Workload:
+        return Workload(direction=self.params.direction, seconds=self.params.duration_s)
+
+    def timeline(self) -> list[TimelineEvent]:
+        p = self.params
+        return [
+            LinkEvent(p.migrate_at_s, "domain_a", "down"),
+            HostEvent(p.resume_at_s,
+                      f"VM resumes in domain B: {SERVER_ADDR_B} on {SERVER_INTF_B}, "
+                      "default route there, signal endpoint (ADD_ADDR)", resume_in_domain_b),
+            HostEvent(p.resume_at_s,
+                      f"VM withdraws {SERVER_ADDR_A} {p.remove_after_s:g} s after the client "
+                      "joined the new address: endpoint id 0 deleted (REMOVE_ADDR)",
+                      WithdrawOldAddress(after_join_s=p.remove_after_s)),
+        ]
+
+    def default_capture_points(self) -> list[tuple[str, str]]:
+        # The client's interface sees the whole story (ADD_ADDR, MP_JOIN, REMOVE_ADDR); the
+        # server's old port goes down mid-run, which would end a capture on it.
+        return [("client", "client-eth0"), ("server", SERVER_INTF_B)]
+
+    def label(self) -> str:
+        p = self.params
+        return (f"stop {p.stop_time_s:g} s, A {p.rate_a_mbps:g} Mbit/s {p.delay_a_ms:g} ms"
+                f" -> B {p.rate_b_mbps:g} Mbit/s {p.delay_b_ms:g} ms")
+
+    def configured_rates(self) -> dict[str, float]:
+        p = self.params
+        return {"client": p.client_rate_mbps, "domain_a": p.rate_a_mbps,
+                "domain_b": p.rate_b_mbps}
+
+    def evaluate_run(self, outcome: RunOutcome) -> dict[str, Any]:
+        p = self.params
+        summary = outcome.summary
+        move_s = self._move_time(outcome)
+        metrics = move_metrics(outcome.receiver.get("series", []), move_s) \
+            if move_s is not None else MoveMetrics(None, None, 0, None, None)
+        # The workload's own words first (they say which side gave up and why); the runner's
+        # errors repeat them with exit codes, so they only count when the reports are silent.
+        reported = [f"{role} ({report.get('side')}): {report['error']}"
+                    for role, report in (("receiver", outcome.receiver),
+                                         ("sender", outcome.sender)) if report.get("error")]
+        survived, why = survival(bool(summary.get("sha256_match")), metrics.bytes_after_move,
+                                 reported or summary.get("errors", []))
+        counters = {side: mechanism_counters(*self._nstat(outcome, side))
+                    for side in ("client", "server")}
+        return {
+            "survived": survived,
+            "survived_reason": why,
+            "gap_s": metrics.gap_s,
+            "gap_start_s": metrics.gap_start_s,
+            # The criterion of ../shared/SCENARIOS.md: stop time plus one RTT of the new path.
+            "expected_gap_s": round(p.stop_time_s + p.new_path_rtt_s, 3),
+            "move_at_receiver_s": None if move_s is None else round(move_s, 3),
+            "goodput_before_mbps": metrics.goodput_before_mbps,
+            "goodput_after_mbps": metrics.goodput_after_mbps,
+            "bytes_after_move": metrics.bytes_after_move,
+            "joined_new_address": self._joined_new_address(outcome),
+            "mptcp_counters": counters,
+        }
+
+    @staticmethod
+    def _move_time(outcome: RunOutcome) -> float | None:
+        """When domain A went down, in seconds after the receiver's t_start."""
+        t_start = outcome.receiver.get("t_start")
+        for event in outcome.timeline:
+            if event.get("link") == "domain_a" and event.get("action") == "down" \
+                    and t_start is not None and event.get("wall_time") is not None:
+                return float(event["wall_time"]) - float(t_start)
+        return None
+
+    @staticmethod
+    def _nstat(outcome: RunOutcome, side: str) -> tuple[dict[str, int], dict[str, int]]:
+        snapshots = []
+        for when in ("before", "after"):
+            path = outcome.run_dir / "stats" / f"nstat-{side}-{when}.json"
+            try:
+                snapshots.append({str(k): int(v) for k, v in
+                                  json.loads(path.read_text()).items()})
+            except (OSError, ValueError, AttributeError):
+                snapshots.append({})
+        return snapshots[0], snapshots[1]
+
+    @staticmethod
+    def _joined_new_address(outcome: RunOutcome) -> bool:
+        """Whether the client ever had an established subflow to the new address (ss samples)."""
+        path = outcome.run_dir / "stats" / "subflows-client.csv"
+        try:
+            rows = stats.read_samples(path)
+        except (OSError, ValueError):
+            return False
+        return any(row.get("state") == "ESTAB" and row.get("kind") == "subflow"
+                   and row.get("local", "").startswith(f"{CLIENT_ADDR}:")
+                   and row.get("remote", "").startswith(f"{SERVER_ADDR_B}:") for row in rows)
