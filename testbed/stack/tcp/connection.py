@@ -314,7 +314,7 @@ class TcpConnection:
         self.state = TcpState.SYN_RECEIVED
         self.counters.segs_in += 1
         self._take_syn(syn)
-        self._negotiate(syn)
+        self._negotiate(syn, now)
         self.hooks.options_received(self, syn)
         self._syn_pending = True
 
@@ -441,7 +441,7 @@ class TcpConnection:
         if not seg.has(SYN):
             return
         self._take_syn(seg)
-        self._negotiate(seg)
+        self._negotiate(seg, now)
         self.hooks.options_received(self, seg)
         if seg.has(ACK):
             self.snd_una = seg.ack
@@ -469,7 +469,7 @@ class TcpConnection:
         self.snd_wl1 = seg.seq
         self.snd_wl2 = seg.ack
 
-    def _negotiate(self, seg: TcpSegment) -> None:
+    def _negotiate(self, seg: TcpSegment, now: float) -> None:
         """Agree on options from the peer's SYN: each is on when we enable it and the
         peer's SYN carries it (RFC 7323 §2.2, §3.2; RFC 2018 §2)."""
         cfg = self.config
@@ -491,7 +491,8 @@ class TcpConnection:
         self.ts_ok = cfg.timestamps and isinstance(ts, TimestampOption)
         if isinstance(ts, TimestampOption) and self.ts_ok:
             self.ts_recent = ts.tsval
-        self.cc.mss = self.eff_mss
+        # The controller starts now that the MSS is known (RFC 6928's IW depends on it).
+        self.cc = get_congestion_control(cfg.congestion)(self.eff_mss, now)
 
     def _establish(self) -> None:
         self.state = TcpState.ESTABLISHED
@@ -599,6 +600,8 @@ class TcpConnection:
                 self._time_wait_at = now + self.config.time_wait_s
             return
         if ack_only:
+            if seg.payload or seg.has(FIN):
+                self._queue_ack(now)  # the text did not fit: say so (a window probe)
             return
 
         # Seventh: text.
