@@ -1,0 +1,70 @@
+"""The retransmission queue and SACK scoreboard (RFC 6675 §4)."""
+
+from __future__ import annotations
+
+from testbed.stack.tcp.sack import Scoreboard
+
+MSS = 100
+
+
+def board(n: int = 6) -> Scoreboard:
+    sb = Scoreboard()
+    for i in range(n):
+        sb.add(1000 + i * MSS, MSS, now=float(i))
+    return sb
+
+
+def test_pipe_islost_and_nextseg() -> None:
+    sb = board()
+    assert sb.pipe() == 600
+    assert sb.apply_sack(((1100, 1200), (1300, 1500)), 1000, 1600) == 300
+    assert sb.sacked_bytes == 300
+    # Three SACKed segments above 1000 make it lost; 1200 has two (200 bytes) above: not yet.
+    assert sb.mark_lost(MSS) == 1
+    assert [s.lost for s in sb.segments] == [True, False, False, False, False, False]
+    assert sb.apply_sack(((1500, 1600),), 1000, 1600) == 100
+    assert sb.mark_lost(MSS) == 1
+    assert sb.pipe() == 0
+    lost = sb.next_lost()
+    assert lost is not None and lost.seq == 1000
+    lost.retransmitted = True
+    assert sb.pipe() == 100  # a retransmission is in the pipe
+    nxt = sb.next_lost()
+    assert nxt is not None and nxt.seq == 1200
+
+
+def test_cumulative_ack_and_karn() -> None:
+    sb = board(3)
+    sb.segments[0].ever_retransmitted = True
+    result = sb.ack(1200)
+    assert result.acked_bytes == 200 and result.rtt_sent_at is None
+    result = sb.ack(1300)
+    assert result.rtt_sent_at == 2.0
+    assert len(sb) == 0
+
+
+def test_ack_inside_a_segment_keeps_the_tail() -> None:
+    sb = board(2)
+    assert sb.ack(1050).acked_bytes == 50
+    assert sb.segments[0].seq == 1050 and sb.pipe() == 150
+
+
+def test_sack_blocks_outside_the_window_are_ignored() -> None:
+    sb = board(2)
+    assert sb.apply_sack(((900, 1000), (1100, 1300), (1250, 1200)), 1000, 1200) == 0
+
+
+def test_rescue_retransmission_below_highest_sack() -> None:
+    sb = board(4)
+    sb.apply_sack(((1300, 1400),), 1000, 1400)
+    rescue = sb.next_rescue()
+    assert rescue is not None and rescue.seq == 1000
+
+
+def test_rto_marks_everything_lost_and_may_forget_sacks() -> None:
+    sb = board(3)
+    sb.apply_sack(((1200, 1300),), 1000, 1300)
+    sb.mark_all_lost(forget_sacks=False)
+    assert [s.lost for s in sb.segments] == [True, True, False]
+    sb.mark_all_lost(forget_sacks=True)
+    assert all(s.lost for s in sb.segments) and sb.sacked_bytes == 0
