@@ -195,10 +195,12 @@ class Run:
         for name in endpoints:
             _write_json(stats_dir / f"nstat-{name}-before.json",
                         stats.nstat_snapshot(emu.host(name)))
+        prepared = dict(zip(endpoints, (client_prep, server_prep), strict=True))
         samplers = [
             emu.popen(emu.host(name),
                       stats.sampler_argv(stats_dir / f"subflows-{name}.csv",
-                                         self.params.sample_interval_s, self.params.port),
+                                         self.params.sample_interval_s, self.params.port)
+                      + _stack_control_args(prepared[name]),
                       f"sampler {name}", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for name in endpoints
         ]
@@ -225,6 +227,27 @@ class Run:
                                 stats.nstat_snapshot(emu.host(name)))
             with contextlib.suppress(TestbedError):
                 _write_json(stats_dir / "shaper.json", emu.shaper_stats())
+            self._release(emu, prepared)
+
+    def _release(self, emu: Emulation, prepared: dict[str, PreparedHost]) -> None:
+        """Counters of stacks that keep their own (ours), then let drivers undo their set-up."""
+        drivers = {self.scenario.client: self.client_driver,
+                   self.scenario.server: self.server_driver}
+        for name, prep in prepared.items():
+            control = getattr(prep, "control_path", None)
+            if control:
+                from testbed.runtime import api
+
+                try:
+                    _write_json(self.run_dir / "stats" / f"stack-{name}.json", api.stats(control))
+                except (OSError, ValueError) as exc:
+                    self.errors.append(f"stack statistics of {name}: {exc}")
+            release = getattr(drivers[name], "release", None)
+            if release is not None:
+                try:
+                    release(emu.recorded(name), prep)
+                except TestbedError as exc:
+                    self.errors.append(f"releasing the stack of {name}: {exc}")
 
     def _transfer(self, emu: Emulation, client_prep: PreparedHost,
                   server_prep: PreparedHost) -> None:
@@ -372,6 +395,12 @@ class Run:
         result["fidelity_ok"] = not reasons
         result["fidelity_notes"] = reasons
         return result
+
+
+def _stack_control_args(prepared: PreparedHost) -> list[str]:
+    """Samplers read our stack through its control channel, the kernel's through ss."""
+    control = getattr(prepared, "control_path", None)
+    return ["--stack-control", str(control)] if control else []
 
 
 def _shaper_mean_late_ms(path: Path) -> float | None:

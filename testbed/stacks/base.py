@@ -11,7 +11,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from testbed.errors import ParameterError
 
-WorkloadProto = Literal["mptcp", "tcp"]
+WorkloadProto = Literal["mptcp", "tcp", "userspace"]
 
 # The flags `ip mptcp endpoint add` understands (iproute2 6.1; the kernel's MPTCP_PM_ADDR_FLAG_*).
 ENDPOINT_FLAGS: frozenset[str] = frozenset({"subflow", "signal", "backup", "fullmesh"})
@@ -126,6 +126,7 @@ _REGISTRY: dict[str, StackDriver] = {}
 _BUILTIN_MODULES: dict[str, str] = {
     "kernel": "testbed.stacks.kernel",
     "tcp": "testbed.stacks.kernel",
+    "userspace": "testbed.stacks.userspace",
 }
 
 

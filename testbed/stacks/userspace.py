@@ -20,7 +20,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
 from testbed.errors import TestbedError
 from testbed.stacks.base import (
@@ -35,7 +34,7 @@ from testbed.stacks.base import (
 CONTROL_DIR = Path("/run/mptcp-testbed")
 READY_TIMEOUT_S = 10.0
 # The workload's protocol name for our stack (`python -m testbed.workload --proto userspace`).
-USERSPACE_PROTO = cast(WorkloadProto, "userspace")
+USERSPACE_PROTO: WorkloadProto = "userspace"
 
 _ADDR_RE = re.compile(r"^\d+:\s+(\S+)\s+inet\s+(\d+\.\d+\.\d+\.\d+/\d+)")
 _DEFAULT_RE = re.compile(r"^default via (\S+) dev (\S+)(?:.*\bmetric (\d+))?")
