@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from testbed.stack.tcp.sack import Scoreboard
 
 MSS = 100
@@ -27,7 +30,7 @@ def test_pipe_islost_and_nextseg() -> None:
     assert sb.pipe() == 0
     lost = sb.next_lost()
     assert lost is not None and lost.seq == 1000
-    lost.retransmitted = True
+    sb.mark_retransmitted(lost, 7.0)
     assert sb.pipe() == 100  # a retransmission is in the pipe
     nxt = sb.next_lost()
     assert nxt is not None and nxt.seq == 1200
@@ -68,3 +71,35 @@ def test_rto_marks_everything_lost_and_may_forget_sacks() -> None:
     assert [s.lost for s in sb.segments] == [True, True, False]
     sb.mark_all_lost(forget_sacks=True)
     assert all(s.lost for s in sb.segments) and sb.sacked_bytes == 0
+
+
+def slow_pipe(sb: Scoreboard) -> int:
+    return sum((0 if s.lost else s.length) + (s.length if s.retransmitted else 0)
+               for s in sb.segments if not s.sacked)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["sack", "ack", "lost", "head", "rexmit", "rto"]),
+                          st.integers(0, 9), st.integers(1, 4)), max_size=40))
+def test_incremental_pipe_matches_its_definition(ops: list[tuple[str, int, int]]) -> None:
+    sb = board(10)
+    una = 1000
+    for op, i, n in ops:
+        if op == "sack":
+            left = 1000 + i * MSS
+            sb.apply_sack(((left, left + n * MSS),), una, 2000)
+        elif op == "ack":
+            una = max(una, 1000 + i * MSS // 2)
+            sb.ack(una)
+        elif op == "lost":
+            sb.mark_lost(MSS)
+        elif op == "head":
+            sb.mark_head_lost()
+        elif op == "rexmit":
+            seg = sb.next_lost() or sb.next_rescue()
+            if seg is not None:
+                sb.mark_retransmitted(seg, 1.0)
+        else:
+            sb.mark_all_lost(forget_sacks=n > 2)
+        assert sb.pipe() == slow_pipe(sb)
+        assert sb.has_lost() == any(s.lost and not s.retransmitted and not s.sacked
+                                    for s in sb.segments)

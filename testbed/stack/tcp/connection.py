@@ -894,9 +894,15 @@ class TcpConnection:
     def _transmit(self, now: float, out: list[TcpSegment]) -> None:
         payload_mss = self._payload_mss()
         pipe = self._sb.pipe()
-        if self._in_recovery and not self.sack_ok:
-            pipe = max(0, pipe - self._recovery_dupacks * self.eff_mss)
         cwnd = self.cc.cwnd
+        if not self.sack_ok:
+            if self._in_recovery:
+                pipe = max(0, pipe - self._recovery_dupacks * self.eff_mss)
+            else:
+                # RFC 3042 limited transmit: each of the first two dupacks lets one new
+                # segment out, so a small window still gathers three dupacks. (With SACK
+                # the scoreboard already takes SACKed segments out of pipe.)
+                cwnd += min(self._dupacks, 2) * self.eff_mss
         while True:
             room = cwnd - pipe
             # NextSeg rule 1: lost segments first (RFC 6675 §4).
@@ -971,10 +977,7 @@ class TcpConnection:
         payload = bytes(self._snd_buf[offset:offset + data_len])
         flags = ACK | (FIN if seg.fin else 0) | (PSH if payload else 0)
         out.append(self._build(seg.seq, flags, payload, now))
-        seg.retransmitted = True
-        seg.ever_retransmitted = True
-        seg.lost = False
-        seg.sent_at = now
+        self._sb.mark_retransmitted(seg, now)
         if self._in_recovery:
             self.counters.retrans_fast += 1
             self._count("TCPFastRetrans")

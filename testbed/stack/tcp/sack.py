@@ -43,6 +43,27 @@ class Scoreboard:
         self.segments: list[SentSegment] = []
         self.sacked_bytes = 0
         self.high_sacked: int | None = None  # right edge of the highest SACKed segment
+        # Kept up to date on every flag change, so the sender asks in O(1) on each call.
+        self._pipe = 0
+        self._lost_waiting = 0  # lost, not SACKed, not yet retransmitted
+
+    @staticmethod
+    def _contribution(seg: SentSegment) -> tuple[int, int]:
+        """(bytes in pipe, 1 if waiting for retransmission) of one segment (RFC 6675 §4)."""
+        if seg.sacked:
+            return 0, 0
+        pipe = (0 if seg.lost else seg.length) + (seg.length if seg.retransmitted else 0)
+        return pipe, 1 if seg.lost and not seg.retransmitted else 0
+
+    def _forget(self, seg: SentSegment) -> None:
+        pipe, waiting = self._contribution(seg)
+        self._pipe -= pipe
+        self._lost_waiting -= waiting
+
+    def _count(self, seg: SentSegment) -> None:
+        pipe, waiting = self._contribution(seg)
+        self._pipe += pipe
+        self._lost_waiting += waiting
 
     def __len__(self) -> int:
         return len(self.segments)
@@ -50,7 +71,17 @@ class Scoreboard:
     def add(self, seq: int, length: int, now: float, fin: bool = False) -> SentSegment:
         seg = SentSegment(seq, sq.add(seq, length), now, fin=fin)
         self.segments.append(seg)
+        self._count(seg)
         return seg
+
+    def mark_retransmitted(self, seg: SentSegment, now: float) -> None:
+        self._forget(seg)
+        # It stays lost (IsLost is about the SACKs above it): RFC 6675 SetPipe then counts
+        # it once, for the retransmission.
+        seg.retransmitted = True
+        seg.ever_retransmitted = True
+        seg.sent_at = now
+        self._count(seg)
 
     def ack(self, snd_una: int) -> AckResult:
         """Drop everything below the new cumulative ACK."""
@@ -62,6 +93,7 @@ class Scoreboard:
         for seg in self.segments:
             if sq.le(seg.end, snd_una):
                 n += 1
+                self._forget(seg)
                 acked += seg.length
                 if seg.sacked:
                     self.sacked_bytes -= seg.length
@@ -80,7 +112,9 @@ class Scoreboard:
             acked += part
             if head.sacked:
                 self.sacked_bytes -= part
+            self._forget(head)
             head.seq = snd_una
+            self._count(head)
         if not self.segments or self.sacked_bytes == 0:
             self.high_sacked = None
         return AckResult(acked, rtt_sent_at, fin_acked)
@@ -107,6 +141,7 @@ class Scoreboard:
                 if sq.gt(seg.end, right):
                     break
                 if not seg.sacked:
+                    self._forget(seg)
                     seg.sacked = True
                     seg.lost = False
                     seg.retransmitted = False
@@ -132,7 +167,9 @@ class Scoreboard:
                 sacked_bytes += seg.length
             elif sacked_segs >= self.dup_thresh or sacked_bytes > (self.dup_thresh - 1) * mss:
                 if not seg.lost and not seg.retransmitted:
+                    self._forget(seg)
                     seg.lost = True
+                    self._count(seg)
                     marked += 1
                 elif seg.lost:
                     # Everything below an already lost segment was marked before.
@@ -141,36 +178,35 @@ class Scoreboard:
 
     def mark_head_lost(self) -> None:
         if self.segments and not self.segments[0].sacked:
-            self.segments[0].lost = True
-            self.segments[0].retransmitted = False
+            head = self.segments[0]
+            self._forget(head)
+            head.lost = True
+            head.retransmitted = False
+            self._count(head)
 
     def mark_all_lost(self, forget_sacks: bool) -> None:
         """After an RTO everything outstanding is presumed lost (RFC 6298 §5.4, 6675 §5.1).
         `forget_sacks` drops SACK marks too, in case the receiver reneged (RFC 2018 §8)."""
         for seg in self.segments:
+            self._forget(seg)
             if forget_sacks and seg.sacked:
                 seg.sacked = False
             seg.retransmitted = False
             if not seg.sacked:
                 seg.lost = True
+            self._count(seg)
         if forget_sacks:
             self.sacked_bytes = 0
             self.high_sacked = None
 
     def pipe(self) -> int:
         """Bytes presumed in the network (RFC 6675 §4 SetPipe)."""
-        total = 0
-        for seg in self.segments:
-            if seg.sacked:
-                continue
-            if not seg.lost:
-                total += seg.length
-            if seg.retransmitted:
-                total += seg.length
-        return total
+        return self._pipe
 
     def next_lost(self) -> SentSegment | None:
         """NextSeg rule 1 (RFC 6675 §4): the first lost segment not yet retransmitted."""
+        if not self._lost_waiting:
+            return None
         for seg in self.segments:
             if seg.lost and not seg.sacked and not seg.retransmitted:
                 return seg
@@ -189,4 +225,4 @@ class Scoreboard:
         return None
 
     def has_lost(self) -> bool:
-        return any(s.lost and not s.retransmitted and not s.sacked for s in self.segments)
+        return self._lost_waiting > 0
