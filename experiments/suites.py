@@ -36,7 +36,18 @@ def _aggregate_cases(full: bool) -> list[Case]:
     return cases
 
 
-SUITES = {"default": _aggregate_cases}
+def _vm_migration_cases(full: bool) -> list[Case]:
+    """Stop times of a live migration (the VM is paused for this long)."""
+    stops = [0.1, 0.5, 1.0, 2.0] if full else [0.5]
+    return [Case("vm-migration", f"stop{stop:g}s", (f"stop_time_s={stop}",)) for stop in stops]
+
+
+def _default_cases(full: bool) -> list[Case]:
+    return _aggregate_cases(full) + _vm_migration_cases(full)
+
+
+SUITES = {"default": _default_cases, "aggregate": _aggregate_cases,
+          "vm-migration": _vm_migration_cases}
 
 
 def _complete(run_dir: Path) -> bool:
@@ -44,7 +55,11 @@ def _complete(run_dir: Path) -> bool:
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
         return False
-    return not summary.get("interrupted") and bool(summary.get("sha256_match"))
+    if summary.get("interrupted"):
+        return False
+    # A run is complete when it produced its result: data intact, or, where surviving is the
+    # question (plain TCP through a migration), a verdict on survival.
+    return bool(summary.get("sha256_match")) or summary.get("survived") is not None
 
 
 def _interrupted(run_dir: Path) -> bool:
@@ -64,7 +79,7 @@ def run_suite(name: str, results: Path, link_backend: str, seed: int, full: bool
     runs = [(case, stack) for case in cases for stack in STACKS]
     failed: list[str] = []
     for number, (case, stack) in enumerate(runs, 1):
-        run_dir = root / case.label / stack
+        run_dir = root / case.scenario / case.label / stack
         tag = f"[{number}/{len(runs)}] {case.scenario} {case.label} {stack}"
         if _complete(run_dir):
             print(f"{tag}: already complete, kept", file=sys.stderr)
@@ -96,10 +111,13 @@ def redraw(results: Path, name: str | None = None) -> int:
         if results.is_dir() else []
     drawn = 0
     for suite in names:
-        run_dirs = sorted(p.parent for p in (results / suite).glob("*/*/summary.json"))
+        run_dirs = sorted(p.parent for p in (results / suite).glob("*/*/*/summary.json"))
         if not run_dirs:
             continue
-        figures = compare_runs(run_dirs, results / suite / "figures")
+        figures: list[Path] = []
+        for scenario in sorted({run.parent.parent.name for run in run_dirs}):
+            scenario_runs = [run for run in run_dirs if run.parent.parent.name == scenario]
+            figures += compare_runs(scenario_runs, results / suite / "figures" / scenario)
         report = results / suite / "report.md"
         write_report(run_dirs, report)
         drawn += 1

@@ -211,24 +211,28 @@ def receive_stream(sock: socket.socket, report: Report, start_mono: float) -> No
     bins: list[int] = []
     received = 0
     last_data_mono = start_mono
-    while True:
-        n = sock.recv_into(buf)
-        now = time.monotonic()
-        if n == 0:
-            break
-        h.update(view[:n])
-        received += n
-        last_data_mono = now
-        idx = int((now - start_mono) / BIN_S)
-        if idx >= len(bins):
-            bins.extend([0] * (idx + 1 - len(bins)))
-        bins[idx] += n
-        report.bytes = received
-    report.t_end = time.time()
-    assert report.t_start is not None
-    report.t_last_data = report.t_start + (last_data_mono - start_mono)
-    report.sha256 = h.hexdigest()
-    report.series = [[round(i * BIN_S, 3), b] for i, b in enumerate(bins)]
+    try:
+        while True:
+            n = sock.recv_into(buf)
+            now = time.monotonic()
+            if n == 0:
+                break
+            h.update(view[:n])
+            received += n
+            last_data_mono = now
+            idx = int((now - start_mono) / BIN_S)
+            if idx >= len(bins):
+                bins.extend([0] * (idx + 1 - len(bins)))
+            bins[idx] += n
+            report.bytes = received
+    finally:
+        # Also when the connection dies: what arrived until then (and when) is what a
+        # scenario such as a migration without MPTCP needs to measure.
+        report.t_end = time.time()
+        assert report.t_start is not None
+        report.t_last_data = report.t_start + (last_data_mono - start_mono)
+        report.sha256 = h.hexdigest()
+        report.series = [[round(i * BIN_S, 3), b] for i, b in enumerate(bins)]
     _mptcp_info(sock, report)
 
 
