@@ -48,11 +48,18 @@ class TcpHost:
             if ip.dst != self.addr or ip.protocol != PROTO_TCP or ip.is_fragment:
                 self.drops.not_for_us += 1
                 return
+        except ParseError:
+            self.drops.parse_errors += 1
+            self.drop_reasons["ipv4"] = self.drop_reasons.get("ipv4", 0) + 1
+            return
+        try:
             seg = parse_tcp(ip.payload, ip.src, ip.dst)
         except ParseError as exc:
             self.drops.parse_errors += 1
-            reason = str(exc).split(" ")[0] if "checksum" not in str(exc) else "checksum"
+            checksum = "checksum" in str(exc)
+            reason = "tcp checksum" if checksum else "tcp"
             self.drop_reasons[reason] = self.drop_reasons.get(reason, 0) + 1
+            self.stack.input_error(checksum=checksum)
             return
         self.stack.receive(ip.src, ip.dst, seg, now)
 

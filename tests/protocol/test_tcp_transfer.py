@@ -77,6 +77,9 @@ def test_1mb_transfer_survives(name: str) -> None:
         corrupted = net.counters("client-server").corrupted
         drops = client.drops.parse_errors + server.drops.parse_errors
         assert 0 < drops <= corrupted
+        in_errs = client.stack.counters.get("InErrs", 0) + server.stack.counters.get("InErrs", 0)
+        assert in_errs == drops - client.drop_reasons.get("ipv4", 0) \
+            - server.drop_reasons.get("ipv4", 0)
 
 
 def test_10mb_transfer_with_loss() -> None:

@@ -220,6 +220,13 @@ class TcpStack:
         if listener is not None:
             listener._embryonic.discard(conn)
 
+    def input_error(self, checksum: bool = False) -> None:
+        """The caller dropped a TCP segment it could not parse (Linux: InErrs, and
+        InCsumErrors when the checksum was wrong)."""
+        self._count("InErrs")
+        if checksum:
+            self._count("InCsumErrors")
+
     @property
     def curr_estab(self) -> int:
         return sum(1 for c in self._conns.values()
