@@ -55,7 +55,7 @@ def established_pair() -> tuple[TcpStack, TcpStack, int]:
 def test_random_segments_never_raise(segs: list[tuple[int, int, int, int,
                                                       tuple[TcpOption, ...], bytes,
                                                       bool]]) -> None:
-    client, server, port = established_pair()
+    client, _server, port = established_pair()
     (conn,) = client.connections()
     now = 1.0
     for seq, ack, flags, window, opts, payload, near in segs:
