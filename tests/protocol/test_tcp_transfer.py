@@ -51,6 +51,8 @@ def test_clean_1mb_transfer_closes_both_ends() -> None:
     assert client.stack.connections() == [] and server.stack.connections() == []
     assert client.stack.counters["ActiveOpens"] == 1
     assert server.stack.counters["PassiveOpens"] == 1
+    # Receive-buffer auto-tuning grew the receiver's window beyond its start.
+    assert sink.conns[0].receive_buffer_size > TcpConfig().receive_buffer
 
 
 CONDITIONS = {

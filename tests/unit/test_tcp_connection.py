@@ -486,3 +486,22 @@ def test_sequence_numbers_wrap() -> None:
     conn.receive(inbound(0xFFFFFFFB, 0x19, payload=b"v" * 20), 1.1)
     assert conn.snd_una == 0x19 and conn.rcv_nxt == 0x0F
     assert conn.recv() == b"v" * 20
+
+
+def test_nagle_holds_small_segments_while_data_is_unacknowledged() -> None:
+    conn = established(config(nagle=True))
+    conn.send(b"a", 1.0)
+    assert conn.segments_to_send(1.0) == [outbound(ISS + 1, IRS + 1, ACK | PSH, payload=b"a")]
+    conn.send(b"b", 1.01)
+    conn.send(b"c", 1.02)
+    assert conn.segments_to_send(1.02) == []
+    conn.receive(inbound(IRS + 1, ISS + 2), 1.1)
+    assert conn.segments_to_send(1.1) == [outbound(ISS + 2, IRS + 1, ACK | PSH, payload=b"bc")]
+
+
+def test_without_nagle_small_segments_go_at_once() -> None:
+    conn = established()
+    conn.send(b"a", 1.0)
+    conn.segments_to_send(1.0)
+    conn.send(b"b", 1.01)
+    assert conn.segments_to_send(1.01) == [outbound(ISS + 2, IRS + 1, ACK | PSH, payload=b"b")]

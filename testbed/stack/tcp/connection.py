@@ -461,7 +461,8 @@ class TcpConnection:
     def _take_syn(self, seg: TcpSegment) -> None:
         self.irs = seg.seq
         self.rcv_nxt = sq.add(seg.seq, 1)
-        self._rcv_adv_edge = self.rcv_nxt
+        # An active open already announced a window in its SYN; hold to it.
+        self._rcv_adv_edge = sq.add(self.rcv_nxt, self.rcv_wnd)
         self._rcv_space_seq = self.rcv_nxt
         # RFC 7323 §2.2: the window in a SYN is never scaled.
         self.snd_wnd = seg.window
@@ -1045,6 +1046,7 @@ class TcpConnection:
             return TcpSegment(self.local_port, self.remote_port, self.iss, self.rcv_nxt,
                               SYN | ACK, window, tuple(mine + opts))
         window = min(self._rcv_cap, 0xFFFF)
+        self.rcv_wnd = window
         return TcpSegment(self.local_port, self.remote_port, self.iss, 0, SYN, window,
                           tuple(mine + opts))
 
