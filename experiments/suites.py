@@ -104,8 +104,9 @@ def run_suite(name: str, results: Path, link_backend: str, seed: int, full: bool
 
 
 def redraw(results: Path, name: str | None = None) -> int:
-    """Comparison figures and the report of one suite (or of every suite found)."""
-    from analysis.report import compare_runs, write_report
+    """The report of one suite (or of every suite found), with its comparison figures per
+    scenario (analysis.report.write_report draws them)."""
+    from analysis.report import write_report
 
     names = [name] if name else sorted(p.name for p in results.iterdir() if p.is_dir()) \
         if results.is_dir() else []
@@ -114,14 +115,10 @@ def redraw(results: Path, name: str | None = None) -> int:
         run_dirs = sorted(p.parent for p in (results / suite).glob("*/*/*/summary.json"))
         if not run_dirs:
             continue
-        figures: list[Path] = []
-        for scenario in sorted({run.parent.parent.name for run in run_dirs}):
-            scenario_runs = [run for run in run_dirs if run.parent.parent.name == scenario]
-            figures += compare_runs(scenario_runs, results / suite / "figures" / scenario)
         report = results / suite / "report.md"
         write_report(run_dirs, report)
         drawn += 1
-        print(f"{suite}: {len(run_dirs)} runs, {len(figures)} figure files, report {report}")
+        print(f"{suite}: {len(run_dirs)} runs, report and comparison figures in {report}")
     if not drawn:
         print(f"no results under {results}; run `make experiment` first", file=sys.stderr)
         return 1
