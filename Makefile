@@ -21,7 +21,7 @@ APT_PACKAGES := mininet bridge-utils iproute2 ethtool tcpdump tshark iperf3 mptc
 
 help:
 	@echo "make experiment   run the default scenarios and draw figures into $(RESULTS)/ (root)"
-	@echo "make test         unit tests, then the namespace tests (root)"
+	@echo "make test         unit and protocol tests, then the namespace tests (root)"
 	@echo "make setup        install system packages and the project venv (idempotent, root)"
 	@echo "make figures      redraw figures and the report from existing results"
 	@echo "make bench        link benchmark: configured against measured delay, rate, loss"
@@ -58,18 +58,18 @@ figures: $(STAMP)
 	$(BIN)/testbed figures --results $(RESULTS)
 
 test: setup
-	$(BIN)/ruff check testbed topologies experiments analysis tests
-	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
+	$(BIN)/ruff check testbed topologies experiments analysis tests benchmarks
+	$(BIN)/pytest -q tests/unit tests/protocol $(PYTEST_ARGS)
 	$(BIN)/pytest -q tests/netns $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
-	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
+	$(BIN)/pytest -q tests/unit tests/protocol $(PYTEST_ARGS)
 
 test-netns: setup
 	$(BIN)/pytest -q tests/netns $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check testbed topologies experiments analysis tests
+	$(BIN)/ruff check testbed topologies experiments analysis tests benchmarks
 	$(BIN)/mypy testbed topologies experiments analysis
 
 bench: setup
