@@ -505,3 +505,62 @@ def test_without_nagle_small_segments_go_at_once() -> None:
     conn.segments_to_send(1.0)
     conn.send(b"b", 1.01)
     assert conn.segments_to_send(1.01) == [outbound(ISS + 2, IRS + 1, ACK | PSH, payload=b"b")]
+
+
+# --- cwnd grows only when it limits the sender (RFC 7661 §4.2, Linux tcp_is_cwnd_limited) ---
+
+MSS = 1460
+IW = 10 * MSS  # RFC 6928 for a 1460-byte MSS
+
+
+def _round(conn: TcpConnection, now: float, data: int, window: int = WIN) -> list[TcpSegment]:
+    """The app queues `data` bytes, everything that may go goes, and one ACK covers it."""
+    if data:
+        conn.send(bytes(data), now)
+    out = conn.segments_to_send(now)
+    conn.receive(inbound(IRS + 1, conn.snd_nxt, ACK, window), now + 0.1)
+    return out
+
+
+def test_application_limited_sender_does_not_grow_cwnd() -> None:
+    conn = established()
+    now = 0.1
+    for _ in range(50):
+        out = _round(conn, now, 2 * MSS)
+        assert [len(s.payload) for s in out] == [MSS, MSS]
+        now += 0.1
+    # Two segments per RTT never fill 10: without the rule slow start would have added
+    # 2*MSS per ACK, 100 segments in 50 rounds.
+    assert conn.cc.cwnd == IW
+
+
+def test_receive_window_limited_sender_does_not_grow_cwnd() -> None:
+    conn = established()
+    conn.send(bytes(200 * MSS), 0.1)
+    # The first flight (the initial window, all of it) was cwnd-limited; its ACK shrinks
+    # the peer's window to 4 segments.
+    assert len(_round(conn, 0.1, 0, window=4 * MSS)) == 10
+    assert conn.cc.cwnd == IW + 2 * MSS
+    now = 0.2
+    for _ in range(30):
+        out = _round(conn, now, 0, window=4 * MSS)
+        assert len(out) == 4
+        now += 0.1
+    assert conn.cc.cwnd == IW + 2 * MSS
+
+
+def test_cwnd_limited_sender_grows_and_slow_start_covers_twice_the_flight() -> None:
+    conn = established()
+    conn.send(bytes(20 * MSS), 0.1)
+    out = _round(conn, 0.1, 0)
+    assert len(out) == 10  # the initial window, with data still waiting: cwnd-limited
+    assert conn.cc.cwnd == IW + 2 * MSS  # RFC 3465 L = 2*SMSS per ACK
+    # An app that sends 8 segments per RTT: slow start may still grow cwnd up to twice
+    # that flight (Linux's 2 * max_packets_out), and no further.
+    conn = established()
+    now = 0.1
+    for _ in range(20):
+        out = _round(conn, now, 8 * MSS)
+        assert len(out) == 8
+        now += 0.1
+    assert conn.cc.cwnd == 2 * 8 * MSS

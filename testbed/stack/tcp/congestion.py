@@ -6,6 +6,10 @@ decides `cwnd` and `ssthresh` (bytes) from four events, each given `now` in seco
 - `on_ack(acked, rtt_s, in_flight, now)`: `acked` bytes of new data were acknowledged,
   cumulatively or by SACK, outside loss recovery. `rtt_s` is a Karn-valid RTT sample or None;
   `in_flight` is FlightSize after this ACK was processed.
+  The connection calls it only while the sender is cwnd-limited (Linux's
+  tcp_is_cwnd_limited, RFC 7661 §4.2): an application- or receive-window-limited sender
+  would otherwise grow a window it never uses. Otherwise it calls
+  `on_ack_not_cwnd_limited` with the same arguments, which must not grow `cwnd`.
 - `on_congestion_event(in_flight, now)`: loss (or ECN-Echo) starts fast recovery; called at
   most once per window of data, with FlightSize when the loss was detected. The controller
   sets `ssthresh` and reduces `cwnd` to it; window inflation, if the connection does NewReno
@@ -74,6 +78,13 @@ class CongestionControl(ABC):
     @abstractmethod
     def on_ack(self, acked: int, rtt_s: float | None, in_flight: int, now: float) -> None:
         """`acked` bytes of new data acknowledged outside recovery."""
+
+    def on_ack_not_cwnd_limited(self, acked: int, rtt_s: float | None, in_flight: int,
+                                now: float) -> None:
+        """`acked` bytes acknowledged outside recovery while cwnd did not limit the sender:
+        no growth (RFC 7661), but the ACK still counts as new data after a timeout."""
+        if acked > 0:
+            self._timed_out = False
 
     @abstractmethod
     def on_congestion_event(self, in_flight: int, now: float) -> None:
@@ -175,6 +186,15 @@ class Cubic(CongestionControl):
         # Sub-byte growth carried between ACKs so that tiny per-ACK increments add up.
         self._cwnd_remainder = 0.0
 
+    def on_ack_not_cwnd_limited(self, acked: int, rtt_s: float | None, in_flight: int,
+                                now: float) -> None:
+        super().on_ack_not_cwnd_limited(acked, rtt_s, in_flight, now)
+        self._update_srtt(rtt_s)
+
+    def _update_srtt(self, rtt_s: float | None) -> None:
+        if rtt_s is not None:
+            self.srtt = rtt_s if self.srtt is None else 0.875 * self.srtt + 0.125 * rtt_s
+
     def w_cubic(self, t: float) -> float:
         """RFC 9438 §4.2 eq. 1, in segments: W_cubic(t) = C*(t - K)^3 + W_max."""
         return CUBIC_C * (t - self.k) ** 3 + self.w_max
@@ -183,8 +203,7 @@ class Cubic(CongestionControl):
         if acked <= 0:
             return
         self._timed_out = False
-        if rtt_s is not None:
-            self.srtt = rtt_s if self.srtt is None else 0.875 * self.srtt + 0.125 * rtt_s
+        self._update_srtt(rtt_s)
         if self.in_slow_start():
             self._slow_start(acked)
             return

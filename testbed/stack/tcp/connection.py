@@ -223,6 +223,11 @@ class TcpConnection:
         self._dupacks = 0
         self._recovery_dupacks = 0  # NewReno: segments that left the network, per dupack
         self._rexmit_head_now = False  # fast retransmit goes whatever cwnd says
+        # Was the flight limited by cwnd during the last window (RFC 7661 §4.2; Linux's
+        # tcp_cwnd_validate)? The window ends when snd_una passes _cwnd_usage_seq.
+        self._cwnd_limited = False
+        self._max_flight = 0  # the largest pipe seen in that window, in bytes
+        self._cwnd_usage_seq = self.iss
         self._retries = 0
         self._rto_at: float | None = None
         self._persist_at: float | None = None
@@ -710,7 +715,11 @@ class TcpConnection:
                 if self._sb.has_lost() and sq.gt(ack, self._recover):
                     self._enter_recovery(now)
             if not self._in_recovery:
-                self.cc.on_ack(result.acked_bytes, rtt_sample, self.bytes_in_flight, now)
+                if self._is_cwnd_limited():
+                    self.cc.on_ack(result.acked_bytes, rtt_sample, self.bytes_in_flight, now)
+                else:
+                    self.cc.on_ack_not_cwnd_limited(result.acked_bytes, rtt_sample,
+                                                    self.bytes_in_flight, now)
 
         # RFC 6298 §5.2-5.3: stop the timer when all is acked, else restart it.
         self._rto_at = None if self.snd_una == self.snd_nxt else now + self.rtt.rto
@@ -904,6 +913,7 @@ class TcpConnection:
                 # segment out, so a small window still gathers three dupacks. (With SACK
                 # the scoreboard already takes SACKed segments out of pipe.)
                 cwnd += min(self._dupacks, 2) * self.eff_mss
+        pipe_before = pipe
         while True:
             room = cwnd - pipe
             # NextSeg rule 1: lost segments first (RFC 6675 §4).
@@ -928,7 +938,34 @@ class TcpConnection:
                     pipe += rescue.length
                     continue
             break
+        self._validate_cwnd(pipe, cwnd, payload_mss, sent_any=pipe > pipe_before)
         self._arm_persist(now)
+
+    def _validate_cwnd(self, pipe: int, cwnd: int, payload_mss: int, sent_any: bool) -> None:
+        """Remember whether cwnd limited what we sent, per window of data (Linux's
+        tcp_cwnd_validate; RFC 7661 §4.2): limited when data waits (new or to be
+        retransmitted) and cwnd has no room for its next segment."""
+        unsent = len(self._snd_buf) - sq.diff(self.snd_nxt, self._snd_buf_seq)
+        next_size = min(payload_mss, unsent) if unsent > 0 else \
+            (self.eff_mss if self._sb.has_lost() else 0)
+        limited = next_size > 0 and cwnd - pipe < next_size
+        if not (sent_any or limited):
+            return
+        if (sq.ge(self.snd_una, self._cwnd_usage_seq) or limited
+                or (not self._cwnd_limited and pipe > self._max_flight)):
+            self._cwnd_limited = limited
+            self._max_flight = pipe
+            self._cwnd_usage_seq = self.snd_nxt
+
+    def _is_cwnd_limited(self) -> bool:
+        """Linux's tcp_is_cwnd_limited: cwnd grows only when it limited the sender during
+        the last window, or in slow start while cwnd is below twice the largest flight (so
+        slow start still doubles what the sender actually used)."""
+        if self._cwnd_limited:
+            return True
+        if self.cc.in_slow_start():
+            return self.cc.cwnd < 2 * self._max_flight
+        return False
 
     def _payload_mss(self) -> int:
         extra = (10 if self.ts_ok else 0) + self.hooks.reserved_option_space(self)
