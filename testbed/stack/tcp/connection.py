@@ -348,6 +348,12 @@ class TcpConnection:
                 self._ack_now = True
         return out
 
+    def request_ack(self) -> None:
+        """Send an ACK with the next output even if TCP has nothing to say: the layer above
+        has news for the peer in its options (a window it opened, a signal to carry)."""
+        if self.state is not TcpState.CLOSED:
+            self._ack_now = True
+
     def close(self, now: float) -> None:
         """No more data from us: FIN after what is queued (RFC 9293 §3.10.4)."""
         st = self.state
@@ -983,6 +989,11 @@ class TcpConnection:
                 return -1
             return 0
         usable = sq.diff(sq.add(self.snd_una, self.snd_wnd), self.snd_nxt)
+        # The layer above may end a segment early (hooks.payload_limit); a segment that
+        # reaches that end counts as full-sized for SWS avoidance.
+        limit = self.hooks.payload_limit(self, self.snd_nxt)
+        if limit is not None:
+            payload_mss = max(1, min(payload_mss, limit))
         size = min(payload_mss, unsent, max(0, usable))
         if size <= 0 or room < size:
             return 0
@@ -1157,8 +1168,15 @@ class TcpConnection:
 
     def _rst_segment(self, seq: int, ack: int | None) -> TcpSegment:
         if ack is None:
-            return TcpSegment(self.local_port, self.remote_port, seq, 0, RST, 0)
-        return TcpSegment(self.local_port, self.remote_port, seq, ack, RST | ACK, 0)
+            rst = TcpSegment(self.local_port, self.remote_port, seq, 0, RST, 0)
+        else:
+            rst = TcpSegment(self.local_port, self.remote_port, seq, ack, RST | ACK, 0)
+        # The layer above may say why it resets (an RST carries no other option of ours).
+        opts = self.hooks.segment_options(self, rst)
+        if opts:
+            rst = TcpSegment(rst.src_port, rst.dst_port, rst.seq, rst.ack, rst.flags, 0,
+                             tuple(opts))
+        return rst
 
     def _tsval(self, now: float) -> int:
         return (int(now * 1000) + self._ts_offset) & sq.SEQ_MASK

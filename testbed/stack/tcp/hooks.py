@@ -28,8 +28,15 @@ class TcpHooks:
         return []
 
     def segment_options(self, conn: TcpConnection, seg: TcpSegment) -> list[TcpOption]:
-        """Options to add to an outgoing non-SYN segment (seg is what TCP built so far)."""
+        """Options to add to an outgoing non-SYN segment (seg is what TCP built so far),
+        RSTs included."""
         return []
+
+    def payload_limit(self, conn: TcpConnection, seq: int) -> int | None:
+        """The most payload a new segment starting at `seq` may carry (None: TCP decides).
+        A layer that labels byte ranges (MPTCP's mappings) keeps one label per segment
+        this way; retransmissions keep the boundaries of the original segments."""
+        return None
 
     def reserved_option_space(self, conn: TcpConnection) -> int:
         """Bytes of option space to keep free on full-sized data segments, so that payload
