@@ -544,6 +544,8 @@ class TcpConnection:
         # RFC 5961 §3.2: RST only acts when it sits exactly at rcv_nxt.
         if seg.has(RST):
             if seg.seq == self.rcv_nxt:
+                # The layer above may read why (MP_TCPRST, MP_FASTCLOSE) before it goes.
+                self.hooks.options_received(self, seg)
                 self._on_reset()
             elif sq.in_window(seg.seq, self.rcv_nxt, max(rcv_wnd, 1)):
                 self._challenge_ack(now)

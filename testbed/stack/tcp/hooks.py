@@ -44,7 +44,8 @@ class TcpHooks:
         return 0
 
     def options_received(self, conn: TcpConnection, seg: TcpSegment) -> None:
-        """An acceptable segment arrived (SYNs included), before its data is queued."""
+        """An acceptable segment arrived (SYNs and an RST that resets included), before
+        its data is queued."""
 
     def data_readable(self, conn: TcpConnection) -> None:
         """In-order data (or EOF) became available to recv()."""
