@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from experiments.aggregate import Aggregate
+from experiments.multi_wifi import MultiWifi
 from experiments.scenario import Scenario
 from experiments.vm_migration import VmMigration
 from testbed.errors import ParameterError
 
-SCENARIOS: dict[str, type[Scenario]] = {cls.name: cls for cls in (Aggregate, VmMigration)}
+SCENARIOS: dict[str, type[Scenario]] = {cls.name: cls for cls in (Aggregate, VmMigration,
+                                                                      MultiWifi)}
 
 
 def get_scenario(name: str) -> type[Scenario]:

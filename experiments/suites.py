@@ -42,12 +42,20 @@ def _vm_migration_cases(full: bool) -> list[Case]:
     return [Case("vm-migration", f"stop{stop:g}s", (f"stop_time_s={stop}",)) for stop in stops]
 
 
+def _multi_wifi_cases(full: bool) -> list[Case]:
+    """The default walk past three APs; in full, slower and faster walks too (a slower walk
+    spends longer at each position, a faster one changes AP more often)."""
+    speeds = [0.7, 1.4, 2.8] if full else [1.4]
+    return [Case("multi-wifi", f"walk{speed:g}mps", (f"walk_speed_mps={speed}",))
+            for speed in speeds]
+
+
 def _default_cases(full: bool) -> list[Case]:
-    return _aggregate_cases(full) + _vm_migration_cases(full)
+    return _aggregate_cases(full) + _vm_migration_cases(full) + _multi_wifi_cases(full)
 
 
 SUITES = {"default": _default_cases, "aggregate": _aggregate_cases,
-          "vm-migration": _vm_migration_cases}
+          "vm-migration": _vm_migration_cases, "multi-wifi": _multi_wifi_cases}
 
 
 def _complete(run_dir: Path) -> bool:

@@ -1,0 +1,525 @@
+"""`multi-wifi`: a client associated with several access points at once walks past them.
+
+Croitoru, Niculescu, Raiciu, "Towards WiFi Mobility without Fast Handover", NSDI 2015: a client
+that stays associated with every AP in range and runs MPTCP with one subflow per AP gets within
+about 15% of the best AP's TCP throughput at every position, with no handover at all, while
+break-before-make handover loses 5-10 s per AP change (association, DHCP, TCP reconnection).
+
+The walk: APs stand along a corridor, `ap_spacing_m` apart, `ap_offset_m` off the client's line;
+the client walks from `start_m` (AP1 stands at 0) at `walk_speed_mps`. Time is cut into steps of
+`step_s`; at each step every AP's link gets the rate and loss of the client's distance to it at
+the step's midpoint (the profile below), and goes down when the AP is out of range.
+
+The position-to-rate profile: log-distance path loss with exponent `path_loss_exponent` (2 in
+free space, about 3 indoors), and the 802.11n rate table (HT, 20 MHz, 800 ns guard interval, one
+spatial stream) with the receiver minimum input sensitivity the standard requires for each MCS.
+`range_m` is where the signal falls to MCS0's sensitivity; MCS k works up to
+range_m * 10 ** ((S_0 - S_k) / (10 * n)). The link's rate is `peak_rate_mbps` times the MCS's
+rate over MCS7's, so the steps keep the standard's ratios while the emulator carries a rate it
+can keep up with. Frames that fail even after the MAC's retries become loss at the edge of
+coverage: `edge_loss_pct` in MCS0's band, half of it in MCS1's, none closer in.
+
+MPTCP: the kernel path manager with one `subflow` endpoint per AP in range at the start (AP1,
+where the connection starts, carries the initial subflow). The in-kernel path manager does not
+react to links: it neither closes a subflow whose AP vanished (the data in flight there waits
+for the subflow to be declared stale) nor opens one when an AP appears (an endpoint is used once
+per connection, when it is added or when the connection is established). The timeline therefore
+plays the client's connection manager, as mptcpd or a NetworkManager dispatcher script would on a
+phone: when an AP goes out of range its endpoint is deleted (REMOVE_ADDR; the subflow closes and
+its data are reinjected on the others), when it comes back into range its address is added again
+as a `subflow` endpoint, which makes the path manager join it on the running connection.
+Association itself is modelled as instant: the client is associated with every AP in range.
+
+Plain TCP (`--stack tcp`) is the break-before-make baseline at its simplest: the connection is
+bound to AP1, the best AP at the start, and breaks when AP1 goes out of range: the client's
+connection manager destroys the sockets of the lost address (see Disassociate). A baseline that
+reassociates and reconnects would need a workload that opens a new connection on the next AP
+and joins the byte streams; that is left for later (the paper's 5-10 s per AP change would then
+be a parameter of the model, not something this emulation measures).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mininet.topo import Topo
+
+from experiments.scenario import (
+    CommonParams,
+    HostEvent,
+    LinkEvent,
+    RunOutcome,
+    Scenario,
+    TimelineEvent,
+    Workload,
+)
+from testbed import stats
+from testbed.emu.linkparams import LinkShaping, Shaping
+from testbed.emu.network import Emulation
+from testbed.errors import ParameterError, TestbedError
+from testbed.stacks.base import Endpoint, StackConfig
+from testbed.workload import BIN_S
+from topologies.multi_ap import (
+    MAX_APS,
+    SERVER_ADDR,
+    MultiApTopo,
+    ap_link,
+    client_addr,
+    client_intf,
+)
+
+# The paper's criterion: MPTCP within about 15% of the best AP at every position.
+CRITERION_FRACTION = 0.85
+# Kernel counters that show the path manager at work: joins opened, addresses removed.
+MECHANISM_COUNTERS: tuple[str, ...] = (
+    "MPTcpExtMPJoinSynTx", "MPTcpExtMPJoinSynAckRx", "MPTcpExtRmAddrTx", "MPTcpExtRmSubflow",
+)  # fmt: skip
+
+
+# -- the position-to-rate profile -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Mcs:
+    index: int
+    phy_rate_mbps: float
+    sensitivity_dbm: float  # the weakest signal a receiver must decode this MCS at
+
+
+# 802.11n HT-MCS 0-7, 20 MHz, 800 ns GI, one spatial stream: PHY rates and receiver minimum
+# input sensitivities (IEEE 802.11-2012, clause 20, the HT PHY's receiver specification).
+HT20_MCS: tuple[Mcs, ...] = (
+    Mcs(0, 6.5, -82.0), Mcs(1, 13.0, -79.0), Mcs(2, 19.5, -77.0), Mcs(3, 26.0, -74.0),
+    Mcs(4, 39.0, -70.0), Mcs(5, 52.0, -66.0), Mcs(6, 58.5, -65.0), Mcs(7, 65.0, -64.0),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RateProfile:
+    """What an AP gives a client at a given distance (see the module's docstring)."""
+
+    range_m: float
+    peak_rate_mbps: float
+    path_loss_exponent: float = 3.0
+    edge_loss_pct: float = 1.0
+
+    def mcs_reach_m(self, mcs: Mcs) -> float:
+        """The farthest distance at which `mcs` still decodes."""
+        margin_db = HT20_MCS[0].sensitivity_dbm - mcs.sensitivity_dbm
+        return self.range_m * 10 ** (margin_db / (10 * self.path_loss_exponent))
+
+    def mcs_at(self, distance_m: float) -> Mcs | None:
+        """The fastest MCS that works at this distance; None out of range."""
+        usable = [mcs for mcs in HT20_MCS if distance_m <= self.mcs_reach_m(mcs)]
+        return max(usable, key=lambda mcs: mcs.index, default=None)
+
+    def link_at(self, distance_m: float) -> ApLink:
+        mcs = self.mcs_at(distance_m)
+        if mcs is None:
+            return ApLink(mcs=None, rate_mbps=0.0, loss_pct=0.0)
+        rate = self.peak_rate_mbps * mcs.phy_rate_mbps / HT20_MCS[-1].phy_rate_mbps
+        loss = {0: self.edge_loss_pct, 1: self.edge_loss_pct / 2}.get(mcs.index, 0.0)
+        return ApLink(mcs=mcs.index, rate_mbps=round(rate, 4), loss_pct=loss)
+
+    def table(self) -> list[dict[str, float]]:
+        """The step table (for meta records and documentation): MCS, reach, rate, loss."""
+        rows = []
+        for mcs in HT20_MCS:
+            reach = self.mcs_reach_m(mcs)
+            link = self.link_at(reach)
+            rows.append({"mcs": mcs.index, "up_to_m": round(reach, 2),
+                         "rate_mbps": link.rate_mbps, "loss_pct": link.loss_pct})
+        return rows
+
+
+@dataclass(frozen=True)
+class ApLink:
+    mcs: int | None  # None: out of range, the link is down
+    rate_mbps: float
+    loss_pct: float
+
+    @property
+    def in_range(self) -> bool:
+        return self.mcs is not None
+
+
+@dataclass(frozen=True)
+class WalkStep:
+    """One step of the walk: where the client is (the step's midpoint) and what each AP gives."""
+
+    step: int
+    t_start_s: float
+    t_end_s: float
+    position_m: float
+    aps: tuple[ApLink, ...]
+
+    @property
+    def best_ap_mbps(self) -> float:
+        return max(ap.rate_mbps for ap in self.aps)
+
+    @property
+    def in_range(self) -> tuple[int, ...]:
+        """The APs in range (numbered from 1)."""
+        return tuple(number for number, ap in enumerate(self.aps, 1) if ap.in_range)
+
+
+# -- parameters -------------------------------------------------------------------------------
+
+@dataclass
+class MultiWifiParams(CommonParams):
+    """The corridor (APs, spacing, coverage), the walk, the profile, the workload. Distances
+    in metres along the corridor, AP1 at 0; times in seconds from the workload's start."""
+
+    n_aps: int = 3
+    ap_spacing_m: float = 20.0
+    ap_offset_m: float = 3.0  # the APs hang this far from the client's line
+    range_m: float = 20.0  # where the signal reaches MCS0's sensitivity
+    path_loss_exponent: float = 3.0
+    peak_rate_mbps: float = 20.0  # MCS7's link rate; the others keep the standard's ratios
+    edge_loss_pct: float = 1.0
+    ap_delay_ms: float = 2.0  # one way, the wireless hop and the AP's uplink
+    # WiFi APs buffer deeply; 50 frames keep a 20 Mbit/s link busy at these round trips
+    # without the seconds of bufferbloat a 2 Mbit/s edge link would get from more.
+    queue_pkts: int | None = 50
+    start_m: float = 0.0
+    walk_speed_mps: float = 1.4  # a walking pace: the default walk passes three APs in 30 s
+    step_s: float = 1.0
+    duration_s: float = 30.0
+    direction: str = "download"
+    # Also how long a side waits without progress before giving up, i.e. how long the stalled
+    # TCP baseline takes to be declared dead.
+    timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 2 <= self.n_aps <= MAX_APS:
+            raise ParameterError(f"n_aps must be within 2..{MAX_APS} (one client interface and "
+                                 f"MPTCP endpoint each), got {self.n_aps}")
+        for name in ("ap_spacing_m", "range_m", "path_loss_exponent", "step_s"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ParameterError(f"{name} must be a positive number, got {value!r}")
+        for name in ("ap_offset_m", "walk_speed_mps"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ParameterError(f"{name} must be >= 0, got {value!r}")
+        if not math.isfinite(self.start_m):
+            raise ParameterError(f"start_m must be a number, got {self.start_m!r}")
+        self.shaping(ApLink(mcs=7, rate_mbps=self.peak_rate_mbps, loss_pct=self.edge_loss_pct))
+        Workload(direction=self.direction, seconds=self.duration_s)
+        if self.step_s > self.duration_s:
+            raise ParameterError(f"step_s ({self.step_s}) longer than duration_s "
+                                 f"({self.duration_s}): the walk would have no steps")
+        if self.timeout_s < self.duration_s:
+            raise ParameterError(
+                f"timeout_s ({self.timeout_s}) must be >= duration_s ({self.duration_s}): the "
+                "runner stops a run after timeout_s + 10 s"
+            )
+        if not walk(self)[0].aps[0].in_range:
+            raise ParameterError(
+                f"AP1 is out of range at the start (start_m {self.start_m}, range_m "
+                f"{self.range_m}): the connection starts on AP1, so the walk must start in its "
+                "coverage")
+
+    def profile(self) -> RateProfile:
+        return RateProfile(range_m=self.range_m, peak_rate_mbps=self.peak_rate_mbps,
+                           path_loss_exponent=self.path_loss_exponent,
+                           edge_loss_pct=self.edge_loss_pct)
+
+    def shaping(self, link: ApLink) -> Shaping:
+        return Shaping(rate_mbps=link.rate_mbps, delay_ms=self.ap_delay_ms,
+                       loss_pct=link.loss_pct, queue_pkts=self.queue_pkts)
+
+    def ap_position_m(self, ap: int) -> float:
+        return (ap - 1) * self.ap_spacing_m
+
+
+def walk(p: MultiWifiParams) -> list[WalkStep]:
+    """The step table: every step of the walk with each AP's link at the step's midpoint."""
+    profile = p.profile()
+    count = max(1, round(p.duration_s / p.step_s))
+    steps = []
+    for step in range(count):
+        t_start = step * p.step_s
+        t_end = min((step + 1) * p.step_s, p.duration_s) if step < count - 1 else p.duration_s
+        position = p.start_m + p.walk_speed_mps * (t_start + t_end) / 2
+        aps = tuple(profile.link_at(math.hypot(position - p.ap_position_m(ap), p.ap_offset_m))
+                    for ap in range(1, p.n_aps + 1))
+        steps.append(WalkStep(step, round(t_start, 6), round(t_end, 6), round(position, 3), aps))
+    return steps
+
+
+# -- the client's connection manager (host actions of the timeline) ---------------------------
+
+def endpoint_id(listing: str, address: str) -> int | None:
+    """The id of `address` in `ip mptcp endpoint show` output, None if it has no endpoint."""
+    for line in listing.splitlines():
+        words = line.split()
+        if words and words[0] == address and "id" in words:
+            return int(words[words.index("id") + 1])
+    return None
+
+
+@dataclass(frozen=True)
+class Associate:
+    """The client is associated with AP `ap` again: its address becomes a `subflow` endpoint,
+    and the kernel path manager joins it on every running MPTCP connection."""
+
+    ap: int
+
+    def __call__(self, emu: Emulation) -> None:
+        client = emu.host("client")
+        address = client_addr(self.ap)
+        if endpoint_id(client.run(["ip", "mptcp", "endpoint", "show"]), address) is None:
+            client.run(["ip", "mptcp", "endpoint", "add", address,
+                        "dev", client_intf(self.ap), "subflow"])
+
+
+def plain_tcp_sockets(ss_output: str) -> list[tuple[str, str]]:
+    """(local, peer) of the established TCP sockets in `ss -tniH` output that are not MPTCP
+    subflows (a subflow's info line names its upper layer protocol: tcp-ulp-mptcp). The
+    listing must not filter by state: ss then leaves the State column out."""
+    sockets: list[tuple[list[str], str]] = []
+    for line in ss_output.splitlines():
+        if line[:1].isspace() and sockets:
+            sockets[-1] = (sockets[-1][0], sockets[-1][1] + line)
+        elif line.strip():
+            sockets.append((line.split(), ""))
+    return [(words[3], words[4]) for words, info in sockets
+            if len(words) >= 5 and words[0] == "ESTAB" and "tcp-ulp-mptcp" not in info]
+
+
+@dataclass(frozen=True)
+class Disassociate:
+    """The client lost AP `ap`, and with it the address it had there.
+
+    MPTCP: the address's endpoint is deleted, which closes the subflow from it and announces
+    REMOVE_ADDR. The address of the initial subflow (AP1's) has no endpoint of its own and
+    goes by id 0 (RFC 8684 §3.4.2). Plain TCP: the connections from that address are destroyed
+    (SOCK_DESTROY, `ss -K`), as Android does when a network goes away; the kernel answers with
+    a RST, so both ends learn at once that the connection broke instead of waiting for their
+    timeouts."""
+
+    ap: int
+
+    def __call__(self, emu: Emulation) -> None:
+        client = emu.host("client")
+        address = client_addr(self.ap)
+        found = endpoint_id(client.run(["ip", "mptcp", "endpoint", "show"]), address)
+        # iproute2 names an endpoint by its id alone, except id 0, which needs the address.
+        argv = ["id", str(found)] if found is not None else ["id", "0", address]
+        try:
+            client.run(["ip", "mptcp", "endpoint", "delete", *argv])
+        except TestbedError:
+            if found is not None:
+                raise
+            # No connection ever used this address as its initial one (plain TCP): nothing
+            # is there to remove.
+        listing = client.run(["ss", "-tniH", "src", address])
+        for local, peer in plain_tcp_sockets(listing):
+            client.run(["ss", "-K", "-tnH", "state", "established", "src", local, "dst", peer])
+
+
+@dataclass(frozen=True)
+class RaiseSubflowLimit:
+    """More APs in range at once than the runner's subflow limit allows: raise the client's
+    limit before the path manager needs it."""
+
+    subflows: int
+
+    def __call__(self, emu: Emulation) -> None:
+        emu.host("client").run(["ip", "mptcp", "limits", "set", "subflows", str(self.subflows)])
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+def window_goodput_mbps(series: Sequence[Sequence[float]], start_s: float, end_s: float,
+                        bin_s: float = BIN_S) -> float:
+    """Goodput over [start_s, end_s) from the receiver's 100 ms bins, each bin's bytes counted
+    in proportion to its overlap with the window (steps need not fall on bin edges)."""
+    if end_s <= start_s:
+        return 0.0
+    total = 0.0
+    for bin_start, count in series:
+        overlap = min(end_s, bin_start + bin_s) - max(start_s, bin_start)
+        if overlap > 0:
+            total += count * overlap / bin_s
+    return total * 8 / (end_s - start_s) / 1e6
+
+
+@dataclass(frozen=True)
+class StepResult:
+    step: WalkStep
+    goodput_mbps: float
+
+    @property
+    def fraction_of_best_ap(self) -> float | None:
+        best = self.step.best_ap_mbps
+        return self.goodput_mbps / best if best > 0 else None
+
+    def record(self) -> dict[str, Any]:
+        fraction = self.fraction_of_best_ap
+        return {
+            "step": self.step.step,
+            "t_start_s": self.step.t_start_s,
+            "t_end_s": self.step.t_end_s,
+            "position_m": self.step.position_m,
+            "ap_rates_mbps": [ap.rate_mbps for ap in self.step.aps],
+            "best_ap_mbps": self.step.best_ap_mbps,
+            "goodput_mbps": round(self.goodput_mbps, 3),
+            "fraction_of_best_ap": None if fraction is None else round(fraction, 3),
+        }
+
+
+def step_results(steps: Sequence[WalkStep], series: Sequence[Sequence[float]],
+                 offset_s: float = 0.0) -> list[StepResult]:
+    """Each step's goodput; `offset_s` is the timeline's start in the receiver's clock (the
+    series counts from the receiver's t_start)."""
+    return [StepResult(step, window_goodput_mbps(series, step.t_start_s + offset_s,
+                                                 step.t_end_s + offset_s)) for step in steps]
+
+
+def fraction_of_best_ap(results: Sequence[StepResult]) -> float | None:
+    """Mean over the steps where some AP is in range of goodput / best AP's rate."""
+    fractions = [f for f in (r.fraction_of_best_ap for r in results) if f is not None]
+    return sum(fractions) / len(fractions) if fractions else None
+
+
+def timeline_offset_s(timeline: Sequence[dict[str, Any]], t_start: float | None) -> float | None:
+    """When the timeline's clock started, in seconds after the receiver's t_start: each
+    applied event knows both its wall time and its time on the timeline's clock."""
+    if t_start is None:
+        return None
+    for event in timeline:
+        if event.get("wall_time") is not None and event.get("applied_at_s") is not None:
+            return float(event["wall_time"]) - float(event["applied_at_s"]) - float(t_start)
+    return None
+
+
+def counter_changes(outcome: RunOutcome, side: str) -> dict[str, int]:
+    """Non-zero changes of MECHANISM_COUNTERS on one host over the run (nstat snapshots)."""
+    snapshots: list[dict[str, int]] = []
+    for when in ("before", "after"):
+        path = outcome.run_dir / "stats" / f"nstat-{side}-{when}.json"
+        try:
+            snapshots.append({str(k): int(v) for k, v in json.loads(path.read_text()).items()})
+        except (OSError, ValueError, AttributeError):
+            snapshots.append({})
+    delta = stats.counters_delta(snapshots[0], snapshots[1])
+    return {name: delta[name] for name in MECHANISM_COUNTERS if delta.get(name)}
+
+
+# -- the scenario -----------------------------------------------------------------------------
+
+@dataclass
+class MultiWifi(Scenario):
+    name = "multi-wifi"
+    description = ("a client associated with several APs walks past them "
+                   "(Croitoru, Niculescu, Raiciu, NSDI 2015)")
+    params_type = MultiWifiParams
+
+    params: MultiWifiParams
+
+    def steps(self) -> list[WalkStep]:
+        return walk(self.params)
+
+    def topology(self) -> Topo:
+        # Every link starts as the first step has it; one out of range starts up at the
+        # profile's slowest rate and goes down at once (timeline, t=0), before any endpoint
+        # could use it.
+        first = self.steps()[0]
+        slowest = self.params.profile().link_at(self.params.range_m)
+        return MultiApTopo(aps=[LinkShaping.symmetric(**self.params.shaping(
+            ap if ap.in_range else slowest).to_dict()) for ap in first.aps])
+
+    def server_address(self) -> str:
+        return SERVER_ADDR
+
+    def client_endpoints(self) -> list[Endpoint]:
+        # AP1 carries the initial subflow; every other AP in range at the start is a subflow
+        # endpoint. APs out of range get theirs when they come into range (Associate).
+        return [Endpoint(addr=client_addr(ap), dev=client_intf(ap), flags=frozenset({"subflow"}))
+                for ap in self.steps()[0].in_range if ap != 1]
+
+    def workload(self) -> Workload:
+        return Workload(direction=self.params.direction, seconds=self.params.duration_s)
+
+    def timeline(self) -> list[TimelineEvent]:
+        p = self.params
+        steps = self.steps()
+        links: list[TimelineEvent] = []
+        hosts: list[TimelineEvent] = []
+        most_at_once = max(len(step.in_range) for step in steps)
+        if most_at_once - 1 > StackConfig().subflows:
+            hosts.append(HostEvent(0.0, f"client: subflow limit raised to {most_at_once - 1}",
+                                   RaiseSubflowLimit(most_at_once - 1)))
+        for step in steps:
+            at = step.t_start_s
+            for number, ap in enumerate(step.aps, 1):
+                before = steps[step.step - 1].aps[number - 1] if step.step else None
+                link = ap_link(number)
+                if not ap.in_range:
+                    if before is None or before.in_range:
+                        links.append(LinkEvent(at, link, "down"))
+                        if before is not None:
+                            hosts.append(HostEvent(at, f"client leaves AP{number}'s range: "
+                                                   "endpoint deleted", Disassociate(number)))
+                    continue
+                if before is not None and before == ap:
+                    continue
+                if before is not None:
+                    # Set before up: the link comes back at the rate of where the client is.
+                    links.append(LinkEvent(at, link, "set", shaping=p.shaping(ap)))
+                if before is not None and not before.in_range:
+                    links.append(LinkEvent(at, link, "up"))
+                    hosts.append(HostEvent(at, f"client enters AP{number}'s range: subflow "
+                                           "endpoint added", Associate(number)))
+        # Links before hosts at the same time: a subflow is joined over a link that is up.
+        return links + hosts
+
+    def default_capture_points(self) -> list[tuple[str, str]]:
+        # The server's port sees every subflow; the client's ports go down as APs leave range,
+        # which would end a capture on them.
+        return [("server", "server-eth0")]
+
+    def label(self) -> str:
+        p = self.params
+        return (f"{p.n_aps} APs {p.ap_spacing_m:g} m apart, walk {p.walk_speed_mps:g} m/s, "
+                f"peak {p.peak_rate_mbps:g} Mbit/s")
+
+    def configured_rates(self) -> dict[str, float]:
+        return {ap_link(number): self.params.peak_rate_mbps
+                for number in range(1, self.params.n_aps + 1)}
+
+    def evaluate_run(self, outcome: RunOutcome) -> dict[str, Any]:
+        steps = self.steps()
+        receiver = outcome.receiver
+        offset = timeline_offset_s(outcome.timeline, receiver.get("t_start"))
+        results = step_results(steps, receiver.get("series", []), offset or 0.0)
+        judged = [f for f in (r.fraction_of_best_ap for r in results) if f is not None]
+        fraction = fraction_of_best_ap(results)
+        worst = min(judged, default=None)
+        within = sum(1 for f in judged if f >= CRITERION_FRACTION)
+        ap1_lost = next((s.t_start_s for s in steps if not s.aps[0].in_range), None)
+        bytes_after = None
+        if ap1_lost is not None and offset is not None:
+            bytes_after = round(sum(count for start, count in receiver.get("series", [])
+                                    if start >= ap1_lost + offset))
+        return {
+            "fraction_of_best_ap": None if fraction is None else round(fraction, 3),
+            "worst_step_fraction_of_best_ap": None if worst is None else round(worst, 3),
+            "steps_within_15pct_of_best_ap": within,
+            "steps_with_an_ap_in_range": len(judged),
+            # The paper's criterion, every position: transitions make single steps miss it.
+            "within_15pct_at_every_step": bool(judged) and within == len(judged),
+            "positions": [r.record() for r in results],
+            "timeline_offset_s": None if offset is None else round(offset, 4),
+            "ap1_out_of_range_at_s": ap1_lost,
+            "bytes_after_ap1_out_of_range": bytes_after,
+            "profile": self.params.profile().table(),
+            "mptcp_counters": {side: counter_changes(outcome, side)
+                               for side in ("client", "server")},
+        }
