@@ -26,6 +26,9 @@ from matplotlib.patheffects import withStroke
 from analysis import metrics
 
 FORMATS: tuple[str, ...] = ("png", "pdf")
+# The one scenario whose figures compare goodput with the sum of the path rates and the best
+# single path: bandwidth aggregation is what it measures.
+AGGREGATE = "aggregate"
 FIDELITY_WARNING = "WARNING: emulation fidelity check failed — numbers may not reflect the model"
 
 # Paper-style defaults: sizes in points for a figure printed at about one column wide.
@@ -81,13 +84,14 @@ def _mark_fidelity(fig: Figure, summary: dict[str, Any], which: str = "") -> Non
 
 def _draw_rates(ax: Axes, meta: dict[str, Any]) -> None:
     # Labels go to the legend rather than next to the lines: close rates (5 and 10 Mbit/s on
-    # a 300 Mbit/s axis) would print on top of each other.
+    # a 300 Mbit/s axis) would print on top of each other. The sum is a reference only where
+    # the paths are used at once (aggregate): for a migration or a handover it means nothing.
     rates = metrics.link_rates_mbps(meta)
     for i, (key, rate) in enumerate(rates.items()):
         name = key.removesuffix("_mbps").replace("_", " ")
         ax.axhline(rate, color=str(0.25 + 0.15 * (i % 3)), linestyle=":", linewidth=1.3,
                    zorder=1, label=f"{name} (configured) {rate:g} Mbit/s")
-    if len(rates) > 1:
+    if len(rates) > 1 and meta.get("scenario") == AGGREGATE:
         total = sum(rates.values())
         ax.axhline(total, color="0.1", linestyle="--", linewidth=1.1, zorder=1,
                    label=f"sum of configured rates {total:g} Mbit/s")
@@ -118,10 +122,27 @@ def _bin_width(frame: pd.DataFrame) -> float:
     return float(steps.min()) if not steps.empty else metrics.DEFAULT_BIN_S
 
 
-def _run_title(meta: dict[str, Any], summary: dict[str, Any], what: str) -> str:
+def _run_title(meta: dict[str, Any], summary: dict[str, Any], what: str,
+               width_in: float = 7.0, where: str = "") -> str:
+    """"What: stack" over "scenario: case", each line wrapped to the figure's width, so a
+    long case label ("stop 0.5 s, A 10 Mbit/s 20 ms -> B 20 Mbit/s 5 ms") never runs off it."""
     scenario = summary.get("scenario", meta.get("scenario", "run"))
-    case = f" ({meta['label']})" if meta.get("label") else ""
-    return f"{what}: {scenario}{case}, {stack_name(metrics.stack_label(meta, summary))}"
+    case = f": {meta['label']}" if meta.get("label") else ""
+    stack = stack_name(metrics.stack_label(meta, summary))
+    lines = [f"{what}: {stack}{where}", f"{scenario}{case}"]
+    return fit_title(lines, width_in)
+
+
+# Characters of a 12 pt title per inch of figure width (DejaVu Sans averages about 0.55 em),
+# with a margin: wrapping a little early is better than a title cut off at the edge.
+_TITLE_CHARS_PER_IN = 9.5
+
+
+def fit_title(lines: Sequence[str], width_in: float, fontsize: float = 12) -> str:
+    """Title lines wrapped to fit a figure `width_in` inches wide at `fontsize` points."""
+    width = max(20, int(width_in * _TITLE_CHARS_PER_IN * 12 / fontsize))
+    return "\n".join(textwrap.fill(line, width=width, break_on_hyphens=False)
+                     for line in lines if line)
 
 
 def plot_throughput(tput: pd.DataFrame, meta: dict[str, Any], summary: dict[str, Any],
@@ -198,7 +219,9 @@ def varying_keys(param_sets: Sequence[dict[str, Any]]) -> list[str]:
 # Stacks in the order a reader compares them (MPTCP first, the single-path baseline last),
 # with fixed colours so a stack looks the same in every figure.
 STACK_ORDER: tuple[str, ...] = ("kernel", "userspace", "tcp")
-STACK_NAMES: dict[str, str] = {"kernel": "kernel MPTCP", "userspace": "userspace MPTCP",
+# Our userspace stack speaks single-path TCP today (MPTCP is being built): "our stack" stays
+# true as it grows, where "userspace MPTCP" would promise what the runs do not show yet.
+STACK_NAMES: dict[str, str] = {"kernel": "kernel MPTCP", "userspace": "our stack",
                                "tcp": "TCP"}
 _PALETTE = sns.color_palette("colorblind")
 _STACK_COLOURS: dict[str, Any] = {"kernel": _PALETTE[0], "userspace": _PALETTE[2],
@@ -333,10 +356,13 @@ def fidelity_banner(runs: pd.DataFrame) -> str | None:
             + "; ".join(dict.fromkeys(names)) + ": these numbers may not reflect the model")
 
 
-def plot_comparison(runs: pd.DataFrame, base: Path, title: str = "Goodput by stack"
-                    ) -> list[Path]:
+def plot_comparison(runs: pd.DataFrame, base: Path, title: str = "Goodput by stack",
+                    references: bool = True) -> list[Path]:
     """Goodput per case and stack against the configured rates and, when the runs carry the
     selftest bound, completion time per case and stack against that bound.
+
+    `references`: draw the sum of the path rates and the best single path per case (what
+    aggregation and one path can reach); only meaningful for `aggregate`.
 
     `runs`: one row per run with columns case, stack, goodput_mbps, fidelity_ok, and
     optionally rate_sum_mbps, best_path_mbps, duration_s, bound_s, link_limited_s,
@@ -346,6 +372,8 @@ def plot_comparison(runs: pd.DataFrame, base: Path, title: str = "Goodput by sta
     stacks = ordered_stacks([str(s) for s in runs["stack"]]) if not runs.empty else []
     colours = _stack_colours(stacks)
     markers = case_markers(runs)
+    if not references:
+        markers[["rate_sum_mbps", "best_path_mbps"]] = math.nan
     has_bound = bool(markers["bound_s"].notna().any()) and "duration_s" in runs
     # Wide enough for the legend's four columns above two panels, and 1.25 in per case.
     width = max(10.5 if has_bound else 6.5, 1.6 + 1.25 * len(cases) * (2 if has_bound else 1))
@@ -466,14 +494,14 @@ def plot_subflow_state(series: pd.DataFrame, meta: dict[str, Any], summary: dict
             top.text(0.5, 0.5, "no subflow samples", transform=top.transAxes, ha="center",
                      va="center", color="0.4")
         where = f" (sender {host})" if host else ""
-        fig.suptitle(_run_title(meta, summary, "Subflow state") + where)
+        fig.suptitle(_run_title(meta, summary, "Subflow state", where=where))
         _mark_fidelity(fig, summary)
         return save(fig, base)
 
 
 def plot_goodput_small_multiples(curves: pd.DataFrame, runs: pd.DataFrame, base: Path,
-                                 title: str = "Goodput over time", window_s: float = 0.5
-                                 ) -> list[Path]:
+                                 title: str = "Goodput over time", window_s: float = 0.5,
+                                 references: bool = True) -> list[Path]:
     """Goodput over time, one panel per case (shared axes), one line per run coloured by
     stack, each already averaged over `window_s` (`metrics.smoothed_goodput`).
 
@@ -484,10 +512,15 @@ def plot_goodput_small_multiples(curves: pd.DataFrame, runs: pd.DataFrame, base:
     stacks = ordered_stacks([str(s) for s in runs["stack"]]) if not runs.empty else []
     colours = _stack_colours(stacks)
     markers = case_markers(runs).set_index("case") if cases else pd.DataFrame()
+    if not references and not markers.empty:
+        markers[["rate_sum_mbps", "best_path_mbps"]] = math.nan
     ncols = min(max(len(cases), 1), 4)
     nrows = max(math.ceil(len(cases) / ncols), 1)
     with sns.axes_style("whitegrid"), mpl.rc_context(_RC):
-        fig = Figure(figsize=(2.9 * ncols + 0.8, 2.4 * nrows + 1.2), layout="constrained")
+        # A single case still gets a readable width: the legend's title spans the figure.
+        width = max(2.9 * ncols + 0.8, 6.5)
+        fig = Figure(figsize=(width, 2.4 * nrows + 1.2 + (0.8 if ncols == 1 else 0)),
+                     layout="constrained")
         FigureCanvasAgg(fig)
         grid = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
         for i, ax in enumerate(grid.flat):
@@ -508,7 +541,7 @@ def plot_goodput_small_multiples(curves: pd.DataFrame, runs: pd.DataFrame, base:
             best = markers.loc[case, "best_path_mbps"] if case in markers.index else math.nan
             if not math.isnan(best):
                 ax.axhline(best, color="0.45", linestyle=":", linewidth=1.4, zorder=1)
-            ax.set_title(case, fontsize=10)
+            ax.set_title(fit_title([case], width / ncols, fontsize=10), fontsize=10)
             ax.set_xlim(left=0)
             if i % ncols == 0:
                 ax.set_ylabel("Goodput [Mbit/s]")
@@ -521,12 +554,284 @@ def plot_goodput_small_multiples(curves: pd.DataFrame, runs: pd.DataFrame, base:
         grid.flat[0].set_ylim(0, max(peaks) * 1.08)
         handles: list[Any] = [Line2D([], [], color=colours[s], linewidth=1.4,
                                      label=stack_name(s)) for s in stacks]
-        handles += [Line2D([], [], color="0.1", linestyle="--", label="sum of path rates"),
-                    Line2D([], [], color="0.45", linestyle=":", label="best single path")]
+        if references:
+            handles += [Line2D([], [], color="0.1", linestyle="--", label="sum of path rates"),
+                        Line2D([], [], color="0.45", linestyle=":", label="best single path")]
         fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 5),
-                   frameon=False, title=f"{title} (averaged over {window_s:g} s)",
-                   title_fontsize=12)
+                   frameon=False, title=fit_title([f"{title} (averaged over {window_s:g} s)"],
+                                                  width), title_fontsize=12)
         banner = fidelity_banner(runs)
         if banner:
             _banner(fig, banner.replace(" (hatched bars)", ""))
         return save(fig, base)
+
+
+# ---------------------------------------------------------------------------------------------
+# vm-migration: goodput over time around the move, as the migration papers draw it
+
+MOVE_COLOUR, RESUME_COLOUR, STOP_SHADE = "#c0392b", "#1a7f37", "#f2c9c4"
+MIGRATION_COLUMNS = ("move_s", "resume_s", "stop_time_s", "lost_s", "gave_up_s", "survived",
+                     "gap_s", "gap_start_s", "expected_gap_s")
+
+
+def _panel_grid(n: int, ncols_max: int, panel_w: float, panel_h: float, min_w: float,
+                extra_h: float) -> tuple[Figure, Any, int, float]:
+    ncols = min(max(n, 1), ncols_max)
+    nrows = max(math.ceil(n / ncols), 1)
+    width = max(panel_w * ncols + 0.8, min_w)
+    fig = Figure(figsize=(width, panel_h * nrows + extra_h), layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
+    return fig, grid, ncols, width
+
+
+def _median(rows: pd.DataFrame, column: str) -> float:
+    values = pd.to_numeric(rows[column], errors="coerce").dropna() if column in rows else []
+    return float(pd.Series(values).median()) if len(values) else math.nan
+
+
+def _mark_move(ax: Axes, move: float, resume: float) -> None:
+    """The link-down (solid), the stop time (shaded) and the resume (dashed)."""
+    if math.isnan(move):
+        return
+    if not math.isnan(resume) and resume > move:
+        ax.axvspan(move, resume, color=STOP_SHADE, alpha=0.7, zorder=0, linewidth=0)
+        ax.axvline(resume, color=RESUME_COLOUR, linestyle="--", linewidth=1.3, zorder=1)
+    ax.axvline(move, color=MOVE_COLOUR, linewidth=1.3, zorder=1)
+
+
+def plot_migration(curves: pd.DataFrame, runs: pd.DataFrame, base: Path,
+                   title: str = "vm-migration") -> list[Path]:
+    """Receiver goodput over time around the move, one column per case (stop time), one line
+    per run coloured by stack, in raw 100 ms bins so the gap stays visible: the whole run on
+    top, a zoom on the move below (a gap of a few bins is a sliver on a 20 s axis).
+
+    `curves`: long form case, stack, run, time_s, mbps (`metrics.goodput_series`). `runs`: the
+    runs table with the migration columns (MIGRATION_COLUMNS, `analysis.report.run_row`).
+    The link-down is a solid line, the stop time shaded, the resume dashed; each surviving
+    run's gap is drawn as an arrow with its measured and expected length; a run that did not
+    survive ends in a cross marked "connection lost", flat at zero after its last data.
+    """
+    cases = case_order(runs)
+    stacks = ordered_stacks([str(s) for s in runs["stack"]]) if not runs.empty else []
+    colours = _stack_colours(stacks)
+    ncols = min(max(len(cases), 1), 3)
+    nrows = max(math.ceil(len(cases) / ncols), 1)
+    width = max(5.2 * ncols + 0.8, 8.0)
+    with sns.axes_style("whitegrid"), mpl.rc_context(_RC):
+        fig = Figure(figsize=(width, 5.4 * nrows + 1.4), layout="constrained")
+        FigureCanvasAgg(fig)
+        grid = fig.subplots(2 * nrows, ncols, sharey=True, squeeze=False,
+                            gridspec_kw={"height_ratios": [1.15, 1.0] * nrows})
+        end = float(curves["time_s"].max()) + metrics.DEFAULT_BIN_S if not curves.empty \
+            else 1.0
+        peak = max([1.0, *(curves["mbps"].dropna() if not curves.empty else [])])
+        top = peak * 1.45  # room above the data for the annotations
+        for i in range(nrows * ncols):
+            full, zoom = grid[2 * (i // ncols), i % ncols], grid[2 * (i // ncols) + 1, i % ncols]
+            if i >= len(cases):
+                full.set_visible(False)
+                zoom.set_visible(False)
+                continue
+            case = cases[i]
+            rows = runs[runs["case"].astype(str) == case]
+            move, resume = _median(rows, "move_s"), _median(rows, "resume_s")
+            part = curves[curves["case"] == case] if not curves.empty else curves
+            window = ((move - 1.0, (resume if not math.isnan(resume) else move) + 2.5)
+                      if not math.isnan(move) else (0.0, end))
+            for ax in (full, zoom):
+                ax.grid(True, color="0.88", linewidth=0.8)
+                ax.set_axisbelow(True)
+                _mark_move(ax, move, resume)
+            notes = 0
+            for row in rows.itertuples():
+                line = part[part["run"] == row.path] if not part.empty else part
+                colour = colours[str(row.stack)]
+                if not line.empty:
+                    drawn = _with_last_step(line, None, _bin_width(line))
+                    for ax in (full, zoom):
+                        ax.step(drawn["time_s"], drawn["mbps"], where="post", color=colour,
+                                linewidth=1.4, zorder=3)
+                survived = metrics.flag(row.survived)
+                if survived is False:
+                    _mark_lost(full, row, line, colour, end, top, label=True)
+                    _mark_lost(zoom, row, line, colour, end, top, label=False)
+                elif survived and not _isnan(row.gap_s) and not _isnan(row.gap_start_s):
+                    _mark_gap(zoom, row, colour, top * (0.92 - 0.1 * notes))
+                    notes += 1
+            full.set_title(fit_title([case], width / ncols, fontsize=10), fontsize=10)
+            full.set_xlim(0, end)
+            zoom.set_xlim(max(window[0], 0.0), min(window[1], end))
+            zoom.set_title("around the move", fontsize=9, color="0.3")
+            if not math.isnan(move):
+                full.axvspan(*window, color="0.5", alpha=0.08, zorder=0, linewidth=0)
+            for ax in (full, zoom):
+                ax.set_xlabel("Time [s]")
+                if i % ncols == 0:
+                    ax.set_ylabel("Goodput [Mbit/s]")
+        grid[0, 0].set_ylim(0, top)
+        handles: list[Any] = [Line2D([], [], color=colours[s], linewidth=1.4,
+                                     label=f"{stack_name(s)} (receiver, 100 ms bins)")
+                              for s in stacks]
+        stop = _median(runs, "stop_time_s") if not runs.empty else math.nan
+        same_stop = "stop_time_s" in runs and runs["stop_time_s"].nunique() <= 1
+        stop_text = f" ({stop:g} s)" if not math.isnan(stop) and same_stop else ""
+        handles += [Line2D([], [], color=MOVE_COLOUR, linewidth=1.3,
+                           label="link to domain A down"),
+                    Patch(color=STOP_SHADE, alpha=0.7, label=f"VM stopped{stop_text}"),
+                    Line2D([], [], color=RESUME_COLOUR, linestyle="--", linewidth=1.3,
+                           label="VM resumes in domain B")]
+        if any(metrics.flag(v) is False for v in runs.get("survived", [])):
+            handles.append(Line2D([], [], color="0.2", marker="X", linestyle="none",
+                                  markersize=8, label="connection lost"))
+        fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 3),
+                   frameon=False, title=fit_title([title], width), title_fontsize=12)
+        banner = fidelity_banner(runs)
+        if banner:
+            _banner(fig, banner.replace(" (hatched bars)", ""))
+        return save(fig, base)
+
+
+def _isnan(value: Any) -> bool:
+    number = pd.to_numeric(value, errors="coerce")
+    return bool(pd.isna(number))
+
+
+def _mark_gap(ax: Axes, row: Any, colour: Any, y: float) -> None:
+    start, gap = float(row.gap_start_s), float(row.gap_s)
+    ax.annotate("", xy=(start, y), xytext=(start + gap, y), zorder=5,
+                arrowprops={"arrowstyle": "<->", "color": colour, "linewidth": 1.3,
+                            "shrinkA": 0, "shrinkB": 0})
+    for x in (start, start + gap):
+        ax.plot([x, x], [0, y], color=colour, linewidth=0.7, linestyle=":", zorder=2)
+    expected = "" if _isnan(row.expected_gap_s) else \
+        f" (expected ≈ {float(row.expected_gap_s):.2f} s)"
+    ax.annotate(f"{stack_name(str(row.stack))}: gap {gap:.2f} s{expected}",
+                (start + gap, y), xytext=(6, 0), textcoords="offset points", ha="left",
+                va="center", fontsize=8.5, color=colour, fontweight="bold", zorder=5)
+
+
+def _mark_lost(ax: Axes, row: Any, line: pd.DataFrame, colour: Any, xmax: float,
+               top: float, label: bool = True) -> None:
+    lost = float(row.lost_s) if not _isnan(row.lost_s) else (
+        float(line["time_s"].max()) + _bin_width(line) if not line.empty else math.nan)
+    if math.isnan(lost):
+        return
+    # Nothing arrives any more: flat at zero to the end of the axis, dotted (no data drawn).
+    ax.plot([lost, xmax], [0, 0], color=colour, linewidth=1.4, linestyle=":", zorder=3)
+    ax.plot([lost], [0], marker="X", color=colour, markersize=9, markeredgecolor="0.15",
+            zorder=6, clip_on=False)
+    if not label:
+        return
+    after = "" if _isnan(row.gave_up_s) else f"\n(gave up at {float(row.gave_up_s):.1f} s)"
+    ax.annotate(f"{stack_name(str(row.stack))}: connection lost{after}", (lost, 0),
+                xytext=(max(lost + 0.08 * xmax, 0), top * 0.3), ha="left", va="center",
+                fontsize=8.5, color=colour, fontweight="bold", zorder=5,
+                arrowprops={"arrowstyle": "->", "color": colour, "linewidth": 1.0})
+
+
+# ---------------------------------------------------------------------------------------------
+# multi-wifi: goodput along the walk against each AP's configured rate
+
+WIFI_BAND_COLOUR = "#dfe8d8"
+
+
+def wifi_axis(positions: pd.DataFrame) -> str:
+    """"position_m" when every step has a position and they only grow (a walk past the APs);
+    otherwise "time_s": positions visited twice would fold a line back on itself."""
+    pos = pd.to_numeric(positions.get("position_m", pd.Series(dtype=float)), errors="coerce")
+    if not positions.empty and pos.notna().all():
+        per_run = positions.assign(_pos=pos).groupby("run", sort=False)["_pos"]
+        if all(g.is_monotonic_increasing and g.is_unique for _, g in per_run):
+            return "position_m"
+    return "time_s"
+
+
+def plot_wifi(positions: pd.DataFrame, runs: pd.DataFrame, base: Path,
+              title: str = "multi-wifi") -> list[Path]:
+    """Goodput along the walk per stack, each AP's configured rate as a thin line and the best
+    AP as the upper envelope, with the band within 15% of it (Croitoru et al., NSDI 2015).
+
+    `positions`: long form case, stack, run plus the `metrics.WIFI_COLUMNS`. Against position
+    when the walk only moves forward (`wifi_axis`), else against time, each step held flat.
+    """
+    cases = case_order(runs)
+    stacks = ordered_stacks([str(s) for s in runs["stack"]]) if not runs.empty else []
+    colours = _stack_colours(stacks)
+    axis = wifi_axis(positions)
+    fraction = metrics.WIFI_BEST_AP_FRACTION
+    with sns.axes_style("whitegrid"), mpl.rc_context(_RC):
+        fig, grid, ncols, width = _panel_grid(len(cases), 2, 5.2, 3.6, 7.5, 1.4)
+        n_aps = 0
+        for i, ax in enumerate(grid.flat):
+            if i >= len(cases):
+                ax.set_visible(False)
+                continue
+            case = cases[i]
+            ax.grid(True, color="0.88", linewidth=0.8)
+            ax.set_axisbelow(True)
+            part = positions[positions["case"] == case] if not positions.empty else positions
+            if not part.empty:
+                # The configured rates are the case's, the same for every stack: the first run.
+                first = part[part["run"] == part["run"].iloc[0]].sort_values("step")
+                xs, hold = _wifi_x(first, axis)
+                rates = pd.DataFrame(first["ap_rates_mbps"].tolist(), index=first.index)
+                n_aps = max(n_aps, rates.shape[1])
+                for j in rates.columns:
+                    ax.plot(xs, _held(rates[j], hold), color=_AP_GREYS[j % len(_AP_GREYS)],
+                            linewidth=0.9, zorder=1, drawstyle="steps-post" if hold else
+                            "default")
+                best = _held(first["best_ap_mbps"], hold)
+                style = "steps-post" if hold else "default"
+                ax.fill_between(xs, best * fraction, best, color=WIFI_BAND_COLOUR, zorder=0,
+                                step="post" if hold else None, linewidth=0)
+                ax.plot(xs, best, color="0.35", linewidth=2.6, alpha=0.55, zorder=2,
+                        drawstyle=style)
+                for _, line in part.groupby("run", sort=False):
+                    line = line.sort_values("step")
+                    lx, lhold = _wifi_x(line, axis)
+                    colour = colours[str(line["stack"].iloc[0])]
+                    ax.plot(lx, _held(line["goodput_mbps"], lhold), color=colour,
+                            linewidth=1.6, zorder=4, drawstyle="steps-post" if lhold else
+                            "default", marker=None if lhold else "o", markersize=4)
+            ax.set_title(fit_title([case], width / ncols, fontsize=10), fontsize=10)
+            if i % ncols == 0:
+                ax.set_ylabel("Goodput [Mbit/s]")
+            ax.set_xlabel("Position [m]" if axis == "position_m" else "Time [s]")
+            ax.tick_params(labelbottom=True)
+        peaks = [1.0]
+        if not positions.empty:
+            peaks += [*positions["goodput_mbps"].dropna(), *positions["best_ap_mbps"].dropna()]
+        grid.flat[0].set_ylim(0, max(peaks) * 1.1)
+        handles: list[Any] = [Line2D([], [], color=colours[s], linewidth=1.6,
+                                     label=stack_name(s)) for s in stacks]
+        handles += [Line2D([], [], color="0.35", linewidth=2.6, alpha=0.55,
+                           label="best AP (configured)"),
+                    Patch(color=WIFI_BAND_COLOUR, label=f"within {1 - fraction:.0%} of best AP")]
+        handles += [Line2D([], [], color=_AP_GREYS[j % len(_AP_GREYS)], linewidth=0.9,
+                           label=f"AP {j + 1} rate") for j in range(n_aps)]
+        fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 4),
+                   frameon=False, title=fit_title([title], width), title_fontsize=12)
+        banner = fidelity_banner(runs)
+        if banner:
+            _banner(fig, banner.replace(" (hatched bars)", ""))
+        return save(fig, base)
+
+
+_AP_GREYS = ("0.55", "0.7", "0.4", "0.8")
+
+
+def _wifi_x(line: pd.DataFrame, axis: str) -> tuple[pd.Series, bool]:
+    """x values of a run's steps and whether they are held flat (time: each step from its
+    t_start_s, plus the last step's end so its level is drawn too)."""
+    if axis == "position_m":
+        return line["position_m"].reset_index(drop=True), False
+    starts = line["t_start_s"].fillna(line["step"].astype(float))
+    end = line["t_end_s"].iloc[-1]
+    last = float(end) if not pd.isna(end) else float(starts.iloc[-1]) + 1.0
+    return pd.concat([starts, pd.Series([last])], ignore_index=True), True
+
+
+def _held(values: pd.Series, hold: bool) -> pd.Series:
+    values = pd.to_numeric(values, errors="coerce").reset_index(drop=True)
+    return pd.concat([values, values.iloc[-1:]], ignore_index=True) if hold else values

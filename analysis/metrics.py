@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from analysis import tshark
@@ -543,3 +544,174 @@ def smoothed_goodput(series: pd.DataFrame, window_s: float = 0.5) -> pd.DataFram
     covered = grouped.count() * min(bin_s, window_s)
     return pd.DataFrame({"time_s": grouped.sum().index * window_s,
                          "mbps": (grouped.sum() * 8 / covered / 1e6).to_numpy()})
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenario-specific results: vm-migration and multi-wifi
+
+# A run "met" the migration anchor when its gap is at most the expected gap plus this slack:
+# gap_s counts whole 100 ms bins, and detection (the first retransmission after the resume)
+# adds a fraction of an RTO on top of the stop time plus one RTT.
+MIGRATION_GAP_SLACK_S = 0.5
+# Croitoru et al., NSDI 2015: MPTCP within about 15% of the best AP at every position.
+WIFI_BEST_AP_FRACTION = 0.85
+
+
+def flag(value: Any) -> bool | None:
+    """A yes/no cell of a runs table (bool, numpy bool, or missing) as bool or None."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    return None
+
+
+def load_timeline(run_dir: Path) -> list[dict[str, Any]]:
+    """The events the runner applied (stats/timeline.json), in order; [] when absent."""
+    path = Path(run_dir) / "stats" / "timeline.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
+
+
+def speaks_mptcp(meta: dict[str, Any], summary: dict[str, Any]) -> bool:
+    """Whether a run used MPTCP (and is judged as such), from what the run recorded.
+
+    The kernel stack always does; plain `tcp` never; any other stack (ours, single-path for
+    now) only when the run shows it: an MPTCP workload socket, MPTCP counters that moved, a
+    join, or more than one subflow.
+    """
+    stack = stack_label(meta, summary)
+    if stack == "tcp":
+        return False
+    if stack == "kernel":
+        return True
+    prepared = summary.get("prepared") or {}
+    protos = {str(side.get("workload_proto")) for side in prepared.values()
+              if isinstance(side, dict)} if isinstance(prepared, dict) else set()
+    counters = summary.get("mptcp_counters") or {}
+    moved = any(bool(c) for c in counters.values()) if isinstance(counters, dict) else False
+    subflow_count = _number(summary.get("subflows"))
+    return ("mptcp" in protos or moved or summary.get("joined_new_address") is True
+            or (subflow_count is not None and subflow_count > 1))
+
+
+def migration_events(run_dir: Path) -> dict[str, float | None]:
+    """When the VM stopped and resumed, in seconds of the receiver's series.
+
+    move_s is the summary's `move_at_receiver_s` (the link-down's wall time minus the
+    receiver's t_start); resume_s adds the time the runner actually took between the link-down
+    and the resume (stats/timeline.json), else the configured stop time. lost_s is the end of
+    the receiver's last data and gave_up_s when the receiver gave up (its t_end), both None
+    unless the run did not survive.
+    """
+    run_dir = Path(run_dir)
+    meta, summary = load_meta(run_dir), load_summary(run_dir)
+    params = meta.get("params") or {}
+    stop = _number(params.get("stop_time_s")) if isinstance(params, dict) else None
+    move = _number(summary.get("move_at_receiver_s"))
+    down = resume = None
+    for event in load_timeline(run_dir):
+        when = _number(event.get("applied_at_s", event.get("at_s")))
+        if event.get("action") == "down" and down is None:
+            down = when
+        elif "host_action" in event and down is not None and resume is None:
+            resume = when
+    if move is None and down is not None:
+        move = down  # no receiver clock: the runner's is off by the workload's start only
+    pause = resume - down if resume is not None and down is not None else stop
+    lost = gave_up = None
+    if summary.get("survived") is False:
+        report = load_workload_report(run_dir)
+        lost = last_data_s(report)
+        start, end = _number(report.get("t_start")), _number(report.get("t_end"))
+        gave_up = end - start if start is not None and end is not None else None
+    return {
+        "move_s": move,
+        "resume_s": move + pause if move is not None and pause is not None else None,
+        "stop_time_s": stop,
+        "lost_s": lost,
+        "gave_up_s": gave_up,
+    }
+
+
+def last_data_s(report: dict[str, Any]) -> float | None:
+    """When the receiver last got data, seconds after its t_start: t_last_data, else the end
+    of the last non-empty bin of its series."""
+    start, last = _number(report.get("t_start")), _number(report.get("t_last_data"))
+    if start is not None and last is not None:
+        return last - start
+    series = goodput_series(report)
+    filled = series[series["bytes"] > 0]
+    if filled.empty:
+        return None
+    steps = series["time_s"].diff().dropna()
+    steps = steps[steps > 0]
+    return float(filled["time_s"].iloc[-1]) + (float(steps.median()) if not steps.empty
+                                                else DEFAULT_BIN_S)
+
+
+def migration_verdict(summary: dict[str, Any], multipath: bool) -> bool | None:
+    """The vm-migration anchor for one run: an MPTCP run survives with gap_s <= expected_gap_s
+    + MIGRATION_GAP_SLACK_S; a single-path run dies. None when the summary cannot tell."""
+    survived = summary.get("survived")
+    if not isinstance(survived, bool):
+        return None
+    if not multipath:
+        return not survived
+    gap, expected = _number(summary.get("gap_s")), _number(summary.get("expected_gap_s"))
+    if not survived or gap is None:
+        return False
+    return expected is None or gap <= expected + MIGRATION_GAP_SLACK_S
+
+
+WIFI_COLUMNS = ["step", "t_start_s", "t_end_s", "position_m", "goodput_mbps", "best_ap_mbps",
+                "fraction", "ap_rates_mbps"]
+
+
+def wifi_positions(summary: dict[str, Any]) -> pd.DataFrame:
+    """multi-wifi: one row per position of the walk (summary `positions`), with the goodput's
+    fraction of the best AP's configured rate. Malformed entries are skipped."""
+    rows = []
+    for i, entry in enumerate(summary.get("positions") or []):
+        if not isinstance(entry, dict):
+            continue
+        rates = [r for r in (_number(v) for v in entry.get("ap_rates_mbps") or [])
+                 if r is not None]
+        best = _number(entry.get("best_ap_mbps"))
+        best = best if best is not None else (max(rates) if rates else None)
+        goodput = _number(entry.get("goodput_mbps"))
+        step = _number(entry.get("step"))
+        rows.append({
+            "step": int(step) if step is not None else i,
+            "t_start_s": _number(entry.get("t_start_s")),
+            "t_end_s": _number(entry.get("t_end_s")),
+            "position_m": _number(entry.get("position_m")),
+            "goodput_mbps": goodput,
+            "best_ap_mbps": best,
+            "fraction": goodput / best if goodput is not None and best else None,
+            "ap_rates_mbps": rates,
+        })
+    frame = pd.DataFrame(rows, columns=WIFI_COLUMNS)
+    for column in WIFI_COLUMNS[:-1]:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame
+
+
+def wifi_result(summary: dict[str, Any]) -> dict[str, Any]:
+    """multi-wifi headline numbers: fraction_of_best_ap (as the run reported it), the worst
+    position's fraction and where it was, and whether every position was within 15%."""
+    positions = wifi_positions(summary)
+    judged = positions.dropna(subset=["fraction"])
+    worst = judged.loc[judged["fraction"].idxmin()] if not judged.empty else None
+    reported = _number(summary.get("fraction_of_best_ap"))
+    worst_fraction = float(worst["fraction"]) if worst is not None else reported
+    return {
+        "fraction_of_best_ap": reported,
+        "worst_fraction": worst_fraction,
+        "worst_position_m": (float(worst["position_m"]) if worst is not None
+                             and not math.isnan(worst["position_m"]) else None),
+        "positions": len(positions),
+        "within_best_ap": (None if worst_fraction is None
+                           else worst_fraction >= WIFI_BEST_AP_FRACTION),
+    }

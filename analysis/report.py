@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,11 @@ import pandas as pd
 
 from analysis import figures, metrics, tshark
 
+AGGREGATE, MIGRATION, MULTI_WIFI = figures.AGGREGATE, "vm-migration", "multi-wifi"
+# vm-migration summary fields shown in the report (experiments/vm_migration.py writes them).
+MIGRATION_FIELDS = ("survived", "survived_reason", "gap_s", "gap_start_s", "expected_gap_s",
+                    "goodput_before_mbps", "goodput_after_mbps", "bytes_after_move",
+                    "joined_new_address")
 THROUGHPUT_FIGURE = "throughput"
 GOODPUT_FIGURE = "goodput"
 SUBFLOWS_FIGURE = "subflows"
@@ -104,6 +109,17 @@ def run_row(run_dir: Path, group_keys: Sequence[str] | None = None) -> dict[str,
         goodput = metrics.mean_goodput_mbps(metrics.load_workload_report(Path(run_dir)))
     rates = metrics.configured_rates(meta)
     keys = list(group_keys) if group_keys is not None else None
+    scenario = str(summary.get("scenario", meta.get("scenario", "")))
+    done = metrics.completion(summary)
+    multipath = metrics.speaks_mptcp(meta, summary)
+    extra: dict[str, Any] = {"multipath": multipath, "anchor_met": done["within_bound"]}
+    if scenario == MIGRATION:
+        extra.update({key: summary.get(key) for key in MIGRATION_FIELDS})
+        extra.update(metrics.migration_events(Path(run_dir)))
+        extra["anchor_met"] = metrics.migration_verdict(summary, multipath)
+    elif scenario == MULTI_WIFI:
+        extra.update(metrics.wifi_result(summary))
+        extra["anchor_met"] = extra["within_best_ap"]
     return {
         "run": Path(run_dir).name,
         "path": str(run_dir),
@@ -118,10 +134,11 @@ def run_row(run_dir: Path, group_keys: Sequence[str] | None = None) -> dict[str,
         "best_path_mbps": max(rates.values()) if rates else math.nan,
         "sha256_match": summary.get("sha256_match"),
         "subflows": summary.get("subflows"),
-        **metrics.completion(summary),
+        **done,
         "verdict": summary.get("verdict"),
         "fidelity_ok": summary.get("fidelity_ok"),
         "fidelity_notes": summary.get("fidelity_notes") or [],
+        **extra,
     }
 
 
@@ -135,25 +152,37 @@ def runs_table(run_dirs: Sequence[Path]) -> pd.DataFrame:
 
 def compare_runs(run_dirs: Sequence[Path], out_dir: Path,
                  name: str = "comparison") -> list[Path]:
-    """Comparison figure across runs (e.g. kernel MPTCP against plain TCP): out_dir/name.*.
+    """Comparison figures across runs (e.g. kernel MPTCP against plain TCP), chosen by the
+    runs' scenario (when they all share one):
 
-    Goodput per case and stack against the configured rates, and, for runs whose summary
-    carries the selftest bound (`aggregate`), completion time against that bound; then
-    name-goodput.*: goodput over time per case (small multiples, averaged over 0.5 s),
-    when the runs have a receiver series.
+    - `vm-migration`: name-goodput.*, receiver goodput over time around the move (raw 100 ms
+      bins) with the link-down, stop time, resume, each run's gap and lost connections;
+    - `multi-wifi`: name-goodput.*, goodput along the walk against each AP's configured rate;
+    - otherwise name.*: goodput per case and stack, with, for `aggregate` only, the sum of the
+      path rates, the best path and the selftest bound (completion time panel); then
+      name-goodput.*: goodput over time per case (small multiples, averaged over 0.5 s).
     """
     if not run_dirs:
         raise ValueError("compare_runs needs at least one results directory")
     runs = runs_table(run_dirs)
     scenarios = sorted({str(s) for s in runs["scenario"] if s})
+    scenario = scenarios[0] if len(scenarios) == 1 else ""
     stacks = figures.ordered_stacks([str(s) for s in runs["stack"]])
     title = " vs ".join(figures.stack_name(s) for s in stacks)
     if scenarios:
         title = f"{', '.join(scenarios)}: {title}"
+    out = Path(out_dir)
+    if scenario == MIGRATION:
+        return figures.plot_migration(_raw_curves(run_dirs, runs), runs, out / f"{name}-goodput",
+                                      title=f"{title}: receiver goodput around the move")
+    if scenario == MULTI_WIFI:
+        return figures.plot_wifi(_wifi_positions(run_dirs, runs), runs, out / f"{name}-goodput",
+                                 title=f"{title}: goodput along the walk")
     sizes = {p.get("size_mib") for p in runs["params"] if isinstance(p, dict)}
     if len(sizes) == 1 and None not in sizes:
         title += f", {next(iter(sizes)):g} MiB transfer"
-    written = figures.plot_comparison(runs, Path(out_dir) / name, title=title)
+    references = scenario == AGGREGATE
+    written = figures.plot_comparison(runs, out / name, title=title, references=references)
     curves = []
     for run_dir, row in zip(run_dirs, runs.itertuples(), strict=True):
         series = metrics.goodput_series(metrics.load_workload_report(Path(run_dir)))
@@ -162,9 +191,29 @@ def compare_runs(run_dirs: Sequence[Path], out_dir: Path,
             curves.append(smooth.assign(case=row.case, stack=row.stack, run=row.path))
     if curves:
         written += figures.plot_goodput_small_multiples(
-            pd.concat(curves, ignore_index=True), runs, Path(out_dir) / f"{name}-goodput",
-            title=title, window_s=SMOOTHING_S)
+            pd.concat(curves, ignore_index=True), runs, out / f"{name}-goodput",
+            title=title, window_s=SMOOTHING_S, references=references)
     return written
+
+
+def _raw_curves(run_dirs: Sequence[Path], runs: pd.DataFrame) -> pd.DataFrame:
+    """Each run's receiver series in its own 100 ms bins (no smoothing: a gap of a few bins
+    must stay visible), long form case, stack, run, time_s, mbps."""
+    curves = [metrics.goodput_series(metrics.load_workload_report(Path(d)))
+              .assign(case=row.case, stack=row.stack, run=row.path)
+              for d, row in zip(run_dirs, runs.itertuples(), strict=True)]
+    curves = [c for c in curves if not c.empty]
+    return pd.concat(curves, ignore_index=True) if curves else \
+        pd.DataFrame(columns=["time_s", "bytes", "mbps", "case", "stack", "run"])
+
+
+def _wifi_positions(run_dirs: Sequence[Path], runs: pd.DataFrame) -> pd.DataFrame:
+    frames = [metrics.wifi_positions(metrics.load_summary(Path(d)))
+              .assign(case=row.case, stack=row.stack, run=row.path)
+              for d, row in zip(run_dirs, runs.itertuples(), strict=True)]
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else \
+        pd.DataFrame(columns=[*metrics.WIFI_COLUMNS, "case", "stack", "run"])
 
 
 def _cell(value: Any) -> str:
@@ -180,9 +229,13 @@ def _cell(value: Any) -> str:
 
 
 ANCHORS: dict[str, str] = {
-    "aggregate": "Linux selftest `simult_flows.sh`: the transfer must finish within "
-                 "size*8/(r1+r2) * 10/9 + 0.4 s (opposed delays are known to be flaky "
-                 "upstream)",
+    AGGREGATE: "Linux selftest `simult_flows.sh`: the transfer must finish within "
+               "size*8/(r1+r2) * 10/9 + 0.4 s (opposed delays are known to be flaky "
+               "upstream)",
+    MIGRATION: "MPTCP survives via ADD_ADDR/MP_JOIN/REMOVE_ADDR with a gap about the stop "
+               "time plus one RTT of the new path; plain TCP dies (Le & Nahum, INFOCOM 2019)",
+    MULTI_WIFI: "MPTCP within about 15% of the best AP at every position (Croitoru et al., "
+                "NSDI 2015)",
 }
 
 
@@ -202,13 +255,35 @@ def _within_cell(row: dict[str, Any]) -> str:
 
 
 def anchor_counts(runs: pd.DataFrame) -> dict[str, tuple[int, int]]:
-    """Per stack: (runs within the bound, runs with a bound), stacks in figure order."""
+    """Per stack: (runs that met the scenario's anchor, runs judged), stacks in figure order.
+
+    `anchor_met` (see `run_row`) when the table has it, else `within_bound` (aggregate)."""
+    column = "anchor_met" if "anchor_met" in runs else "within_bound"
     counts: dict[str, tuple[int, int]] = {}
-    judged = runs[runs["within_bound"].isin([True, False])] if "within_bound" in runs else runs[:0]
+    if column not in runs:
+        return counts
+    verdicts = [metrics.flag(v) for v in runs[column]]
+    judged = runs[[v is not None for v in verdicts]]
+    met = pd.Series([v is True for v in verdicts], index=runs.index)
     for stack in figures.ordered_stacks([str(s) for s in judged["stack"]]):
         rows = judged[judged["stack"] == stack]
-        counts[stack] = (int(rows["within_bound"].eq(True).sum()), len(rows))
+        counts[stack] = (int(met[rows.index].sum()), len(rows))
     return counts
+
+
+def _criterion(scenario: str, runs: pd.DataFrame, stack: str) -> str:
+    """What `met` means for this stack's runs: the anchor's MPTCP or single-path half."""
+    if scenario != MIGRATION or "multipath" not in runs:
+        return ""
+    multipath = set(runs[runs["stack"] == stack]["multipath"].astype(bool))
+    slack = metrics.MIGRATION_GAP_SLACK_S
+    halves = {True: f"survived, gap <= expected + {slack:g} s",
+              False: "single path: connection lost"}
+    return " (" + " or ".join(halves[m] for m in sorted(multipath, reverse=True)) + ")"
+
+
+_MET_WORDS = {AGGREGATE: "Within the bound", MIGRATION: "Met",
+              MULTI_WIFI: "Within 15% of the best AP at every position"}
 
 
 def anchor_line(scenario: str, runs: pd.DataFrame) -> str | None:
@@ -216,13 +291,93 @@ def anchor_line(scenario: str, runs: pd.DataFrame) -> str | None:
     if scenario not in ANCHORS:
         return None
     counts = anchor_counts(runs)
-    met = "; ".join(f"{figures.stack_name(stack)} {ok} of {n} runs" for stack, (ok, n)
-                    in counts.items())
+    met = "; ".join(f"{figures.stack_name(stack)} {ok} of {n} runs"
+                    f"{_criterion(scenario, runs, stack)}" for stack, (ok, n) in counts.items())
     bad = runs[runs["fidelity_ok"].eq(False)] if "fidelity_ok" in runs else runs[:0]
     caveat = (f" ({len(bad)} run(s) failed the emulation fidelity check, see the table)"
               if not bad.empty else "")
-    return (f"**Published anchor**: {ANCHORS[scenario]}. Within the bound: "
-            f"{met or 'no run carries the bound'}{caveat}.")
+    nothing = "no run carries the bound" if scenario == AGGREGATE else "no run could be judged"
+    return (f"**Published anchor**: {ANCHORS[scenario]}. {_MET_WORDS[scenario]}: "
+            f"{met or nothing}{caveat}.")
+
+
+# -- the runs table of each scenario ----------------------------------------------------------
+
+Column = tuple[str, str, Callable[[dict[str, Any]], str]]
+
+
+def _stack_cell(row: dict[str, Any]) -> str:
+    return _cell(figures.stack_name(str(row["stack"])))
+
+
+def _survived_cell(row: dict[str, Any]) -> str:
+    survived = metrics.flag(row.get("survived"))
+    if survived is None:
+        return "–"
+    if survived:
+        return "yes"
+    reason = row.get("survived_reason")
+    return f"**no**: {_cell(reason)}" if reason else "**no**"
+
+
+def _joined_cell(row: dict[str, Any]) -> str:
+    joined = metrics.flag(row.get("joined_new_address"))
+    if joined is None:
+        return "–"
+    # Single-path TCP cannot join: "no" is what it should show, not a failure to flag.
+    return "yes" if joined else ("**no**" if row.get("multipath") else "no")
+
+
+def _worst_cell(row: dict[str, Any]) -> str:
+    worst = row.get("worst_fraction")
+    if worst is None or (isinstance(worst, float) and math.isnan(worst)):
+        return "–"
+    where = row.get("worst_position_m")
+    at = f" at {where:g} m" if isinstance(where, float) and not math.isnan(where) else ""
+    text = f"{worst:.2f}{at}"
+    return text if row.get("within_best_ap") is not False else f"**{text}**"
+
+
+_COMMON_HEAD: list[Column] = [("case", "---", lambda r: _cell(r["case"])),
+                              ("stack", "---", _stack_cell)]
+_COMMON_TAIL: list[Column] = [("sha256 match", "---", lambda r: _cell(r["sha256_match"])),
+                              ("fidelity", "---", _fidelity_cell)]
+TABLES: dict[str, list[Column]] = {
+    "": [
+        ("goodput [Mbit/s]", "---:", lambda r: _cell(r["goodput_mbps"])),
+        ("duration [s]", "---:", lambda r: _cell(r["duration_s"])),
+        ("bound [s]", "---:", lambda r: _cell(r["bound_s"])),
+        ("within bound", "---", _within_cell),
+        ("subflows", "---:", lambda r: _cell(r["subflows"])),
+    ],
+    MIGRATION: [
+        ("survived", "---", _survived_cell),
+        ("gap [s]", "---:", lambda r: _cell(r.get("gap_s"))),
+        ("expected gap [s]", "---:", lambda r: _cell(r.get("expected_gap_s"))),
+        ("goodput before [Mbit/s]", "---:", lambda r: _cell(r.get("goodput_before_mbps"))),
+        ("goodput after [Mbit/s]", "---:", lambda r: _cell(r.get("goodput_after_mbps"))),
+        ("joined new address", "---", _joined_cell),
+    ],
+    MULTI_WIFI: [
+        ("fraction of best AP", "---:", lambda r: _cell(r.get("fraction_of_best_ap"))),
+        ("worst position", "---:", _worst_cell),
+        ("goodput [Mbit/s]", "---:", lambda r: _cell(r["goodput_mbps"])),
+        ("positions", "---:", lambda r: _cell(r.get("positions"))),
+    ],
+}
+
+
+def runs_table_lines(scenario: str, runs: pd.DataFrame, report_dir: Path) -> list[str]:
+    """The Markdown table of a scenario's runs, with the columns its anchor is judged on."""
+    columns = [*_COMMON_HEAD, *TABLES.get(scenario, TABLES[""]), *_COMMON_TAIL,
+               ("run", "---", lambda r: f"`{_rel(Path(r['path']), report_dir)}`")]
+    lines = ["| " + " | ".join(c[0] for c in columns) + " |",
+             "|" + "|".join(c[1] for c in columns) + "|"]
+    for row in runs.to_dict(orient="records"):
+        cells = [fn(row).replace("|", "\\|") if name == "fidelity" else fn(row)
+                 for name, _, fn in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_report(run_dirs: Sequence[Path], out_path: Path, analyze: bool = True) -> Path:
@@ -240,17 +395,7 @@ def write_report(run_dirs: Sequence[Path], out_path: Path, analyze: bool = True)
         mask = runs["scenario"].astype(str) == scenario
         subset = runs[mask]
         lines += [f"## Scenario `{scenario or 'unknown'}`", ""]
-        lines += ["| case | stack | goodput [Mbit/s] | duration [s] | bound [s] | within bound "
-                  "| subflows | sha256 match | fidelity | run |",
-                  "|---|---|---:|---:|---:|---|---:|---|---|---|"]
-        for row in subset.to_dict(orient="records"):
-            cells = [_cell(row["case"]), _cell(figures.stack_name(str(row["stack"]))),
-                     _cell(row["goodput_mbps"]), _cell(row["duration_s"]),
-                     _cell(row["bound_s"]), _within_cell(row), _cell(row["subflows"]),
-                     _cell(row["sha256_match"]), _fidelity_cell(row).replace("|", "\\|"),
-                     f"`{_rel(Path(row['path']), out_path.parent)}`"]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += [*runs_table_lines(scenario, subset, out_path.parent), ""]
         anchor = anchor_line(scenario, subset)
         if anchor:
             lines += [anchor, ""]

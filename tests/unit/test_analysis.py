@@ -548,3 +548,247 @@ def test_empty_capture_gives_empty_frame(tmp_path: Path) -> None:
     assert df.empty and list(df.columns) == [c.name for c in tshark.COLUMNS]
     assert tshark.cache_path(pcap).exists()
     assert tshark.read_pcap(pcap).empty  # from the cache
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenario-aware figures and tables: vm-migration, multi-wifi, and the generic fallback
+
+
+def make_migration_run(root: Path, name: str, stack: str, *, stop: float = 0.5,
+                       survived: bool = True, gap: float | None = 0.5,
+                       joined: bool = True) -> Path:
+    """A vm-migration results directory as experiments/vm_migration.py writes it: the receiver
+    series at 10 Mbit/s before the move (at 8 s), nothing during the gap, 20 Mbit/s after; a
+    run that did not survive stops at the move and gives up 30 s later."""
+    run = root / name
+    (run / "stats").mkdir(parents=True)
+    move = 7.85
+    label = f"stop {stop:g} s, A 10 Mbit/s 20 ms -> B 20 Mbit/s 5 ms"
+    meta = {"scenario": "vm-migration", "stack": stack, "label": label,
+            "params": {"migrate_at_s": 8.0, "stop_time_s": stop, "duration_s": 20.0,
+                       "rate_a_mbps": 10.0, "rate_b_mbps": 20.0, "client_rate_mbps": 50.0},
+            "configured_rates_mbps": {"client": 50.0, "domain_a": 10.0, "domain_b": 20.0}}
+    series = [[round(i * 0.1, 1), 125_000] for i in range(79)]
+    gap_start = 7.9
+    if survived:
+        resumed = round(gap_start + (gap or 0), 1)
+        series += [[round(i * 0.1, 1), 250_000] for i in range(round(resumed * 10), 200)]
+    receiver = {"role": "receiver", "series": series, "t_start": 1000.0,
+                "t_end": 1020.0 if survived else 1037.9,
+                "t_last_data": 1020.0 if survived else 1007.9,
+                "bytes": sum(b for _, b in series)}
+    summary = {
+        "scenario": "vm-migration", "stack": stack, "link_backend": "tc",
+        "goodput_mbps": 14.4 if survived else 9.4, "sha256_match": survived, "subflows": 1,
+        "fidelity_ok": True, "fidelity_notes": [], "survived": survived,
+        "survived_reason": "the whole byte stream arrived intact" if survived else
+        "receiver (client): no progress for 30.0 s (socket timeout)",
+        "gap_s": gap if survived else None, "gap_start_s": gap_start if survived else None,
+        "expected_gap_s": round(stop + 0.02, 3), "move_at_receiver_s": move,
+        "goodput_before_mbps": 10.0, "goodput_after_mbps": 20.0 if survived else None,
+        "bytes_after_move": 1_000_000 if survived else 0, "joined_new_address": joined,
+        "mptcp_counters": {"client": {"MPTcpExtAddAddr": 1}} if stack == "kernel" else
+        {"client": {}, "server": {}},
+        "prepared": {"client": {"workload_proto": "mptcp" if stack == "kernel" else stack}},
+    }
+    timeline = [{"action": "down", "link": "domain_a", "at_s": 8.0, "applied_at_s": 8.0002},
+                {"host_action": "VM resumes in domain B", "at_s": 8.0 + stop,
+                 "applied_at_s": 8.0002 + stop + 0.01},
+                {"host_action": "VM withdraws the old address", "at_s": 8.0 + stop,
+                 "applied_at_s": 8.0002 + stop + 0.02}]
+    (run / "meta.json").write_text(json.dumps(meta))
+    (run / "summary.json").write_text(json.dumps(summary))
+    (run / "stats" / "timeline.json").write_text(json.dumps(timeline))
+    (run / "stats" / "workload-client.json").write_text(json.dumps(receiver))
+    (run / "stats" / "workload-server.json").write_text(json.dumps({"role": "sender"}))
+    return run
+
+
+def _migration_suite(root: Path) -> list[Path]:
+    return [make_migration_run(root, "stop0.5s/kernel", "kernel"),
+            make_migration_run(root, "stop0.5s/tcp", "tcp", survived=False, joined=False),
+            make_migration_run(root, "stop2s/kernel", "kernel", stop=2.0, gap=3.0),
+            make_migration_run(root, "stop2s/tcp", "tcp", stop=2.0, survived=False,
+                               joined=False)]
+
+
+def test_migration_events_and_verdicts(tmp_path: Path) -> None:
+    kernel, tcp, *_ = _migration_suite(tmp_path)
+    events = metrics.migration_events(kernel)
+    assert events["move_s"] == pytest.approx(7.85)
+    # The runner's own pause (resume applied 0.51 s after the link-down), not the nominal one.
+    assert events["resume_s"] == pytest.approx(7.85 + 0.51)
+    assert events["lost_s"] is None and events["gave_up_s"] is None
+    lost = metrics.migration_events(tcp)
+    assert lost["lost_s"] == pytest.approx(7.9) and lost["gave_up_s"] == pytest.approx(37.9)
+    runs = report.runs_table(_migration_suite(tmp_path / "again"))
+    assert list(runs["multipath"]) == [True, False, True, False]
+    # MPTCP: survived with gap <= expected + 0.5 s; TCP: died. 3.0 s > 2.02 + 0.5 s fails.
+    assert list(runs["anchor_met"]) == [True, True, False, True]
+    assert metrics.migration_verdict({"survived": False}, multipath=True) is False
+    assert metrics.migration_verdict({"survived": True}, multipath=False) is False
+    assert metrics.migration_verdict({}, multipath=True) is None
+    # Our stack, single-path today, is judged as TCP unless its run shows MPTCP.
+    assert not metrics.speaks_mptcp({}, {"stack": "userspace", "subflows": 1})
+    assert metrics.speaks_mptcp({}, {"stack": "userspace", "joined_new_address": True})
+    assert metrics.last_data_s({"series": [[0.0, 5], [0.1, 5], [0.2, 0]]}) == \
+        pytest.approx(0.2)
+
+
+def test_compare_migration_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    saved = _spy_saved(monkeypatch)
+    paths = report.compare_runs(_migration_suite(tmp_path), tmp_path / "out")
+    assert {p.name for p in paths} == {"comparison-goodput.png", "comparison-goodput.pdf"}
+    assert all(p.stat().st_size > 1000 for p in paths)
+    (fig,) = saved
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "kernel MPTCP (receiver, 100 ms bins)" in legend
+    assert {"link to domain A down", "VM stopped", "VM resumes in domain B",
+            "connection lost"} <= set(legend)
+    assert not {"sum of path rates", "best single path"} & set(legend)
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 4  # per case (column): the whole run and a zoom on the move
+    full, zoom = visible[0], visible[2]
+    assert full.get_title().startswith("stop 0.5 s")
+    assert zoom.get_xlim() == pytest.approx((7.85 - 1.0, 7.85 + 0.51 + 2.5))
+    texts = " ".join(t.get_text() for ax in visible for t in ax.texts)
+    assert "kernel MPTCP: gap 0.50 s (expected ≈ 0.52 s)" in texts
+    assert "kernel MPTCP: gap 3.00 s (expected ≈ 2.02 s)" in texts
+    assert "TCP: connection lost\n(gave up at 37.9 s)" in texts
+    # The move is marked in every panel: link-down and resume lines at the measured times.
+    xs = {round(float(line.get_xdata()[0]), 2) for line in full.get_lines()
+          if len(set(line.get_xdata())) == 1}
+    assert {7.85, 8.36} <= xs
+
+
+def test_migration_report(tmp_path: Path) -> None:
+    runs = _migration_suite(tmp_path / "default")
+    text = report.write_report(runs, tmp_path / "default" / "report.md", analyze=False)\
+        .read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| case"))
+    assert header == ("| case | stack | survived | gap [s] | expected gap [s] | goodput before "
+                      "[Mbit/s] | goodput after [Mbit/s] | joined new address | sha256 match "
+                      "| fidelity | run |")
+    rows = [line for line in text.splitlines() if line.startswith("| stop 0.5 s")]
+    assert rows[0].split(" | ")[1:8] == ["kernel MPTCP", "yes", "0.50", "0.52", "10.00",
+                                         "20.00", "yes"]
+    assert rows[1].split(" | ")[1:8] == [
+        "TCP", "**no**: receiver (client): no progress for 30.0 s (socket timeout)", "–",
+        "0.52", "10.00", "–", "no"]
+    assert "plain TCP dies (Le & Nahum, INFOCOM 2019)" in text
+    assert ("Met: kernel MPTCP 1 of 2 runs (survived, gap <= expected + 0.5 s); TCP 2 of 2 "
+            "runs (single path: connection lost).") in text
+    assert "![vm-migration comparison](figures/report-comparison-goodput.png)" in text
+    assert "report-comparison.png" not in text  # no goodput bars against path sums
+
+
+def make_wifi_run(root: Path, name: str, stack: str, goodputs: list[float],
+                  positions_m: list[float] | None = None) -> Path:
+    """A multi-wifi results directory: three APs whose rates cross as the client walks."""
+    run = root / name
+    (run / "stats").mkdir(parents=True)
+    positions_m = positions_m or [0.0, 10.0, 20.0, 30.0]
+    aps = [[20.0, 5.0, 1.0], [12.0, 12.0, 2.0], [4.0, 18.0, 6.0], [1.0, 8.0, 16.0]]
+    positions = [{"step": i, "t_start_s": 5.0 * i, "t_end_s": 5.0 * (i + 1),
+                  "position_m": positions_m[i], "ap_rates_mbps": aps[i],
+                  "best_ap_mbps": max(aps[i]), "goodput_mbps": goodputs[i]}
+                 for i in range(4)]
+    fractions = [g / max(a) for g, a in zip(goodputs, aps, strict=True)]
+    meta = {"scenario": "multi-wifi", "stack": stack, "label": "3 APs, walk 30 m",
+            "params": {"ap_count": 3}}
+    summary = {"scenario": "multi-wifi", "stack": stack, "goodput_mbps": sum(goodputs) / 4,
+               "sha256_match": True, "subflows": 3 if stack == "kernel" else 1,
+               "fidelity_ok": True, "fraction_of_best_ap": round(min(fractions), 3),
+               "positions": [*positions, "not a position"]}
+    (run / "meta.json").write_text(json.dumps(meta))
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def _wifi_suite(root: Path) -> list[Path]:
+    return [make_wifi_run(root, "walk/kernel", "kernel", [19.0, 11.5, 17.0, 15.0]),
+            make_wifi_run(root, "walk/tcp", "tcp", [19.5, 5.0, 0.5, 0.2])]
+
+
+def test_wifi_positions_and_result(tmp_path: Path) -> None:
+    kernel, tcp = _wifi_suite(tmp_path)
+    frame = metrics.wifi_positions(metrics.load_summary(kernel))
+    assert list(frame["position_m"]) == [0, 10, 20, 30]  # the malformed entry is skipped
+    assert list(frame["fraction"]) == pytest.approx([0.95, 11.5 / 12, 17 / 18, 15 / 16])
+    assert frame["ap_rates_mbps"].iloc[2] == [4.0, 18.0, 6.0]
+    good = metrics.wifi_result(metrics.load_summary(kernel))
+    assert good["within_best_ap"] is True and good["positions"] == 4
+    bad = metrics.wifi_result(metrics.load_summary(tcp))
+    assert bad["worst_fraction"] == pytest.approx(0.2 / 16)
+    assert bad["worst_position_m"] == 30 and bad["within_best_ap"] is False
+    assert metrics.wifi_result({"fraction_of_best_ap": 0.9})["within_best_ap"] is True
+    assert metrics.wifi_positions({}).empty
+
+
+def test_compare_wifi_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    saved = _spy_saved(monkeypatch)
+    paths = report.compare_runs(_wifi_suite(tmp_path), tmp_path / "out")
+    assert {p.name for p in paths} == {"comparison-goodput.png", "comparison-goodput.pdf"}
+    (fig,) = saved
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert {"kernel MPTCP", "TCP", "best AP (configured)", "within 15% of best AP",
+            "AP 1 rate", "AP 2 rate", "AP 3 rate"} <= set(legend)
+    ax = next(ax for ax in fig.axes if ax.get_visible())
+    assert ax.get_xlabel() == "Position [m]"
+    lines = ax.get_lines()
+    assert len(lines) == 3 + 1 + 2  # three APs, the best AP, one line per run
+    assert list(lines[3].get_ydata()) == [20, 12, 18, 16]  # the envelope of the AP rates
+
+
+def test_wifi_axis_falls_back_to_time() -> None:
+    walk = pd.DataFrame({"run": ["a"] * 3, "position_m": [0.0, 10.0, 0.0]})
+    assert figures.wifi_axis(walk) == "time_s"
+    assert figures.wifi_axis(walk.assign(position_m=[0.0, 5.0, 10.0])) == "position_m"
+    assert figures.wifi_axis(walk.assign(position_m=[0.0, None, 10.0])) == "time_s"
+
+
+def test_wifi_report(tmp_path: Path) -> None:
+    runs = _wifi_suite(tmp_path / "default")
+    back = make_wifi_run(tmp_path / "default", "back/kernel", "kernel", [19, 11, 16, 15],
+                         positions_m=[0.0, 10.0, 5.0, 0.0])
+    text = report.write_report([*runs, back], tmp_path / "default" / "report.md",
+                               analyze=False).read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| case"))
+    assert "| fraction of best AP | worst position |" in header
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| 3 APs")]
+    assert [r[1:4] for r in rows] == [["kernel MPTCP", "0.94", "0.94 at 30 m"],
+                                      ["TCP", "0.01", "**0.01 at 30 m**"],
+                                      ["kernel MPTCP", "0.89", "0.89 at 5 m"]]
+    assert "(Croitoru et al., NSDI 2015)" in text
+    assert "every position: kernel MPTCP 2 of 2 runs; TCP 0 of 1 runs." in text
+    assert (tmp_path / "default" / "figures" / "report-comparison-goodput.png").exists()
+
+
+def test_generic_scenario_has_no_aggregation_references(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    saved = _spy_saved(monkeypatch)
+    runs = [make_run(tmp_path, f"{stack}", stack, 10, 9.0) for stack in ("kernel", "tcp")]
+    report.compare_runs(runs, tmp_path / "out")
+    bars, small = saved
+    for fig in (bars, small):
+        legend = {t.get_text() for t in fig.legends[0].get_texts()}
+        assert "kernel MPTCP" in legend
+        assert not {"sum of path rates", "best single path"} & legend
+    assert not [ln for ax in small.axes for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+
+
+def test_run_titles_fit_and_name_our_stack(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    assert figures.stack_name("userspace") == "our stack"
+    meta = {"scenario": "vm-migration", "stack": "userspace",
+            "label": "stop 0.5 s, A 10 Mbit/s 20 ms -> B 20 Mbit/s 5 ms, a long label too"}
+    saved = _spy_saved(monkeypatch)
+    run = tmp_path / "r"
+    write_samples(make_run(tmp_path, "r", "userspace", 10, 9.0))
+    figures.plot_subflow_state(metrics.subflow_series(metrics.load_socket_samples(run)["client"]),
+                               meta, {}, tmp_path / "s", host="client")
+    title = saved[0]._suptitle.get_text()
+    assert title.startswith("Subflow state: our stack (sender client)\nvm-migration: stop 0.5")
+    limit = int(7.0 * figures._TITLE_CHARS_PER_IN)
+    assert all(len(line) <= limit for line in title.splitlines())
+    assert "userspace MPTCP" not in title
