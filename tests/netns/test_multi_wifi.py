@@ -1,0 +1,78 @@
+"""multi-wifi end to end through `testbed run`, short: two APs, an 8 s download on a brisk walk.
+AP2 is out of range at first and comes into range at 1.5 s; AP1, where the connection started,
+goes out of range at 6 s. Kernel MPTCP joins AP2 when it appears and carries on over it once
+AP1 is gone, data intact; plain TCP bound to AP1 breaks there. Neither run leaves anything
+behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from testbed.emu.cleanup import STATE_DIR
+from tests.netns.test_emulation import leftovers
+
+TESTBED = [sys.executable, "-m", "testbed.cli"]
+AP1_LOST_S = 6.0
+SHORT = ["--link-backend", "userspace", "--seed", "5", "--no-analyze",
+         "--set", "n_aps=2", "--set", "duration_s=8", "--set", "timeout_s=8",
+         "--set", "start_m=-5", "--set", "walk_speed_mps=4", "--set", "step_s=0.5"]
+
+
+def run_walk(stack: str, out: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    result = subprocess.run([*TESTBED, "run", "multi-wifi", "--stack", stack,
+                             "--out", str(out), *SHORT],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert "Traceback" not in result.stderr, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    # Nothing of this run is left: no process mentions its directory, and its cleanup record
+    # is gone. Other runs may share the machine, so only what belongs to this one is checked.
+    assert not [line for line in leftovers() if str(out) in line]
+    run_id = json.loads((out / "meta.json").read_text())["run_id"]
+    assert not (STATE_DIR / f"{run_id}.json").exists()
+    return result, summary
+
+
+def test_kernel_mptcp_joins_the_new_ap_and_keeps_the_transfer_going_past_ap1(
+        tmp_path: Path) -> None:
+    out = tmp_path / "kernel"
+    result, summary = run_walk("kernel", out)
+    assert result.returncode == 0, result.stderr
+    assert summary["sha256_match"] is True
+    assert summary["errors"] == []
+    assert summary["subflows"] >= 2  # AP1's and AP2's at once
+    client = summary["mptcp_counters"]["client"]
+    assert client.get("MPTcpExtMPJoinSynAckRx", 0) >= 1  # AP2 joined when it came into range
+    assert client.get("MPTcpExtRmAddrTx", 0) >= 1  # AP1's address withdrawn when lost
+    assert summary["ap1_out_of_range_at_s"] == AP1_LOST_S
+    assert summary["bytes_after_ap1_out_of_range"] > 0
+    positions = summary["positions"]
+    assert len(positions) == 16 and positions[-1]["ap_rates_mbps"][0] == 0.0
+    # Data flowed in every whole second after AP1 was lost (through AP2 alone); no bound on
+    # how much: the machine is shared.
+    after = [p for p in positions if p["t_start_s"] >= AP1_LOST_S]
+    assert sum(p["goodput_mbps"] for p in after) > 0
+    assert summary["fraction_of_best_ap"] > 0
+    timeline = json.loads((out / "stats" / "timeline.json").read_text())
+    hosts = [event["host_action"] for event in timeline if "host_action" in event]
+    assert hosts == ["client enters AP2's range: subflow endpoint added",
+                     "client leaves AP1's range: endpoint deleted"]
+
+
+def test_plain_tcp_bound_to_ap1_breaks_when_ap1_goes_out_of_range(tmp_path: Path) -> None:
+    out = tmp_path / "tcp"
+    result, summary = run_walk("tcp", out)
+    assert result.returncode == 1  # a run whose byte stream did not arrive intact
+    assert summary["sha256_match"] is False
+    assert summary["subflows"] == 1
+    assert summary["bytes_after_ap1_out_of_range"] == 0
+    assert summary["bytes_received"] > 0  # it worked while AP1 was in range
+    # The connection manager destroyed the socket: both ends learnt at once (no timeout).
+    assert any("ConnectionAbortedError" in error for error in summary["errors"])
+    after = [p for p in summary["positions"] if p["t_start_s"] >= AP1_LOST_S]
+    assert all(p["goodput_mbps"] == 0 for p in after)
+    assert all(p["best_ap_mbps"] > 0 for p in after)  # while AP2 was there to be used
+    assert summary["mptcp_counters"] == {"client": {}, "server": {}}
