@@ -779,8 +779,8 @@ def plot_wifi(positions: pd.DataFrame, runs: pd.DataFrame, base: Path,
                 n_aps = max(n_aps, rates.shape[1])
                 for j in rates.columns:
                     ax.plot(xs, _held(rates[j], hold), color=_AP_GREYS[j % len(_AP_GREYS)],
-                            linewidth=0.9, zorder=1, drawstyle="steps-post" if hold else
-                            "default")
+                            linestyle=_AP_DASHES[j % len(_AP_DASHES)], linewidth=0.9, zorder=1,
+                            drawstyle="steps-post" if hold else "default")
                 best = _held(first["best_ap_mbps"], hold)
                 style = "steps-post" if hold else "default"
                 ax.fill_between(xs, best * fraction, best, color=WIFI_BAND_COLOUR, zorder=0,
@@ -809,6 +809,7 @@ def plot_wifi(positions: pd.DataFrame, runs: pd.DataFrame, base: Path,
                            label="best AP (configured)"),
                     Patch(color=WIFI_BAND_COLOUR, label=f"within {1 - fraction:.0%} of best AP")]
         handles += [Line2D([], [], color=_AP_GREYS[j % len(_AP_GREYS)], linewidth=0.9,
+                           linestyle=_AP_DASHES[j % len(_AP_DASHES)],
                            label=f"AP {j + 1} rate") for j in range(n_aps)]
         fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 4),
                    frameon=False, title=fit_title([title], width), title_fontsize=12)
@@ -818,7 +819,9 @@ def plot_wifi(positions: pd.DataFrame, runs: pd.DataFrame, base: Path,
         return save(fig, base)
 
 
-_AP_GREYS = ("0.55", "0.7", "0.4", "0.8")
+# Grey levels alone do not tell three thin lines apart: each AP also has its own dashes.
+_AP_GREYS = ("0.45", "0.6", "0.35", "0.7")
+_AP_DASHES = ("-", "--", "-.", ":")
 
 
 def _wifi_x(line: pd.DataFrame, axis: str) -> tuple[pd.Series, bool]:

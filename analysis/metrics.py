@@ -699,19 +699,29 @@ def wifi_positions(summary: dict[str, Any]) -> pd.DataFrame:
 
 
 def wifi_result(summary: dict[str, Any]) -> dict[str, Any]:
-    """multi-wifi headline numbers: fraction_of_best_ap (as the run reported it), the worst
-    position's fraction and where it was, and whether every position was within 15%."""
+    """multi-wifi headline numbers: fraction_of_best_ap (as the run reported it: the mean
+    over the positions), the worst position's fraction and where it was, how many positions
+    were within 15% of the best AP, and whether all were (the run's
+    `within_15pct_at_every_step` when it has one)."""
     positions = wifi_positions(summary)
     judged = positions.dropna(subset=["fraction"])
     worst = judged.loc[judged["fraction"].idxmin()] if not judged.empty else None
     reported = _number(summary.get("fraction_of_best_ap"))
-    worst_fraction = float(worst["fraction"]) if worst is not None else reported
+    if worst is not None:
+        worst_fraction: float | None = float(worst["fraction"])
+    else:
+        worst_fraction = _number(summary.get("worst_step_fraction_of_best_ap"))
+    within = summary.get("within_15pct_at_every_step")  # the experiment's own verdict first
+    if not isinstance(within, bool):
+        within = None if worst_fraction is None else worst_fraction >= WIFI_BEST_AP_FRACTION
+    # Steps with no AP in range (best AP at 0) have no fraction and are not judged.
     return {
         "fraction_of_best_ap": reported,
         "worst_fraction": worst_fraction,
         "worst_position_m": (float(worst["position_m"]) if worst is not None
                              and not math.isnan(worst["position_m"]) else None),
         "positions": len(positions),
-        "within_best_ap": (None if worst_fraction is None
-                           else worst_fraction >= WIFI_BEST_AP_FRACTION),
+        "positions_within": int((judged["fraction"] >= WIFI_BEST_AP_FRACTION).sum()),
+        "positions_judged": len(judged),
+        "within_best_ap": within,
     }

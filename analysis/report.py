@@ -338,6 +338,13 @@ def _worst_cell(row: dict[str, Any]) -> str:
     return text if row.get("within_best_ap") is not False else f"**{text}**"
 
 
+def _within_positions_cell(row: dict[str, Any]) -> str:
+    judged = row.get("positions_judged")
+    if not judged:
+        return "–"
+    return f"{row.get('positions_within')} of {judged}"
+
+
 _COMMON_HEAD: list[Column] = [("case", "---", lambda r: _cell(r["case"])),
                               ("stack", "---", _stack_cell)]
 _COMMON_TAIL: list[Column] = [("sha256 match", "---", lambda r: _cell(r["sha256_match"])),
@@ -359,10 +366,10 @@ TABLES: dict[str, list[Column]] = {
         ("joined new address", "---", _joined_cell),
     ],
     MULTI_WIFI: [
-        ("fraction of best AP", "---:", lambda r: _cell(r.get("fraction_of_best_ap"))),
+        ("fraction of best AP (mean)", "---:", lambda r: _cell(r.get("fraction_of_best_ap"))),
         ("worst position", "---:", _worst_cell),
         ("goodput [Mbit/s]", "---:", lambda r: _cell(r["goodput_mbps"])),
-        ("positions", "---:", lambda r: _cell(r.get("positions"))),
+        ("positions within 15%", "---:", _within_positions_cell),
     ],
 }
 
