@@ -821,7 +821,7 @@ def plot_wifi(positions: pd.DataFrame, runs: pd.DataFrame, base: Path,
 
 # Grey levels alone do not tell three thin lines apart: each AP also has its own dashes.
 _AP_GREYS = ("0.45", "0.6", "0.35", "0.7")
-_AP_DASHES = ("-", "--", "-.", ":")
+_AP_DASHES: tuple[Any, ...] = ("-", "--", "-.", ":")
 
 
 def _wifi_x(line: pd.DataFrame, axis: str) -> tuple[pd.Series, bool]:
