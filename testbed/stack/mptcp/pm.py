@@ -1,0 +1,81 @@
+"""Path managers: when to open subflows and announce addresses (Linux's in-kernel path
+manager, net/mptcp/pm_kernel.c, in its smallest form). Registered by name.
+
+A path manager acts on a connection only through its public calls (`open_subflow`,
+`announce_address`); the connection tells it about events.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING, ClassVar
+
+from testbed.errors import ParameterError
+
+if TYPE_CHECKING:
+    from testbed.stack.mptcp.connection import MptcpConnection
+
+
+class PathManager:
+    """Every event has a do-nothing default; a path manager overrides what it needs."""
+
+    name: ClassVar[str]
+
+    def on_fully_established(self, conn: MptcpConnection, now: float) -> None:
+        """Both ends know the keys and MPTCP works on the path: subflows may be added."""
+
+    def on_address_announced(self, conn: MptcpConnection, address_id: int, address: bytes,
+                             port: int | None, now: float) -> None:
+        """The peer sent an ADD_ADDR whose HMAC checked out."""
+
+    def on_address_removed(self, conn: MptcpConnection, address_id: int, now: float) -> None:
+        """The peer sent REMOVE_ADDR for `address_id`."""
+
+
+class MinimalPathManager(PathManager):
+    """The client opens one subflow from each configured extra local address to the
+    server's address, and one to each address the server announces when
+    `join_announced`; the server announces its configured extra addresses."""
+
+    name = "default"
+
+    def on_fully_established(self, conn: MptcpConnection, now: float) -> None:
+        if conn.is_client:
+            for addr in conn.config.extra_local_addrs:
+                conn.open_subflow(addr, conn.remote_addr, conn.remote_port, now)
+        else:
+            for index, addr in enumerate(conn.config.announce_addrs, start=1):
+                conn.announce_address(index, addr, now)
+
+    def on_address_announced(self, conn: MptcpConnection, address_id: int, address: bytes,
+                             port: int | None, now: float) -> None:
+        if conn.is_client and conn.config.join_announced:
+            conn.open_subflow(conn.local_addr, address, port or conn.remote_port, now,
+                              remote_address_id=address_id)
+
+
+_PATH_MANAGERS: dict[str, type[PathManager]] = {}
+
+
+def register_path_manager(name: str, cls: type[PathManager]) -> None:
+    """Make `cls` selectable as `name`; registering a name again replaces it."""
+    _PATH_MANAGERS[name] = cls
+
+
+def get_path_manager(name: str) -> type[PathManager]:
+    try:
+        return _PATH_MANAGERS[name]
+    except KeyError:
+        raise ParameterError(f"unknown MPTCP path manager {name!r}; "
+                             f"available: {', '.join(sorted(_PATH_MANAGERS))}") from None
+
+
+def available_path_managers() -> list[str]:
+    return sorted(_PATH_MANAGERS)
+
+
+def ip(addr: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(addr)
+
+
+register_path_manager(MinimalPathManager.name, MinimalPathManager)
