@@ -15,7 +15,6 @@ import os
 import re
 import secrets
 import select
-import signal
 import statistics
 import subprocess
 import time
@@ -24,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from testbed.emu.cleanup import ProcessRecord, RunRecord
+from testbed.emu.cleanup import ProcessRecord, RunRecord, signals_as_keyboard_interrupt
 from testbed.emu.linkparams import LinkShaping, Shaping
 from testbed.emu.links import resolve_backend
 from testbed.emu.network import Emulation, require_root, require_tools
@@ -409,31 +408,6 @@ def measure_capacity(emu: Emulation, seconds: float) -> CapacityMeasurement | No
 
 # -- the bench ----------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _signals_as_keyboard_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP end the bench like Ctrl-C, so the same cleanup runs.
-
-    Only in this process: pyroute2's NetNS forks helper children that inherit the handler, and
-    pyroute2 ends them with SIGTERM. Raising there would run our cleanup in the child (stopping
-    the parent's shaper); a child must die of the signal as it would have without us.
-    """
-    owner = os.getpid()
-
-    def raise_interrupt(signum: int, frame: object) -> None:
-        if os.getpid() != owner:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def _fmt(value: float, unit: str, digits: int = 2) -> str:
     return f"{value:.{digits}f} {unit}"
 
@@ -542,7 +516,7 @@ def bench_links(link_backend: str, seed: int, rate_mbps: float, delay_ms: float,
                        ProcessRecord.of(os.getpid(), "testbed bench links"))
     record.save()
     try:
-        with _signals_as_keyboard_interrupt():
+        with signals_as_keyboard_interrupt():
             results = run_checks(backend, seed, record,
                                  plan(rate_mbps, delay_ms, loss_pct, seconds))
     finally:

@@ -12,12 +12,11 @@ import json
 import os
 import platform
 import secrets
-import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -27,7 +26,7 @@ from typing import Any
 from experiments.scenario import HostEvent, LinkEvent, RunOutcome, Scenario, TimelineEvent
 from testbed import stats
 from testbed.emu.capture import Capture, CpuMonitor, start_capture
-from testbed.emu.cleanup import ProcessRecord, RunRecord
+from testbed.emu.cleanup import ProcessRecord, RunRecord, signals_as_keyboard_interrupt
 from testbed.emu.links import resolve_backend
 from testbed.emu.network import Emulation, require_root, require_tools
 from testbed.errors import TestbedError
@@ -68,24 +67,6 @@ def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     tmp.replace(path)
-
-
-@contextlib.contextmanager
-def _interrupts_as_keyboard_interrupt() -> Iterator[None]:
-    """SIGTERM (and SIGHUP) end the run like Ctrl-C: cleanup runs and results are kept."""
-    runner = os.getpid()
-
-    def raise_interrupt(signum: int, frame: object) -> None:
-        if os.getpid() != runner:  # a forked copy (a library's helper) must not run our code
-            os._exit(128 + signum)
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 class Run:
@@ -150,7 +131,7 @@ class Run:
         interrupted = False
         started = time.monotonic()
         try:
-            with _interrupts_as_keyboard_interrupt():
+            with signals_as_keyboard_interrupt():
                 self._say(f"building {self.scenario.name} with the {backend} link backend")
                 with Emulation(self.scenario.topology(), backend, self.options.seed, record,
                                shaper_log=self.run_dir / "stats" / "shaper.log") as emu:

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -163,3 +164,28 @@ def clean_stale(force: bool = False) -> list[str]:
         path.unlink(missing_ok=True)
         done.append(f"removed run record {record.run_id}")
     return done
+
+
+@contextlib.contextmanager
+def signals_as_keyboard_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP end a run like Ctrl-C, so the same cleanup runs and results are kept.
+
+    Only in this process: a forked copy of it (a library's helper) inherits the handler, and
+    raising there would run our cleanup in the copy; the copy dies of the signal as it would
+    have without us.
+    """
+    owner = os.getpid()
+
+    def raise_interrupt(signum: int, frame: object) -> None:
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
