@@ -40,7 +40,6 @@ be a parameter of the model, not something this emulation measures).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,12 +56,15 @@ from experiments.scenario import (
     TimelineEvent,
     Workload,
 )
-from testbed import stats
+from experiments.timeline_metrics import (
+    nstat_changes,
+    timeline_offset_s,
+    window_goodput_mbps,
+)
 from testbed.emu.linkparams import LinkShaping, Shaping
 from testbed.emu.network import Emulation
 from testbed.errors import ParameterError, TestbedError
 from testbed.stacks.base import Endpoint, StackConfig
-from testbed.workload import BIN_S
 from topologies.multi_ap import (
     MAX_APS,
     SERVER_ADDR,
@@ -336,20 +338,6 @@ class RaiseSubflowLimit:
 
 # -- metrics ----------------------------------------------------------------------------------
 
-def window_goodput_mbps(series: Sequence[Sequence[float]], start_s: float, end_s: float,
-                        bin_s: float = BIN_S) -> float:
-    """Goodput over [start_s, end_s) from the receiver's 100 ms bins, each bin's bytes counted
-    in proportion to its overlap with the window (steps need not fall on bin edges)."""
-    if end_s <= start_s:
-        return 0.0
-    total = 0.0
-    for bin_start, count in series:
-        overlap = min(end_s, bin_start + bin_s) - max(start_s, bin_start)
-        if overlap > 0:
-            total += count * overlap / bin_s
-    return total * 8 / (end_s - start_s) / 1e6
-
-
 @dataclass(frozen=True)
 class StepResult:
     step: WalkStep
@@ -388,28 +376,9 @@ def fraction_of_best_ap(results: Sequence[StepResult]) -> float | None:
     return sum(fractions) / len(fractions) if fractions else None
 
 
-def timeline_offset_s(timeline: Sequence[dict[str, Any]], t_start: float | None) -> float | None:
-    """When the timeline's clock started, in seconds after the receiver's t_start: each
-    applied event knows both its wall time and its time on the timeline's clock."""
-    if t_start is None:
-        return None
-    for event in timeline:
-        if event.get("wall_time") is not None and event.get("applied_at_s") is not None:
-            return float(event["wall_time"]) - float(event["applied_at_s"]) - float(t_start)
-    return None
-
-
 def counter_changes(outcome: RunOutcome, side: str) -> dict[str, int]:
     """Non-zero changes of MECHANISM_COUNTERS on one host over the run (nstat snapshots)."""
-    snapshots: list[dict[str, int]] = []
-    for when in ("before", "after"):
-        path = outcome.run_dir / "stats" / f"nstat-{side}-{when}.json"
-        try:
-            snapshots.append({str(k): int(v) for k, v in json.loads(path.read_text()).items()})
-        except (OSError, ValueError, AttributeError):
-            snapshots.append({})
-    delta = stats.counters_delta(snapshots[0], snapshots[1])
-    return {name: delta[name] for name in MECHANISM_COUNTERS if delta.get(name)}
+    return nstat_changes(outcome.run_dir, side, MECHANISM_COUNTERS)
 
 
 # -- the scenario -----------------------------------------------------------------------------

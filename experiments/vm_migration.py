@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,13 +42,13 @@ from experiments.scenario import (
     TimelineEvent,
     Workload,
 )
+from experiments.timeline_metrics import MoveMetrics, move_metrics, survival
 from testbed import stats
 from testbed.emu.linkparams import LinkShaping, Shaping
 from testbed.emu.netns import netlink
 from testbed.emu.network import Emulation
 from testbed.emu.nodes import TestbedHost
 from testbed.errors import ParameterError, TestbedError
-from testbed.workload import BIN_S
 from topologies.migration import (
     CLIENT_ADDR,
     GATEWAY_B,
@@ -180,77 +180,6 @@ class WithdrawOldAddress:
             time.sleep(self.poll_s)
         time.sleep(self.after_join_s)
         server.run(["ip", "mptcp", "endpoint", "delete", "id", "0", SERVER_ADDR_A])
-
-
-# -- metrics from the receiver's 100 ms series ------------------------------------------------
-
-@dataclass(frozen=True)
-class MoveMetrics:
-    """What the receiver saw around the move.
-
-    `gap_s` counts whole empty bins, so the real silence lies between gap_s and gap_s plus two
-    bins; None when no data came after the move. Goodput before is over the bins before the
-    move's bin; goodput after, over the bins from the end of the gap to the last data."""
-
-    gap_s: float | None
-    gap_start_s: float | None
-    bytes_after_move: int
-    goodput_before_mbps: float | None
-    goodput_after_mbps: float | None
-
-
-def _mbps(byte_count: int, bins: int, bin_s: float) -> float | None:
-    return round(byte_count * 8 / (bins * bin_s) / 1e6, 3) if bins > 0 else None
-
-
-def move_metrics(series: Sequence[Sequence[float]], move_s: float,
-                 bin_s: float = BIN_S) -> MoveMetrics:
-    """`series` is the workload receiver's [[bin start (s), bytes], ...]; `move_s` is when the
-    VM stopped, in the same clock (seconds after the receiver's t_start)."""
-    bins: list[int] = []
-    for start, count in series:
-        index = round(start / bin_s)
-        if index >= len(bins):
-            bins.extend([0] * (index + 1 - len(bins)))
-        bins[index] += int(count)
-    move_bin = max(0, math.floor(move_s / bin_s))
-    before = _mbps(sum(bins[:move_bin]), min(move_bin, len(bins)), bin_s)
-    after_bytes = sum(bins[move_bin + 1:])
-    if after_bytes == 0:
-        return MoveMetrics(None, None, 0, before, None)
-    # Longest run of empty bins that is not over before the move: a silence that began a
-    # little earlier (the bin of the move itself may hold data) still counts.
-    best_start, best_len = move_bin, 0
-    run_start = None
-    for index, count in enumerate(bins):
-        if count == 0:
-            run_start = index if run_start is None else run_start
-            continue
-        if run_start is not None and index > move_bin and index - run_start > best_len:
-            best_start, best_len = run_start, index - run_start
-        run_start = None
-    resumed = best_start + best_len
-    after = _mbps(sum(bins[resumed:]), len(bins) - resumed, bin_s)
-    return MoveMetrics(
-        gap_s=round(best_len * bin_s, 3),
-        gap_start_s=round(best_start * bin_s, 3),
-        bytes_after_move=after_bytes,
-        goodput_before_mbps=before,
-        goodput_after_mbps=after,
-    )
-
-
-def survival(sha256_match: bool, bytes_after_move: int,
-             errors: Sequence[str]) -> tuple[bool, str]:
-    """Survived: the whole byte stream arrived intact (sha256 and length equal) and data
-    flowed after the move. Otherwise the reason, the workload's own error first."""
-    if sha256_match and bytes_after_move > 0:
-        return True, "the whole byte stream arrived intact, with data after the move"
-    if errors:
-        return False, "; ".join(errors)
-    if not sha256_match:
-        return False, "the byte stream did not arrive intact (sha256 or length differ)"
-    return False, "no data arrived after the move"
 
 
 def mechanism_counters(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
