@@ -166,22 +166,24 @@ class StackDaemon:
         return max(0.0, min(deadlines) - now) if deadlines else None
 
     def _read_frames(self, name: str, sock: socket.socket) -> None:
-        now = time.monotonic()
         view = memoryview(self._rxbuf)
+        now = time.monotonic()
         for _ in range(FRAMES_PER_WAKEUP):
             try:
                 n = sock.recv_into(self._rxbuf)
             except BlockingIOError:
                 break
+            now = time.monotonic()
             self.net.receive_frame(name, bytes(view[:n]), now)
-            # Answer as we go: handing the core a batch and flushing once per wakeup would
-            # delay every ACK by the whole batch.
-            if self.tcp is not None and n > 0:
-                self._service_apps(now)
+            # Answer as we go, but only from the connection the frame reached: an ACK per
+            # two segments and data clocked out by each ACK (a batch flushed once would turn
+            # them into stretch ACKs and bursts). Applications are served once per batch.
+            self._transmit(now, after_input=True)
+        self._service_apps(now)
         self._transmit(now)
 
-    def _transmit(self, now: float) -> None:
-        self.net.flush_tcp(now)
+    def _transmit(self, now: float, after_input: bool = False) -> None:
+        self.net.flush_tcp(now, after_input)
         for name, frame in self.net.frames_to_send():
             try:
                 self.sockets[name].send(frame)

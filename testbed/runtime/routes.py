@@ -79,6 +79,9 @@ class RouteTable:
     def __init__(self, interfaces: list[Interface]) -> None:
         self.interfaces = list(interfaces)
         self._by_ip = {iface.ip: iface for iface in self.interfaces}
+        # The table never changes once built, so answers are kept (bounded, as the keys
+        # come from the addresses peers use).
+        self._cache: dict[tuple[bytes, bytes | None], Route | None] = {}
 
     def is_local(self, addr: bytes) -> bool:
         return addr in self._by_ip
@@ -89,6 +92,17 @@ class RouteTable:
     def lookup(self, dst: bytes, src: bytes | None = None) -> Route | None:
         """The route for a packet to `dst` (from `src` if the caller chose one); None when
         unreachable (no matching prefix and no gateway, or `src` is not ours)."""
+        key = (dst, src)
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        if len(self._cache) >= 4096:
+            self._cache.clear()
+        route = self._cache[key] = self._lookup(dst, src)
+        return route
+
+    def _lookup(self, dst: bytes, src: bytes | None) -> Route | None:
         dst_ip = ipaddress.IPv4Address(dst)
         if src is not None and src != b"\0\0\0\0":
             iface = self._by_ip.get(src)

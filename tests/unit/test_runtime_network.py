@@ -21,7 +21,8 @@ from testbed.stack.wire.ethernet import (
     parse_ethernet,
 )
 from testbed.stack.wire.icmp import IcmpEcho, emit_icmp, parse_icmp
-from testbed.stack.wire.ipv4 import PROTO_ICMP, Ipv4Packet, emit_ipv4, parse_ipv4
+from testbed.stack.wire.ipv4 import PROTO_ICMP, PROTO_TCP, Ipv4Packet, emit_ipv4, parse_ipv4
+from testbed.stack.wire.tcp import ACK, PSH, TcpSegment, TimestampOption, emit_tcp
 
 OUR_MAC = bytes.fromhex("020000000001")
 PEER_MAC = bytes.fromhex("020000000099")
@@ -196,3 +197,59 @@ def test_iface_spec() -> None:
     for bad in ("e", "e=10.0.1.1", "e=10.0.1.1/24,gw=10.0.9.1", "e=x/24", "e=1.2.3.4/8,mtu=9"):
         with pytest.raises(ParameterError):
             parse_iface_spec(bad)
+
+
+class _Tcp:
+    """A TCP core that records what it is given and sends what it is told to."""
+
+    def __init__(self, out: list[tuple[bytes, bytes, object]]) -> None:
+        self.out = out
+        self.received: list[tuple[bytes, bytes, object]] = []
+
+    def receive(self, src: bytes, dst: bytes, seg: object, now: float) -> None:
+        self.received.append((src, dst, seg))
+
+    def segments_to_send(self, now: float) -> list[tuple[bytes, bytes, object]]:
+        out, self.out = self.out, []
+        return out
+
+
+def _segment(payload: bytes = b"x" * 1000) -> TcpSegment:
+    return TcpSegment(40000, 80, 123456789, 987654321, ACK | PSH, 501,
+                      (TimestampOption(7, 9),), payload)
+
+
+def test_tcp_frames_out_are_the_codecs_frames_byte_for_byte() -> None:
+    seg = _segment()
+    net = NetworkLayer(two_interfaces()[:1], _Tcp([(OUR_IP, PEER_IP, seg)]))
+    net.receive_frame("eth0", arp_frame(ARP_REPLY, PEER_MAC, PEER_IP, OUR_IP, OUR_MAC), 0.0)
+    assert net.flush_tcp(0.1) == 1
+    packet = Ipv4Packet(src=OUR_IP, dst=PEER_IP, protocol=PROTO_TCP,
+                        payload=emit_tcp(seg, OUR_IP, PEER_IP))
+    expected = emit_ethernet(EthernetFrame(PEER_MAC, OUR_MAC, ETHERTYPE_IPV4,
+                                           emit_ipv4(packet)))
+    assert net.frames_to_send() == [("eth0", expected)]
+    assert net.counters["TcpOutSegs"] == net.counters["IpOutRequests"] == 1
+
+
+def test_tcp_frames_in_take_the_fast_path_with_the_same_checks() -> None:
+    tcp = _Tcp([])
+    net = NetworkLayer(two_interfaces()[:1], tcp)
+    seg = _segment()
+    good = emit_ethernet(EthernetFrame(OUR_MAC, PEER_MAC, ETHERTYPE_IPV4, emit_ipv4(Ipv4Packet(
+        src=PEER_IP, dst=OUR_IP, protocol=PROTO_TCP, payload=emit_tcp(seg, PEER_IP, OUR_IP)))))
+    net.receive_frame("eth0", good + b"\0" * 4, 0.0)  # Ethernet padding is ignored
+    assert tcp.received == [(PEER_IP, OUR_IP, seg)]
+    bad_tcp = bytearray(good)
+    bad_tcp[-1] ^= 1
+    bad_ip = bytearray(good)
+    bad_ip[22] ^= 1  # the TTL: the header checksum fails
+    not_ours = emit_ethernet(EthernetFrame(OUR_MAC, PEER_MAC, ETHERTYPE_IPV4, emit_ipv4(
+        Ipv4Packet(src=PEER_IP, dst=FAR_IP, protocol=PROTO_TCP,
+                   payload=emit_tcp(seg, PEER_IP, FAR_IP)))))
+    for frame in (bad_tcp, bad_ip, good[:40], not_ours):
+        net.receive_frame("eth0", bytes(frame), 0.0)
+    assert len(tcp.received) == 1
+    assert net.counters["ParseErrors"] == 3
+    assert net.counters["IpInAddrErrors"] == 1
+    assert net.counters["TcpInSegs"] == 2  # the good one and the one with a bad TCP sum

@@ -65,6 +65,8 @@ class TcpStack:
         self._listeners: dict[tuple[bytes, int], Listener] = {}
         self._owner: dict[TcpConnection, Listener] = {}
         self._rsts: list[tuple[bytes, bytes, TcpSegment]] = []
+        # Connections that took a segment since output was last collected (an ordered set).
+        self._touched: dict[TcpConnection, None] = {}
         self.counters: dict[str, int] = {}
 
     # ------------------------------------------------------------------ user calls
@@ -132,6 +134,7 @@ class TcpStack:
         if conn is not None and not conn.closed:
             conn.receive(seg, now)
             self._after_input(conn)
+            self._touched[conn] = None
             return
         listener = self._listeners.get((dst_addr, seg.dst_port)) or \
             self._listeners.get((ANY_ADDR, seg.dst_port))
@@ -161,6 +164,7 @@ class TcpStack:
             return
         conn = self._new_connection(key, now, self.config)
         conn.open_passive(seg, now)
+        self._touched[conn] = None
         self._count("PassiveOpens")
         listener._embryonic.add(conn)
         self._owner[conn] = listener
@@ -190,15 +194,30 @@ class TcpStack:
     # ------------------------------------------------------------------ output and time
 
     def segments_to_send(self, now: float) -> list[tuple[bytes, bytes, TcpSegment]]:
+        self._touched.clear()
+        return self._collect(list(self._conns.values()), now)
+
+    def segments_after_input(self, now: float) -> list[tuple[bytes, bytes, TcpSegment]]:
+        """What the connections that took segments since output was last collected have to
+        send, and the RSTs: a runtime calls this after each packet so that ACKs, and data the
+        ACKs clock out, leave at once instead of after a whole batch of input, without asking
+        every idle connection. (`segments_to_send` still collects from all of them.)"""
+        touched = list(self._touched)
+        self._touched.clear()
+        return self._collect(touched, now)
+
+    def _collect(self, conns: list[TcpConnection],
+                 now: float) -> list[tuple[bytes, bytes, TcpSegment]]:
         out = self._rsts
         self._rsts = []
-        for conn in list(self._conns.values()):
+        for conn in conns:
             for seg in conn.segments_to_send(now):
                 out.append((conn.local_addr, conn.remote_addr, seg))
             self._after_input(conn)
             if conn.closed:
                 self._drop(conn)
-        self._count("OutSegs", len(out))
+        if out:
+            self._count("OutSegs", len(out))
         return out
 
     def next_timer(self) -> float | None:

@@ -254,20 +254,27 @@ def emit_tcp(seg: TcpSegment, src_ip: bytes, dst_ip: bytes) -> bytes:
     """Encode `seg` with its options and the checksum over the pseudo-header for
     `src_ip` -> `dst_ip` (RFC 9293 §3.1). ValueError if a field does not fit (see
     `encode_tcp_options` for the options)."""
+    header, payload = emit_tcp_parts(seg, src_ip, dst_ip)
+    return header + payload
+
+
+def emit_tcp_parts(seg: TcpSegment, src_ip: bytes, dst_ip: bytes) -> tuple[bytes, bytes]:
+    """`emit_tcp` as (header with options and checksum, payload), so that a caller that
+    builds a whole frame copies the payload once."""
     if len(src_ip) != 4 or len(dst_ip) != 4:
         raise ValueError("IPv4 addresses must be 4 bytes")
     options = encode_tcp_options(seg.options) if seg.options else b""
     header_len = TCP_HEADER_LEN + len(options)
     payload = seg.payload
+    # Pseudo-header, header fields, options and payload are summed apart: 2**16 = 1 modulo
+    # 0xffff, so a field's value counts the same wherever its 16-bit word sits.
+    total = (int.from_bytes(src_ip, "big") + int.from_bytes(dst_ip, "big") + _PROTO_TCP
+             + header_len + len(payload) + seg.src_port + seg.dst_port + seg.seq + seg.ack
+             + ((header_len << 10) | seg.flags) + seg.window + seg.urgent
+             + int.from_bytes(options, "big") + ones_complement_sum(payload))
     try:
         header = _HEADER.pack(seg.src_port, seg.dst_port, seg.seq, seg.ack, header_len << 2,
-                              seg.flags, seg.window, 0, seg.urgent)
+                              seg.flags, seg.window, fold_checksum(total), seg.urgent)
     except struct.error as exc:
         raise ValueError(f"TCP header field out of range: {exc}") from None
-    # The header is a whole number of 32-bit words, so header, options and payload can be
-    # summed apart (shifts by 16 bits do not change a sum modulo 0xffff).
-    total = (int.from_bytes(src_ip, "big") + int.from_bytes(dst_ip, "big") + _PROTO_TCP
-             + header_len + len(payload) + int.from_bytes(header, "big")
-             + int.from_bytes(options, "big") + ones_complement_sum(payload))
-    checksum = fold_checksum(total)
-    return b"".join((header[:16], checksum.to_bytes(2, "big"), header[18:], options, payload))
+    return (header + options if options else header), payload
