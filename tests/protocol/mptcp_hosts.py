@@ -89,6 +89,7 @@ class MptcpSender(MptcpApp):
     data: bytes
     close_when_done: bool = True
     config: MptcpConfig | None = None
+    start_at: float = 0.0  # write nothing before (so the handshake's ACK goes alone)
     conn: MptcpConnection | None = None
     offset: int = 0
     finished_at: float | None = None
@@ -99,7 +100,7 @@ class MptcpSender(MptcpApp):
                                            config=self.config)
             return
         conn = self.conn
-        if conn.closed or not conn.established:
+        if conn.closed or not conn.established or now < self.start_at:
             return
         while self.offset < len(self.data) and conn.writable_space > 0:
             n = conn.send(self.data[self.offset:self.offset + 65536], now)

@@ -503,7 +503,7 @@ class MptcpConnection:
 
     def remove_address(self, address_id: int, now: float) -> None:
         """REMOVE_ADDR (§3.4.2); subflows we opened from that address are closed."""
-        sf = self._best_subflow()
+        sf = self._best_subflow(avoid_local_id=address_id)
         if sf is None:
             return
         sf.pending.append(RemoveAddr((address_id,)))
@@ -632,8 +632,8 @@ class MptcpConnection:
             elif isinstance(opt, MpFastclose):
                 self._on_fastclose(opt)
                 return
-        if not got_mptcp and sf.initial and not sf.tcp.passive and seg.payload == b"" \
-                and sq.gt(seg.ack, sq.add(sf.tcp.iss, 1)) and not self.peer_fully_established:
+        if (not got_mptcp and sf.initial and not sf.tcp.passive
+                and sq.gt(seg.ack, sq.add(sf.tcp.iss, 1)) and not self.peer_fully_established):
             # §3.7: our data acknowledged with no MPTCP option before the server ever sent
             # one: a middlebox strips them, continue as TCP.
             self.stack._count("DSSFallback")
@@ -709,7 +709,7 @@ class MptcpConnection:
         data_seq = m.data_seq if m.data_seq_64 else expand_to_64(m.data_seq, self.rcv_nxt)
         if m.data_level_length == 0:
             self.stack._count("InfiniteMapRx")
-            self._do_fallback(sf, None)
+            self._do_fallback(sf, "infinite mapping")
             return
         length = m.data_level_length
         if opt.data_fin:
@@ -786,6 +786,14 @@ class MptcpConnection:
         self.fallback = True
         # Bytes already on the subflow map one to one onto the data stream.
         sf.infinite = (1, dsn_add(self.rcv_nxt, -(sf.rcv_consumed - 1)))
+        if self.fully_established and reason != "infinite mapping":
+            # §3.7: tell the peer with an infinite mapping (data-level length 0) from the
+            # first byte we have not mapped, so it falls back too even if our DSSes reached
+            # it before.
+            sf.pending.append(Dss(data_ack=self.rcv_nxt, data_ack_64=True, mapping=DssMapping(
+                self.snd_nxt, sf.send_maps.next_subflow_seq, 0)))
+            self.stack._count("InfiniteMapTx")
+            sf.tcp.request_ack()
         for other in list(self.subflows):
             if other is not sf:
                 other.tcp.abort(self._now)
@@ -1006,9 +1014,11 @@ class MptcpConnection:
         choice = self.scheduler.select(candidates)
         return None if choice is None else by_id[choice.subflow_id]
 
-    def _best_subflow(self) -> Subflow | None:
-        usable = [sf for sf in self.subflows if sf.usable] or \
-            [sf for sf in self.subflows if sf.tcp.established and not sf.failed]
+    def _best_subflow(self, avoid_local_id: int | None = None) -> Subflow | None:
+        """Where to send a signal: the lowest-RTT subflow that works."""
+        subflows = [sf for sf in self.subflows if sf.local_id != avoid_local_id]
+        usable = [sf for sf in subflows if sf.usable] or \
+            [sf for sf in subflows if sf.tcp.established and not sf.failed]
         if not usable:
             return None
         return min(usable, key=lambda s: (s.tcp.rtt.srtt or 1e9, s.subflow_id))
