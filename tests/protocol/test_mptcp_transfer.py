@@ -182,3 +182,27 @@ def test_same_seed_same_run() -> None:
     assert [(e.time, e.path, e.fate, e.packet) for e in first.net.trace] == \
         [(e.time, e.path, e.fate, e.packet) for e in second.net.trace]
     assert first.client.stack.counters == second.client.stack.counters
+
+
+SIMULT_FLOWS = {
+    "10/10 1/1 ms": ((10e6, 10e6), (0.001, 0.001)),
+    "15/5 1/1 ms": ((15e6, 5e6), (0.001, 0.001)),
+    "10/10 1/25 ms": ((10e6, 10e6), (0.001, 0.025)),
+    "10/10 25/1 ms": ((10e6, 10e6), (0.025, 0.001)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SIMULT_FLOWS))
+def test_two_shaped_paths_aggregate_within_the_simult_flows_bound(case: str) -> None:
+    """Linux's selftest simult_flows.sh: the transfer ends within size*8/(r1+r2) * 10/9
+    + 0.4 s, which no single path could do (here in simulated time, 4 MB)."""
+    rates, delays = SIMULT_FLOWS[case]
+    conds = [PathConditions(delay_s=d, rate_bps=r,
+                            queue_packets=max(20, int(r * (2 * d + 0.01) / 12000)))
+             for r, d in zip(rates, delays, strict=True)]
+    size = 4_000_000
+    run = transfer(3, size, conds)
+    assert_intact(run)
+    assert run.sink.eof_at is not None
+    assert run.sink.eof_at <= size * 8 / sum(rates) * 10 / 9 + 0.4
+    assert size * 8 / max(rates) > size * 8 / sum(rates) * 10 / 9 + 0.4

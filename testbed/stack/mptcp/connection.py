@@ -131,6 +131,7 @@ class Subflow(TcpHooks):
         self.remote_nonce = 0
         self.hmac_ok = True
         self.join_ack_pending = False  # A: third ACK sent, fourth ACK not seen (§3.2)
+        self.join_ack_at: float | None = None
         self.fully_established = False  # may carry data
         self.rst_reason: int | None = None  # MP_TCPRST to put on our RST
         self.fastclose_key: int | None = None  # MP_FASTCLOSE to put on our RST
@@ -358,10 +359,15 @@ class MptcpConnection:
         self._data_fin_acked = False
         self._data_fin_at: float | None = None
         self._data_fin_backoff = 0
+        # The connection-level retransmission timer (Linux's mptcp_retransmit_timer): data
+        # a subflow acknowledged can still miss the peer's data stream (dropped beyond its
+        # out-of-order limits), and only the data ACK tells.
+        self._meta_rto_at: float | None = None
+        self._meta_rto_backoff = 0
         # Receive side.
         self.rcv_nxt = 1
         self._rcv_buf = bytearray()
-        self._reasm = Reassembly(config.receive_buffer, 256)
+        self._reasm = Reassembly(config.receive_buffer, 4096)
         self._rcv_fin_seq: int | None = None
         self._fin_received = False
         self._adv_window = config.receive_buffer
@@ -820,6 +826,8 @@ class MptcpConnection:
         del self._snd_buf[:data]
         self.counters.bytes_acked += data
         self.snd_una = ack
+        self._meta_rto_at = None  # re-armed by before_output if data is still out
+        self._meta_rto_backoff = 0
         if self._data_fin_seq is not None and dsn_diff(ack, self._data_fin_seq) > 0:
             self._data_fin_acked = True
             self._data_fin_at = None
@@ -942,6 +950,8 @@ class MptcpConnection:
         if self.state is MetaState.CLOSED:
             return
         self._check_stale()
+        self._check_join_acks(now)
+        self._check_meta_rto(now)
         if self.fallback:
             self._push_fallback(now)
         else:
@@ -1116,8 +1126,39 @@ class MptcpConnection:
             keep.append(a)
         self._add_addrs = keep
 
+    def _check_join_acks(self, now: float) -> None:
+        """§3.2: the third ACK of a join is repeated until the fourth ACK arrives."""
+        for sf in self.subflows:
+            if not sf.join_ack_pending:
+                sf.join_ack_at = None
+            elif sf.join_ack_at is None:
+                sf.join_ack_at = now + sf.tcp.rtt.rto
+            elif now >= sf.join_ack_at:
+                sf.tcp.request_ack()
+                sf.join_ack_at = now + sf.tcp.rtt.rto
+
+    def _check_meta_rto(self, now: float) -> None:
+        if self.fallback or dsn_diff(self.snd_nxt, self.snd_una) <= 0:
+            self._meta_rto_at = None
+            return
+        if self._meta_rto_at is None:
+            rto = max((sf.tcp.rtt.rto for sf in self.subflows), default=1.0)
+            self._meta_rto_at = now + min(60.0, 2 * rto * (1 << min(self._meta_rto_backoff, 6)))
+            return
+        if now < self._meta_rto_at:
+            return
+        # Nothing data-acked for two subflow RTOs: send the head again on another subflow.
+        self._meta_rto_at = None
+        self._meta_rto_backoff += 1
+        length = min(dsn_diff(self.snd_nxt, self.snd_una), 64 << 10)
+        if not any(d == self.snd_una for d, _ in self._reinject):
+            self._reinject.insert(0, (self.snd_una, length))
+            self.counters.bytes_reinjected += length
+            self.stack._count("MPTCPRetrans")
+
     def next_timer(self) -> float | None:
-        times = [t for t in (self._data_fin_at,) if t is not None]
+        times = [t for t in (self._data_fin_at, self._meta_rto_at) if t is not None]
+        times += [sf.join_ack_at for sf in self.subflows if sf.join_ack_at is not None]
         times += [a.due for a in self._add_addrs]
         return min(times) if times else None
 
@@ -1135,6 +1176,7 @@ class MptcpConnection:
         if error is not None and self.error is None:
             self.error = error
         self._data_fin_at = None
+        self._meta_rto_at = None
         self._add_addrs = []
         self.stack._meta_closed(self)
 
