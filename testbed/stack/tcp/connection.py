@@ -138,9 +138,12 @@ def _option_size(opt: TcpOption) -> int:
     return 2 + len(opt.data)
 
 
-def _options_size(opts: list[TcpOption]) -> int:
-    raw = sum(_option_size(o) for o in opts)
+def _padded(raw: int) -> int:
     return raw + (-raw % 4)  # the codec pads with NOPs to a multiple of 4
+
+
+def _options_size(opts: list[TcpOption]) -> int:
+    return _padded(sum(_option_size(o) for o in opts))
 
 
 class TcpConnection:
@@ -1126,19 +1129,25 @@ class TcpConnection:
     def _build(self, seq: int, flags: int, payload: bytes, now: float) -> TcpSegment:
         """A non-SYN segment carrying our current ACK, window and options."""
         window = self._window_field()
-        bare = TcpSegment(self.local_port, self.remote_port, seq, self.rcv_nxt, flags, window,
-                          (), payload)
-        opts = list(self.hooks.segment_options(self, bare))
+        if self._default_segment_options:
+            opts: list[TcpOption] = []
+            raw = 0
+        else:
+            bare = TcpSegment(self.local_port, self.remote_port, seq, self.rcv_nxt, flags,
+                              window, (), payload)
+            opts = list(self.hooks.segment_options(self, bare))
+            raw = sum(_option_size(o) for o in opts)
+        # Option sizes in raw bytes; the codec pads the total to a multiple of 4.
         budget = MAX_OPTION_BYTES if not payload else max(
-            _options_size(opts), min(MAX_OPTION_BYTES, self.eff_mss - len(payload)))
+            _padded(raw), min(MAX_OPTION_BYTES, self.eff_mss - len(payload)))
         if self.ts_ok:
-            ts_opt = TimestampOption(self._tsval(now), self.ts_recent)
-            if _options_size([*opts, ts_opt]) <= max(budget, 12) \
-                    and _options_size([*opts, ts_opt]) <= MAX_OPTION_BYTES:
-                opts.append(ts_opt)
+            with_ts = _padded(raw + 10)
+            if with_ts <= max(budget, 12) and with_ts <= MAX_OPTION_BYTES:
+                opts.append(TimestampOption(self._tsval(now), self.ts_recent))
+                raw += 10
         if self.sack_ok and self._reasm:
             blocks = self._reasm.sack_blocks(4)
-            while blocks and _options_size([*opts, SackOption(tuple(blocks))]) > budget:
+            while blocks and _padded(raw + 2 + 8 * len(blocks)) > budget:
                 blocks.pop()  # the oldest goes first (RFC 2018 §4)
             if blocks:
                 opts.append(SackOption(tuple(blocks)))
@@ -1149,6 +1158,11 @@ class TcpConnection:
             self._bytes_since_ack = 0
         return TcpSegment(self.local_port, self.remote_port, seq, self.rcv_nxt, flags, window,
                           tuple(opts), payload)
+
+    @property
+    def _default_segment_options(self) -> bool:
+        """The hooks add no option to segments (TcpHooks' own no-op): nothing to ask."""
+        return type(self.hooks).segment_options is TcpHooks.segment_options
 
     def _queue_ack(self, now: float) -> None:
         """An ACK built now (so its SACK blocks describe this moment) and sent next."""

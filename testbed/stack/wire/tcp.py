@@ -75,7 +75,7 @@ TcpOption = (MssOption | WindowScaleOption | SackPermittedOption | SackOption
              | TimestampOption | UnknownOption)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class TcpSegment:
     """One TCP segment as the core sees it. `window` is the raw 16-bit header field (the
     connection applies window scaling); sequence numbers are 32-bit unsigned."""
@@ -89,6 +89,15 @@ class TcpSegment:
     options: tuple[TcpOption, ...] = ()
     payload: bytes = b""
     urgent: int = 0
+
+    def __init__(self, src_port: int, dst_port: int, seq: int, ack: int, flags: int,
+                 window: int, options: tuple[TcpOption, ...] = (), payload: bytes = b"",
+                 urgent: int = 0) -> None:
+        # Two segments per packet are made on the hot paths: one dict update instead of
+        # the frozen dataclass's nine object.__setattr__ calls (the instance stays frozen).
+        self.__dict__.update(src_port=src_port, dst_port=dst_port, seq=seq, ack=ack,
+                             flags=flags, window=window, options=options, payload=payload,
+                             urgent=urgent)
 
     def has(self, flag: int) -> bool:
         return bool(self.flags & flag)
