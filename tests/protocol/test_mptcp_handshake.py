@@ -134,6 +134,20 @@ def test_mp_capable_handshake_and_first_data_exactly() -> None:
     assert client.stack.counters["MPCapableSYNACKRX"] == 1
 
 
+def test_close_without_data_exchanges_data_fins_and_closes_both_ends() -> None:
+    net, client, server, sink = pair()
+    conn = client.stack.connect(A1, B1, PORT, 0.0)
+    net.run(0.5)
+    conn.close(net.now)
+    net.run(30.0, stop=lambda: conn.closed and not server.stack.connections())
+    peer = sink.conns[0]
+    assert conn.closed and peer.closed and conn.error is None and peer.error is None
+    assert conn.at_eof and peer.at_eof and not conn.fallback
+    fins = [w for w in on_wire(net) for o in w.opts if isinstance(o, Dss) and o.data_fin]
+    assert {w.src for w in fins} == {A1, B1}
+    assert not client.stack.subflow_connections() and not server.stack.subflow_connections()
+
+
 def test_data_mappings_carry_dsn_relative_subflow_seq_and_length() -> None:
     net, client, _server, sink = pair()
     data = random.Random(3).randbytes(50_000)

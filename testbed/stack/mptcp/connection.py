@@ -229,9 +229,10 @@ class Subflow(TcpHooks):
         if seg.payload:
             out.append(self._data_option(seg, meta))
             return [o.to_tcp_option() for o in out]
-        if meta.is_client and not meta.peer_fully_established and self.initial:
+        if (meta.is_client and not meta.peer_fully_established and self.initial
+                and meta._data_fin_seq is None and not self.pending):
             # §3.1: the third ACK (and, until the server shows it got the keys, every pure
-            # ACK) echoes both keys; the client's key first.
+            # ACK with nothing else to say) echoes both keys; the client's key first.
             return [MpCapable(checksum_required=meta.checksum, sender_key=meta.local_key,
                               receiver_key=meta.remote_key).to_tcp_option()]
         dss = meta.dss_for_ack(self)
