@@ -552,7 +552,7 @@ class MptcpConnection:
                     sf.rst_reason = TcpRstReason.MPTCP_SPECIFIC_ERROR
                     sf.tcp.abort(self._now)
                     return
-                if self.is_client_side_of(sf):
+                if not sf.tcp.passive:  # we opened it: third ACK sent, wait for the fourth
                     sf.join_ack_pending = True
                     sf.tcp.request_ack()
                 else:
@@ -568,9 +568,6 @@ class MptcpConnection:
                 sf.tcp.close(self._now)
         elif event in ("reset", "timeout", "refused", "closed"):
             self._subflow_gone(sf, event)
-
-    def is_client_side_of(self, sf: Subflow) -> bool:
-        return not sf.tcp.passive
 
     def _subflow_gone(self, sf: Subflow, event: str) -> None:
         if sf not in self.subflows:
@@ -933,14 +930,11 @@ class MptcpConnection:
 
     def dss_for_ack(self, sf: Subflow) -> Dss:
         fin = self._data_fin_seq
-        if fin is not None and not self._data_fin_acked and self._data_fin_due(sf):
+        if fin is not None and not self._data_fin_acked and sf.fully_established:
             csum = crypto.dss_checksum(fin, 0, 1, b"") if self.checksum else None
             return Dss(data_ack=self.rcv_nxt, data_ack_64=True, data_fin=True,
                        mapping=DssMapping(fin, 0, 1, csum))
         return Dss(data_ack=self.rcv_nxt, data_ack_64=True)
-
-    def _data_fin_due(self, sf: Subflow) -> bool:
-        return sf.fully_established
 
     # ------------------------------------------------------------------ output
 
@@ -1061,8 +1055,6 @@ class MptcpConnection:
             if not any(sf.usable for sf in self.subflows):
                 return
             self._data_fin_seq = self.snd_nxt
-            self.state = MetaState.ESTABLISHED if self.state is MetaState.CONNECTING \
-                else self.state
             self._send_data_fin(now)
         elif self._data_fin_at is not None and now >= self._data_fin_at:
             self.counters.data_fin_retransmits += 1
