@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from experiments.aggregate import Aggregate
 from experiments.handover import Handover
+from experiments.mobility import Mobility
 from experiments.multi_wifi import MultiWifi
 from experiments.scenario import Scenario
 from experiments.vm_migration import VmMigration
 from testbed.errors import ParameterError
 
 SCENARIOS: dict[str, type[Scenario]] = {cls.name: cls for cls in (Aggregate, VmMigration,
-                                                                      MultiWifi, Handover)}
+                                                                      MultiWifi, Handover,
+                                                                      Mobility)}
 
 
 def get_scenario(name: str) -> type[Scenario]:
