@@ -91,12 +91,14 @@ def synthetic_commute(path: str, seconds: float | None = None,
 
 def opportunities_ms(rates_mbps: Sequence[float], step_ms: int = 10) -> list[int]:
     """A Mahimahi trace for a capacity given every `step_ms`: credit accumulates at the rate
-    and each full 1500 bytes of it becomes one delivery opportunity. The last line is the
-    period (Mahimahi repeats a trace after its last time), so one is added there if needed."""
+    and each full 1500 bytes of it becomes one delivery opportunity at the end of its
+    millisecond (so times run from 1 to the period, as in Mahimahi's own traces). The last line
+    is the period (Mahimahi repeats a trace after its last time): a trace ending in silence
+    gets one opportunity there to keep its length."""
     times: list[int] = []
     credit = 0.0
     for index, rate in enumerate(rates_mbps):
-        for ms in range(index * step_ms, (index + 1) * step_ms):
+        for ms in range(index * step_ms + 1, (index + 1) * step_ms + 1):
             credit += rate * 1e6 / 8 / 1000
             while credit >= TRACE_OPPORTUNITY_BYTES:
                 times.append(ms)
