@@ -50,12 +50,31 @@ def _multi_wifi_cases(full: bool) -> list[Case]:
             for speed in speeds]
 
 
+def _handover_cases(full: bool) -> list[Case]:
+    """The paper's three modes; in full, slower and faster detection of the lost WiFi too.
+    Plain TCP runs each case as well: its mode does not apply, it breaks every time."""
+    detections = [0.0, 0.2, 1.0] if full else [0.2]
+    return [Case("handover", f"{mode}_detect{detect:g}s",
+                 (f"mode={mode}", f"detection_s={detect}"))
+            for mode in ("full", "backup", "single-path") for detect in detections]
+
+
+def _mobility_cases(full: bool) -> list[Case]:
+    """The shipped 60 s commute; in full, its delays swapped too (cellular the short one)."""
+    cases = [Case("mobility", "commute", ())]
+    if full:
+        cases.append(Case("mobility", "commute_cell-short-delay",
+                          ("wifi_delay_ms=30", "cell_delay_ms=5")))
+    return cases
+
+
 def _default_cases(full: bool) -> list[Case]:
     return _aggregate_cases(full) + _vm_migration_cases(full) + _multi_wifi_cases(full)
 
 
 SUITES = {"default": _default_cases, "aggregate": _aggregate_cases,
-          "vm-migration": _vm_migration_cases, "multi-wifi": _multi_wifi_cases}
+          "vm-migration": _vm_migration_cases, "multi-wifi": _multi_wifi_cases,
+          "handover": _handover_cases, "mobility": _mobility_cases}
 
 
 def _complete(run_dir: Path) -> bool:
