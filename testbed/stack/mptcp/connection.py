@@ -58,6 +58,7 @@ from testbed.stack.mptcp.options import (
 from testbed.stack.mptcp.pm import PathManager, get_path_manager
 from testbed.stack.mptcp.scheduler import Scheduler, SubflowCandidate, get_scheduler
 from testbed.stack.tcp import seq as sq
+from testbed.stack.tcp.congestion import CongestionGroup
 from testbed.stack.tcp.connection import TcpConnection, TcpState
 from testbed.stack.tcp.hooks import TcpHooks
 from testbed.stack.tcp.reassembly import Reassembly
@@ -82,6 +83,7 @@ class MptcpConfig:
     scheduler: str = "default"
     path_manager: str = "default"
     extra_local_addrs: tuple[bytes, ...] = ()  # client: a subflow from each
+    backup_addrs: tuple[bytes, ...] = ()  # client: subflows from these ask to be backups
     announce_addrs: tuple[bytes, ...] = ()  # server: ADD_ADDR for each
     join_announced: bool = True  # client: join the addresses the server announces
     send_buffer: int = 4 << 20
@@ -89,6 +91,9 @@ class MptcpConfig:
     stale_rto_count: int = 4  # Linux's net.mptcp.stale_loss_cnt
     add_addr_timeout_s: float = 2.0  # resend an unechoed ADD_ADDR (Linux: 120 s)
     add_addr_retries: int = 3
+    # The subflows' controller (TCP's registry, where "lia", "olia" and "balia" couple them
+    # through the connection's CongestionGroup); None: the stack's TCP default.
+    congestion: str | None = None
 
 
 class MetaState(enum.Enum):
@@ -332,6 +337,9 @@ class MptcpConnection:
         self.config = config
         self.scheduler: Scheduler = get_scheduler(config.scheduler)()
         self.pm: PathManager = get_path_manager(config.path_manager)()
+        # Every subflow's controller joins once its handshake is done; coupled ones (LIA,
+        # OLIA, BALIA) read their siblings through it, uncoupled ones ignore it.
+        self.congestion_group = CongestionGroup()
         self.state = MetaState.CONNECTING
         self.error: str | None = None
         self.fallback = False
@@ -397,6 +405,14 @@ class MptcpConnection:
     @property
     def closed(self) -> bool:
         return self.state is MetaState.CLOSED
+
+    @property
+    def local_port(self) -> int:
+        """The initial subflow's port, as a TCP socket's getsockname() would show."""
+        for sf in (*self.subflows, *self._closed_subflows):
+            if sf.initial:
+                return sf.tcp.local_port
+        return 0
 
     @property
     def readable(self) -> bool:
@@ -542,6 +558,9 @@ class MptcpConnection:
 
     def on_subflow_event(self, sf: Subflow, event: str) -> None:
         if event == "established":
+            # The controller is final now (TCP makes it when the MSS is known, at the SYN).
+            if sf.tcp.cc.group is not self.congestion_group:
+                self.congestion_group.join(sf.tcp.cc, sf.tcp.rtt)
             if sf.initial:
                 self.state = MetaState.ESTABLISHED
                 self._was_established = True
@@ -574,6 +593,7 @@ class MptcpConnection:
             return
         self.subflows.remove(sf)
         self._closed_subflows.append(sf)
+        self.congestion_group.leave(sf.tcp.cc)
         sf.failed = True
         if event != "closed" or sf.tcp.error is not None:
             self._reinject_from(sf)

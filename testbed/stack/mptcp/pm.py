@@ -42,7 +42,8 @@ class MinimalPathManager(PathManager):
     def on_fully_established(self, conn: MptcpConnection, now: float) -> None:
         if conn.is_client:
             for addr in conn.config.extra_local_addrs:
-                conn.open_subflow(addr, conn.remote_addr, conn.remote_port, now)
+                conn.open_subflow(addr, conn.remote_addr, conn.remote_port, now,
+                                  backup=addr in conn.config.backup_addrs)
         else:
             for index, addr in enumerate(conn.config.announce_addrs, start=1):
                 conn.announce_address(index, addr, now)

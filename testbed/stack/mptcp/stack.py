@@ -6,10 +6,14 @@ TcpStack, so a host adapter drives either the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import deque
 from dataclasses import dataclass, field
 
+# Imported for its side effect: "lia", "olia" and "balia" join TCP's congestion registry, so
+# a connection's subflows can be coupled by name like any other controller.
+import testbed.stack.mptcp.coupled  # noqa: F401
 from testbed.stack.mptcp import crypto
 from testbed.stack.mptcp.connection import MptcpConfig, MptcpConnection, Subflow
 from testbed.stack.mptcp.options import (
@@ -94,7 +98,8 @@ class MptcpStack:
         meta.checksum = meta.config.checksum
         self._attach = _Attach(meta, initial=True)
         try:
-            self.tcp.connect(local_addr, remote_addr, remote_port, now, local_port)
+            self.tcp.connect(local_addr, remote_addr, remote_port, now, local_port,
+                             config=self._tcp_config(meta))
         finally:
             self._attach = None
         self._conns.append(meta)
@@ -186,11 +191,19 @@ class MptcpStack:
                    remote_port: int, now: float, *, local_id: int, backup: bool) -> Subflow:
         self._attach = _Attach(meta, initial=False, local_id=local_id, backup=backup)
         try:
-            tcp = self.tcp.connect(local_addr, remote_addr, remote_port, now)
+            tcp = self.tcp.connect(local_addr, remote_addr, remote_port, now,
+                                   config=self._tcp_config(meta))
         finally:
             self._attach = None
         assert isinstance(tcp.hooks, Subflow)
         return tcp.hooks
+
+    def _tcp_config(self, meta: MptcpConnection) -> TcpConfig:
+        """What the subflows we open for `meta` run: the stack's TCP with its controller."""
+        congestion = meta.config.congestion
+        if congestion is None or congestion == self.tcp.config.congestion:
+            return self.tcp.config
+        return dataclasses.replace(self.tcp.config, congestion=congestion)
 
     def _on_syn_options(self, sf: Subflow, seg: TcpSegment, opts: list[MptcpOption]) -> None:
         """MP_CAPABLE and MP_JOIN on SYNs (passive subflows) and SYN/ACKs (active ones)."""
