@@ -2,7 +2,8 @@
 one JSON reply line, then (for connect and accept) the TCP byte stream on the same socket.
 
     {"op": "connect", "remote": "10.0.3.1", "port": 5201, "local": "10.0.1.1",
-     "options": {"congestion": "cubic"}}
+     "options": {"congestion": "lia", "scheduler": "default", "path_manager": "default",
+                 "checksum": false}}
     {"op": "listen", "addr": "0.0.0.0", "port": 5201, "backlog": 16}
     {"op": "accept", "port": 5201}
     {"op": "stats"}
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_REQUEST_LINE = 4096  # a request is a few dozen bytes; more is a confused client
+CONNECT_OPTIONS = ("congestion", "scheduler", "path_manager", "checksum")
 
 
 class RequestError(ValueError):
@@ -32,6 +34,10 @@ class ConnectRequest:
     local: bytes | None = None
     local_port: int | None = None
     congestion: str | None = None
+    # MPTCP choices for this connection (None: the daemon's defaults).
+    scheduler: str | None = None
+    path_manager: str | None = None
+    checksum: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -97,11 +103,17 @@ def parse_request(line: bytes) -> Request:
         raise RequestError(f"{op}: unknown field(s) {', '.join(sorted(unknown))}")
     if op == "connect":
         options = data.get("options", {})
-        if not isinstance(options, dict) or set(options) - {"congestion"}:
-            raise RequestError("connect: options may only hold 'congestion'")
-        congestion = options.get("congestion")
-        if congestion is not None and (not isinstance(congestion, str) or not congestion):
-            raise RequestError("connect: congestion must be a non-empty name")
+        if not isinstance(options, dict) or set(options) - set(CONNECT_OPTIONS):
+            raise RequestError(f"connect: options may only hold {', '.join(CONNECT_OPTIONS)}")
+        names: dict[str, str | None] = {}
+        for key in ("congestion", "scheduler", "path_manager"):
+            value = options.get(key)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise RequestError(f"connect: {key} must be a non-empty name")
+            names[key] = value
+        checksum = options.get("checksum")
+        if checksum is not None and not isinstance(checksum, bool):
+            raise RequestError("connect: checksum must be true or false")
         local = data.get("local")
         local_port = data.get("local_port")
         return ConnectRequest(
@@ -109,7 +121,10 @@ def parse_request(line: bytes) -> Request:
             port=_port(data.get("port"), "port"),
             local=None if local is None else _address(local, "local"),
             local_port=None if local_port is None else _port(local_port, "local_port"),
-            congestion=congestion,
+            congestion=names["congestion"],
+            scheduler=names["scheduler"],
+            path_manager=names["path_manager"],
+            checksum=checksum,
         )
     if op == "listen":
         backlog = data.get("backlog", 16)

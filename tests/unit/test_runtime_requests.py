@@ -30,6 +30,15 @@ def test_ops_parse_to_values() -> None:
     assert parse_request(b'{"op":"stats"}') == StatsRequest()
 
 
+def test_connect_carries_the_mptcp_choices() -> None:
+    line = encode_request({"op": "connect", "remote": "10.0.3.1", "port": 80, "options": {
+        "congestion": "lia", "scheduler": "default", "path_manager": "default",
+        "checksum": True}})
+    assert parse_request(line) == ConnectRequest(bytes([10, 0, 3, 1]), 80, congestion="lia",
+                                                 scheduler="default", path_manager="default",
+                                                 checksum=True)
+
+
 @pytest.mark.parametrize("line", [
     b"", b"not json", b"[]", b'"connect"', b'{"op":"bind"}', b'{"port":1}',
     b'{"op":"connect","remote":"10.0.3.1"}',                      # no port
@@ -40,6 +49,8 @@ def test_ops_parse_to_values() -> None:
     b'{"op":"connect","remote":"::1","port":80}',
     b'{"op":"connect","remote":"10.0.3.1","port":80,"options":{"nagle":false}}',
     b'{"op":"connect","remote":"10.0.3.1","port":80,"options":{"congestion":""}}',
+    b'{"op":"connect","remote":"10.0.3.1","port":80,"options":{"scheduler":3}}',
+    b'{"op":"connect","remote":"10.0.3.1","port":80,"options":{"checksum":"yes"}}',
     b'{"op":"listen","port":80,"backlog":0}',
     b'{"op":"listen","port":80,"extra":1}',
     b'{"op":"stats","port":1}',
