@@ -385,3 +385,36 @@ def test_group_shows_siblings_windows_and_rtts() -> None:
     assert group.siblings(first) == []
     with pytest.raises(KeyError):
         group.view_of(second)
+
+
+# --- HyStart++ delay increase (RFC 9406 §4.2) ---------------------------------------------
+
+
+def _slow_start_rounds(cubic: Cubic, rtts: list[float]) -> float:
+    """One round per RTT value: a window's worth of ACKs of 2 segments, each with that RTT."""
+    now = 0.0
+    for rtt in rtts:
+        for _ in range(max(1, cubic.cwnd // (2 * MSS))):
+            cubic.on_ack(2 * MSS, rtt, cubic.cwnd, now)
+            if not cubic.in_slow_start():
+                return now
+        now += rtt
+    return now
+
+
+def test_hystart_leaves_slow_start_when_the_rtt_rises() -> None:
+    cubic = Cubic(MSS, 0.0)
+    # 20 ms while the queue is empty, then 26 ms: more than eta = max(20/8, 4) ms above.
+    _slow_start_rounds(cubic, [0.020] * 4 + [0.026] * 4)
+    assert not cubic.in_slow_start()
+    assert cubic.ssthresh == cubic.cwnd < 400 * MSS
+
+
+def test_hystart_keeps_slow_start_on_a_flat_or_barely_rising_rtt() -> None:
+    for rtts in ([0.020] * 8, [0.020] * 4 + [0.0235] * 4):
+        cubic = Cubic(MSS, 0.0)
+        _slow_start_rounds(cubic, rtts)
+        assert cubic.in_slow_start() and cubic.ssthresh == INFINITE_SSTHRESH
+    off = Cubic(MSS, 0.0, hystart=False)
+    _slow_start_rounds(off, [0.020] * 4 + [0.030] * 4)
+    assert off.in_slow_start()

@@ -32,8 +32,10 @@ own view with `self.group.view_of(self)` and the others with `self.group.sibling
 The group only reads: a controller never changes a sibling's window. No coupled algorithm
 is implemented yet; the uncoupled Reno and CUBIC ignore `group`.
 
-HyStart (RFC 9406) is not implemented: CUBIC here leaves slow start only on loss or when
-`cwnd` reaches `ssthresh`, as RFC 9438 §4.10 allows with the RFC 5681 slow start.
+CUBIC leaves slow start early when the RTT rises (HyStart++'s delay increase, RFC 9406 §4.2,
+going straight to congestion avoidance like Linux's HyStart rather than through RFC 9406's
+conservative slow start): without it slow start overshoots the path by up to a whole window,
+and a BDP-sized queue then drops hundreds of segments at once.
 """
 
 from __future__ import annotations
@@ -154,6 +156,13 @@ class Reno(CongestionControl):
         self.bytes_acked = 0
 
 
+# RFC 9406 §4.3: HyStart++ constants (seconds, segments).
+HYSTART_MIN_RTT_THRESH: Final = 0.004
+HYSTART_MAX_RTT_THRESH: Final = 0.016
+HYSTART_MIN_RTT_DIVISOR: Final = 8
+HYSTART_N_RTT_SAMPLE: Final = 8
+HYSTART_LOW_WINDOW: Final = 16  # Linux's hystart_low_window: no exit below 16 segments
+
 # RFC 9438 §5: the constants.
 CUBIC_C: Final = 0.4
 BETA_CUBIC: Final = 0.7
@@ -171,9 +180,17 @@ class Cubic(CongestionControl):
 
     name = "cubic"
 
-    def __init__(self, mss: int, now: float, fast_convergence: bool = True) -> None:
+    def __init__(self, mss: int, now: float, fast_convergence: bool = True,
+                 hystart: bool = True) -> None:
         super().__init__(mss, now)
         self.fast_convergence = fast_convergence
+        self.hystart = hystart
+        # RFC 9406 §4.2: the minimum RTT of this round and of the last one. A round is one
+        # smoothed RTT of time here: the controller does not see sequence numbers.
+        self._round_end: float | None = None
+        self._round_min_rtt = float("inf")
+        self._last_round_min_rtt = float("inf")
+        self._round_samples = 0
         # All in segments (RFC 9438 §4.1.2).
         self.w_max = 0.0
         self.w_est = 0.0
@@ -206,6 +223,8 @@ class Cubic(CongestionControl):
         self._update_srtt(rtt_s)
         if self.in_slow_start():
             self._slow_start(acked)
+            if self.hystart:
+                self._hystart(rtt_s, now)
             return
         cwnd = self.cwnd / self.mss
         if self.t_epoch is None:
@@ -234,6 +253,26 @@ class Cubic(CongestionControl):
         whole = int(growth)
         self.cwnd += whole
         self._cwnd_remainder = growth - whole
+
+    def _hystart(self, rtt_s: float | None, now: float) -> None:
+        """RFC 9406 §4.2: leave slow start when this round's minimum RTT exceeds the last
+        round's by eta = clamp(lastRoundMinRTT / 8, 4 ms, 16 ms)."""
+        if self._round_end is None or now >= self._round_end:
+            self._last_round_min_rtt = self._round_min_rtt
+            self._round_min_rtt = float("inf")
+            self._round_samples = 0
+            self._round_end = now + (self.srtt or rtt_s or 0.0)
+        if rtt_s is None:
+            return
+        self._round_min_rtt = min(self._round_min_rtt, rtt_s)
+        self._round_samples += 1
+        last = self._last_round_min_rtt
+        if (self._round_samples >= HYSTART_N_RTT_SAMPLE and last != float("inf")
+                and self.cwnd >= HYSTART_LOW_WINDOW * self.mss):
+            eta = min(max(last / HYSTART_MIN_RTT_DIVISOR, HYSTART_MIN_RTT_THRESH),
+                      HYSTART_MAX_RTT_THRESH)
+            if self._round_min_rtt >= last + eta:
+                self.ssthresh = self.cwnd
 
     def on_congestion_event(self, in_flight: int, now: float) -> None:
         cwnd = self.cwnd / self.mss

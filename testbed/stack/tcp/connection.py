@@ -421,7 +421,10 @@ class TcpConnection:
             return
         # RFC 6298 §5.4-5.6 and RFC 5681 §3.1: back off, collapse the window and resend
         # from snd_una; RFC 6582 §4 / RFC 6675 §5.1: no fast recovery for what was sent before.
-        self.cc.on_rto(self.bytes_in_flight, now)
+        # FlightSize (RFC 5681 eq. 4), but no more than cwnd (Linux's ssthresh is from
+        # cwnd): after a large loss everything outstanding counts as in flight, and a timeout
+        # during recovery would otherwise put ssthresh back above the window that lost.
+        self.cc.on_rto(min(self.bytes_in_flight, self.cc.cwnd), now)
         self.rtt.backoff()
         self._sb.mark_all_lost(forget_sacks=self._retries >= 2)
         self._in_recovery = False
