@@ -80,14 +80,20 @@ def _stream_socket(sock: socket.socket, reply: dict[str, Any]) -> StackSocket:
 
 
 def connect(control_path: str, remote: str, port: int, local: str | None = None,
-            congestion: str | None = None, timeout: float | None = None) -> StackSocket:
-    """Open a TCP connection through our stack; returns once it is established (or raises
-    StackApiError with the reason: reset, timeout, no route)."""
+            congestion: str | None = None, timeout: float | None = None, *,
+            scheduler: str | None = None, path_manager: str | None = None,
+            checksum: bool | None = None) -> StackSocket:
+    """Open an MPTCP connection (plain TCP if the peer does not speak MPTCP) through our
+    stack; returns once it is established (or raises StackApiError with the reason: reset,
+    timeout, no route, a name the stack does not have). Options left None are the daemon's."""
     request: dict[str, Any] = {"op": "connect", "remote": remote, "port": port}
     if local is not None:
         request["local"] = local
-    if congestion is not None:
-        request["options"] = {"congestion": congestion}
+    options = {key: value for key, value in (
+        ("congestion", congestion), ("scheduler", scheduler),
+        ("path_manager", path_manager), ("checksum", checksum)) if value is not None}
+    if options:
+        request["options"] = options
     return _stream_socket(*_request(control_path, request, timeout))
 
 

@@ -1,10 +1,15 @@
-"""The stack daemon of one emulated host: packet sockets on the host's interfaces, the TCP
-core, the application API on a Unix socket, and the event loop that feeds them with frames
-and time.
+"""The stack daemon of one emulated host: packet sockets on the host's interfaces, the MPTCP
+core (RFC 8684 over our TCP, falling back to plain TCP against a peer without MPTCP), the
+application API on a Unix socket, and the event loop that feeds them with frames and time.
 
     python -m testbed.runtime.daemon --control /run/mptcp-testbed/HOST.sock
         --iface client-eth0=10.0.1.1/24,gw=10.0.1.254 [--iface ...] [--pcap FILE] [--seed N]
-        [--congestion cubic]
+        [--congestion cubic|reno|lia|olia|balia] [--scheduler NAME] [--path-manager NAME]
+        [--checksum] [--subflow ADDR [--backup ADDR]] [--announce ADDR]
+
+The MPTCP endpoints follow `ip mptcp endpoint` flags: a client opens a subflow from every
+--subflow address (flagged backup when also given as --backup), a server announces every
+--announce address (ADD_ADDR) to its peers.
 
 It prints `READY` (flushed) once the control socket listens. SIGTERM or SIGINT ends it: the
 control socket is removed, every descriptor closed, and the interfaces go back to the kernel.
@@ -37,7 +42,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from testbed.errors import ParameterError
 from testbed.runtime.network import NetworkLayer
 from testbed.runtime.requests import (
     AcceptRequest,
@@ -50,6 +54,12 @@ from testbed.runtime.requests import (
     parse_request,
 )
 from testbed.runtime.routes import Interface, parse_iface_spec
+from testbed.stack.mptcp.connection import MptcpConfig
+from testbed.stack.mptcp.pm import get_path_manager
+from testbed.stack.mptcp.scheduler import get_scheduler
+from testbed.stack.mptcp.stack import MptcpStack
+from testbed.stack.tcp.congestion import get_congestion_control
+from testbed.stack.tcp.connection import TcpConfig
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -98,7 +108,7 @@ class AppConn:
     state: str = "request"  # request | connecting | accepting | stream | listener | closing
     inbuf: bytearray = field(default_factory=bytearray)
     to_app: bytearray = field(default_factory=bytearray)
-    conn: Any = None  # TcpConnection
+    conn: Any = None  # MptcpConnection
     listener: Any = None
     port: int = 0
     app_eof: bool = False  # the app shut down its sending side (or went away)
@@ -273,10 +283,14 @@ class StackDaemon:
                     self._fail(app, f"connect: no route to {_ip(request.remote)}")
                     return
                 local = route.src
-            config = self.tcp.config
-            if request.congestion:
-                config = dataclasses.replace(config, congestion=request.congestion)
+            # The request's choices over the daemon's defaults; a name our registries do
+            # not have is refused with the list of those they do.
+            chosen = {key: value for key in ("congestion", "scheduler", "path_manager",
+                                             "checksum")
+                      if (value := getattr(request, key)) is not None}
             try:
+                check_choices(**chosen)
+                config = dataclasses.replace(self.tcp.config, **chosen)
                 app.conn = self.tcp.connect(local, request.remote, request.port, now,
                                             local_port=request.local_port, config=config)
             except (ValueError, KeyError, OSError) as exc:
@@ -449,13 +463,17 @@ class StackDaemon:
 
     # -- statistics -------------------------------------------------------------------------
 
-    @staticmethod
-    def _describe(conn: Any) -> dict[str, Any]:
+    def _describe(self, conn: Any) -> dict[str, Any]:
         return {
             "local": [_ip(conn.local_addr), conn.local_port],
             "remote": [_ip(conn.remote_addr), conn.remote_port],
-            "congestion": conn.config.congestion,
+            # An MPTCP connection without its own choice runs the stack's TCP default.
+            "congestion": conn.config.congestion or self._tcp_core().config.congestion,
         }
+
+    def _tcp_core(self) -> Any:
+        """The TCP under MPTCP (the core itself when it is plain TCP)."""
+        return getattr(self.tcp, "tcp", self.tcp)
 
     def _conn_record(self, conn: Any) -> dict[str, Any]:
         record = self._describe(conn)
@@ -475,7 +493,9 @@ class StackDaemon:
             "connections": live,
             "finished": list(self.finished),
             "listening": sorted(self.listeners),
+            # TCP's MIB and, named like the kernel's MPTcpExt ones, MPTCP's.
             "counters": {**self.net.counters, **self.net.neighbour_counters(), **self.counters,
+                         **(dict(self._tcp_core().counters) if self.tcp is not None else {}),
                          **(dict(self.tcp.counters) if self.tcp is not None else {})},
         }
 
@@ -492,16 +512,32 @@ class StackDaemon:
             self.pcap.close()
 
 
-def _make_tcp(seed: int, congestion: str | None) -> Any:
-    """The TCP core, or None when this checkout does not have it yet (ARP and ICMP only)."""
-    try:
-        from testbed.stack.tcp.connection import TcpConfig
-        from testbed.stack.tcp.stack import TcpStack
-    except ImportError as exc:
-        print(f"stack daemon: no TCP core ({exc}); ARP and ICMP only", file=sys.stderr)
-        return None
-    config = TcpConfig(congestion=congestion) if congestion else TcpConfig()
-    return TcpStack(rng=random.Random(seed), config=config)
+def check_choices(congestion: str | None = None, scheduler: str | None = None,
+                  path_manager: str | None = None, checksum: bool | None = None) -> None:
+    """ParameterError naming what exists when a name is not in our registries (`checksum`
+    is a flag: nothing to look up, taken so a request's choices pass as they come)."""
+    if congestion is not None:
+        get_congestion_control(congestion)
+    if scheduler is not None:
+        get_scheduler(scheduler)
+    if path_manager is not None:
+        get_path_manager(path_manager)
+
+
+def make_stack(args: argparse.Namespace) -> MptcpStack:
+    """The MPTCP core with the command line's defaults; ParameterError for a bad choice."""
+    check_choices(args.congestion, args.scheduler, args.path_manager)
+    addr = ipaddress.IPv4Address
+    backup = tuple(addr(a).packed for a in args.backup)
+    config = MptcpConfig(
+        checksum=args.checksum, scheduler=args.scheduler, path_manager=args.path_manager,
+        # A backup endpoint is a subflow endpoint too (`ip mptcp endpoint ... subflow backup`).
+        extra_local_addrs=tuple(dict.fromkeys(
+            (*(addr(a).packed for a in args.subflow), *backup))),
+        backup_addrs=backup,
+        announce_addrs=tuple(addr(a).packed for a in args.announce))
+    tcp_config = TcpConfig(congestion=args.congestion) if args.congestion else TcpConfig()
+    return MptcpStack(rng=random.Random(args.seed), config=config, tcp_config=tcp_config)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -512,7 +548,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="NAME=ADDR/PREFIX[,gw=GW]; repeat per interface")
     p.add_argument("--pcap", help="write every frame the stack sends and receives here")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--congestion", help="default congestion control of new connections")
+    p.add_argument("--congestion", help="default congestion control of new connections "
+                   "(lia, olia, balia couple an MPTCP connection's subflows)")
+    p.add_argument("--scheduler", default="default", help="default MPTCP scheduler")
+    p.add_argument("--path-manager", default="default", help="default MPTCP path manager")
+    p.add_argument("--checksum", action="store_true", help="ask for DSS checksums")
+    p.add_argument("--subflow", action="append", default=[], metavar="ADDR",
+                   help="client: open an MPTCP subflow from ADDR too (repeatable)")
+    p.add_argument("--backup", action="append", default=[], metavar="ADDR",
+                   help="client: subflows from ADDR are backups (repeatable)")
+    p.add_argument("--announce", action="append", default=[], metavar="ADDR",
+                   help="server: announce ADDR to peers with ADD_ADDR (repeatable)")
     return p.parse_args(argv)
 
 
@@ -520,7 +566,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         specs = [parse_iface_spec(spec) for spec in args.iface]
-    except ParameterError as exc:
+        stack = make_stack(args)
+    except ValueError as exc:  # ParameterError, or an endpoint that is not an address
         print(f"stack daemon: {exc}", file=sys.stderr)
         return 2
     sockets: dict[str, socket.socket] = {}
@@ -547,8 +594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.pcap:
         from testbed.runtime.pcap import PcapWriter
         pcap = PcapWriter(args.pcap)
-    daemon = StackDaemon(interfaces, sockets, control, _make_tcp(args.seed, args.congestion),
-                         pcap)
+    daemon = StackDaemon(interfaces, sockets, control, stack, pcap)
 
     def _stop(signum: int, frame: object) -> None:
         daemon.running = False

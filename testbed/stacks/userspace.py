@@ -1,5 +1,7 @@
 """Driver for our own stack (`userspace`): one stack daemon per host (testbed.runtime.daemon)
-that becomes the host's IPv4 endpoint, and the workload talking to it through its API.
+that becomes the host's IPv4 endpoint, and the workload talking to it through its API. The
+daemon speaks MPTCP (falling back to TCP against a plain peer); the host's MPTCP endpoints
+become its path manager's addresses as `ip mptcp endpoint` flags would for the kernel's.
 
 The host's interfaces keep their MACs but lose their IPv4 addresses while the daemon runs,
 so the kernel neither answers ARP for them nor resets our connections; the daemon reads and
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from testbed.errors import TestbedError
+from testbed.errors import ParameterError, TestbedError
 from testbed.stacks.base import (
     Endpoint,
     HostExec,
@@ -83,6 +85,41 @@ def host_addresses(host: HostExec) -> list[HostAddress]:
     return found
 
 
+# StackConfig's path manager is named for the kernel's; ours of the same behaviour (a subflow
+# from each `subflow` endpoint, ADD_ADDR for each `signal` one) is pm_kernel.c in small.
+_PATH_MANAGER_ALIASES = {"kernel": "default"}
+
+
+def daemon_choices(config: StackConfig) -> list[str]:
+    """The daemon's arguments for `config`; ParameterError (listing what our stack has) for
+    a congestion control, scheduler or path manager it does not have."""
+    from testbed.runtime.daemon import check_choices
+
+    path_manager = _PATH_MANAGER_ALIASES.get(config.path_manager, config.path_manager)
+    try:
+        check_choices(config.congestion, config.scheduler, path_manager)
+    except ParameterError as exc:
+        raise ParameterError(f"userspace stack: {exc}") from None
+    argv = ["--congestion", config.congestion, "--scheduler", config.scheduler,
+            "--path-manager", path_manager]
+    return [*argv, "--checksum"] if config.checksum else argv
+
+
+def endpoint_args(endpoints: Sequence[Endpoint]) -> list[str]:
+    """`subflow` endpoints: the client joins from them; `signal`: the server announces them;
+    `backup`: subflows from there are backups (MP_JOIN B bit). `fullmesh` needs nothing more
+    here: our path manager already joins from every subflow endpoint."""
+    argv: list[str] = []
+    for endpoint in endpoints:
+        if "subflow" in endpoint.flags:
+            argv += ["--subflow", endpoint.addr]
+        if "backup" in endpoint.flags:
+            argv += ["--backup", endpoint.addr]
+        if "signal" in endpoint.flags:
+            argv += ["--announce", endpoint.addr]
+    return argv
+
+
 def _restore(host: HostExec, addresses: Sequence[HostAddress]) -> None:
     for address in addresses:
         host.run(["ip", "addr", "replace", address.addr, "dev", address.dev], check=False)
@@ -94,7 +131,7 @@ def _restore(host: HostExec, addresses: Sequence[HostAddress]) -> None:
 
 @dataclass(frozen=True)
 class UserspaceStack:
-    """Our userspace TCP (MPTCP later) on every interface of the host."""
+    """Our userspace MPTCP (TCP against a plain peer) on every interface of the host."""
 
     name: str = "userspace"
     workload_proto: WorkloadProto = USERSPACE_PROTO
@@ -105,6 +142,7 @@ class UserspaceStack:
     def prepare(
         self, host: HostExec, endpoints: Sequence[Endpoint], config: StackConfig
     ) -> PreparedHost:
+        choices = daemon_choices(config)  # refused before the host is touched
         addresses = host_addresses(host)
         if not addresses:
             raise TestbedError(f"{host.name}: no IPv4 address to hand to the userspace stack")
@@ -112,7 +150,7 @@ class UserspaceStack:
         control = str(self.control_dir / f"{host.name}.sock")
         pcap = str(self.pcap_dir / f"stack-{host.name}.pcap") if self.pcap_dir else None
         argv = [sys.executable, "-m", "testbed.runtime.daemon", "--control", control,
-                "--seed", str(self.seed), "--congestion", config.congestion]
+                "--seed", str(self.seed), *choices, *endpoint_args(endpoints)]
         for address in addresses:
             argv += ["--iface", address.iface_arg()]
         if pcap:
@@ -137,8 +175,8 @@ class UserspaceStack:
             raise TestbedError(f"{host.name}: stack daemon did not start: "
                                f"{log.read_text(errors='replace').strip()}")
         notes = [f"stack daemon pid {proc.pid}, control {control}"]
-        if endpoints:
-            notes.append("single path for now: MPTCP endpoints are not used yet")
+        notes += [f"MPTCP endpoint {e.addr} ({', '.join(sorted(e.flags)) or 'no flags'})"
+                  for e in endpoints]
         return UserspacePreparedHost(
             host=host.name, stack=self.name, workload_proto=self.workload_proto,
             congestion=config.congestion, notes=notes, control_path=control,

@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 
+from testbed.errors import ParameterError
 from testbed.runtime import api
-from testbed.runtime.daemon import StackDaemon
+from testbed.runtime.daemon import StackDaemon, make_stack, parse_args
 from testbed.runtime.routes import Interface
+from testbed.stack.mptcp.stack import MptcpStack
 
 
 @dataclass(frozen=True)
@@ -168,3 +170,56 @@ def test_stats_lists_connections_and_counters(daemon: tuple[StackDaemon, str]) -
     assert record["remote"] == ["10.0.3.1", 5201] and record["stats"]["cwnd"] == 14480
     assert result["counters"]["ActiveOpens"] == 1 and result["counters"]["LoopErrors"] == 0
     sock.close()
+
+
+def test_a_connect_naming_no_scheduler_we_have_is_refused_with_the_list(
+        daemon: tuple[StackDaemon, str]) -> None:
+    d, path = daemon
+    with pytest.raises(api.StackApiError, match=r"unknown MPTCP scheduler 'fastest'.*default"):
+        api.connect(path, "10.0.3.1", 5201, scheduler="fastest", timeout=5)
+    with pytest.raises(api.StackApiError, match=r"unknown congestion control 'vegas'.*lia"):
+        api.connect(path, "10.0.3.1", 5201, congestion="vegas", timeout=5)
+    assert d.tcp.conns == []
+
+
+def test_the_command_line_makes_an_mptcp_core_with_the_endpoints() -> None:
+    args = parse_args(["--control", "x", "--iface", "eth0=10.0.1.1/24",
+                       "--congestion", "olia", "--subflow", "10.0.2.1", "--backup", "10.0.4.1",
+                       "--announce", "10.0.3.2", "--checksum"])
+    stack = make_stack(args)
+    assert isinstance(stack, MptcpStack)
+    assert stack.tcp.config.congestion == "olia"
+    assert stack.config.extra_local_addrs == (bytes([10, 0, 2, 1]), bytes([10, 0, 4, 1]))
+    assert stack.config.backup_addrs == (bytes([10, 0, 4, 1]),)
+    assert stack.config.announce_addrs == (bytes([10, 0, 3, 2]),)
+    assert stack.config.checksum is True
+
+
+@pytest.mark.parametrize(("option", "value", "listed"), [
+    ("--congestion", "vegas", "balia"), ("--scheduler", "fastest", "default"),
+    ("--path-manager", "userspace", "default")])
+def test_a_bad_name_on_the_command_line_is_an_error_listing_the_names(
+        option: str, value: str, listed: str) -> None:
+    args = parse_args(["--control", "x", "--iface", "eth0=10.0.1.1/24", option, value])
+    with pytest.raises(ParameterError, match=f"{value}.*available: .*{listed}"):
+        make_stack(args)
+
+
+def test_the_driver_hands_endpoints_and_choices_to_the_daemon() -> None:
+    from testbed.stacks.base import Endpoint, StackConfig
+    from testbed.stacks.userspace import daemon_choices, endpoint_args
+
+    endpoints = [Endpoint("10.0.2.1", "client-eth1", frozenset({"subflow"})),
+                 Endpoint("10.0.4.1", "client-eth2", frozenset({"subflow", "backup"})),
+                 Endpoint("10.0.3.2", "server-eth1", frozenset({"signal"}))]
+    argv = endpoint_args(endpoints)
+    args = parse_args(["--control", "x", "--iface", "eth0=10.0.1.1/24", *argv,
+                       *daemon_choices(StackConfig(congestion="lia", checksum=True))])
+    stack = make_stack(args)
+    assert stack.config.extra_local_addrs == (bytes([10, 0, 2, 1]), bytes([10, 0, 4, 1]))
+    assert stack.config.backup_addrs == (bytes([10, 0, 4, 1]),)
+    assert stack.config.announce_addrs == (bytes([10, 0, 3, 2]),)
+    assert stack.config.path_manager == "default"  # the kernel's, by our name
+    assert stack.config.checksum and stack.tcp.config.congestion == "lia"
+    with pytest.raises(ParameterError, match="userspace stack: unknown MPTCP scheduler"):
+        daemon_choices(StackConfig(scheduler="redundant"))
