@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from testbed.stats import CSV_FIELDS, SocketSample, parse_ss, sample_to_row, ss_argv
+from testbed.stats import CSV_FIELDS, SocketSample, addr_port, parse_ss, sample_to_row, ss_argv
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
@@ -58,30 +58,64 @@ def stack_source(control: str, port: int | None) -> Source:
             report = api.stats(control)
         except (OSError, ValueError) as exc:
             raise SamplerError(f"stack control {control}: {exc}") from None
-        return [s for conn in report.get("connections", [])
-                if (s := stack_sample(conn, t)) is not None
-                and (port is None or port in (conn["local"][1], conn["remote"][1]))]
+        return [s for conn in report.get("connections", []) for s in stack_sample(conn, t)
+                if port is None or port in (addr_port(s.local), addr_port(s.remote))]
 
     return sample
 
 
-def stack_sample(conn: dict[str, Any], t: float) -> SocketSample | None:
+def _ss_state(state: Any) -> str:
+    return {"ESTABLISHED": "ESTAB"}.get(str(state or ""), str(state or ""))
+
+
+def stack_sample(conn: dict[str, Any], t: float) -> list[SocketSample]:
+    """One connection of our stack as `ss -tinM` shows the kernel's: an MPTCP connection is
+    an "mptcp" row (its extra subflows counted) and a "subflow" row per subflow, all with
+    the connection's local token; a plain TCP connection, or one fallen back to TCP, is a
+    single "tcp" row."""
     stats = conn.get("stats") or {}
+    congestion = conn.get("congestion")
+    local = f"{conn['local'][0]}:{conn['local'][1]}"
+    remote = f"{conn['remote'][0]}:{conn['remote'][1]}"
+    subflows = stats.get("subflows")
+    if subflows is None or stats.get("fallback"):
+        # A TcpConnection's stats, or the one subflow a fallen-back connection has.
+        tcp = subflows[0] if subflows else stats
+        return [_tcp_sample(t, "tcp", _ss_state(conn.get("state")), local, remote, tcp,
+                            congestion)]
+    token = f"{int(stats.get('local_token') or 0):x}"
+    rows = [SocketSample(t=t, netid="mptcp", kind="mptcp", state=_ss_state(conn.get("state")),
+                         local=local, remote=remote, token=token,
+                         subflows=max(0, len(subflows) - 1),
+                         bytes_acked=stats.get("bytes_acked"),
+                         bytes_received=stats.get("bytes_received"),
+                         bytes_sent=stats.get("bytes_sent"))]
+    for sf in subflows:
+        row = _tcp_sample(t, "subflow", _ss_state(sf.get("state")),
+                          f"{sf['local_addr']}:{sf['local_port']}",
+                          f"{sf['remote_addr']}:{sf['remote_port']}", sf, congestion)
+        row.token = token
+        # ss's subflow flags: M for the MP_CAPABLE subflow, J for a join, e once established.
+        row.mptcp_flags = ("M" if sf.get("initial") else "J") + (
+            "e" if sf.get("fully_established") else "")
+        rows.append(row)
+    return rows
+
+
+def _tcp_sample(t: float, kind: str, state: str, local: str, remote: str,
+                stats: dict[str, Any], congestion: str | None) -> SocketSample:
     mss = stats.get("mss") or 1
-    state = {"ESTABLISHED": "ESTAB"}.get(conn.get("state", ""), conn.get("state", ""))
 
     def segments(value: Any) -> int | None:
         return None if value is None else int(value) // int(mss)
 
     return SocketSample(
-        t=t, netid="tcp", kind="tcp", state=state,
-        local=f"{conn['local'][0]}:{conn['local'][1]}",
-        remote=f"{conn['remote'][0]}:{conn['remote'][1]}",
+        t=t, netid="tcp", kind=kind, state=state, local=local, remote=remote,
         cwnd=segments(stats.get("cwnd")), ssthresh=segments(stats.get("ssthresh")),
         srtt_ms=stats.get("srtt_ms"), rttvar_ms=stats.get("rttvar_ms"),
         rto_ms=stats.get("rto_ms"), bytes_acked=stats.get("bytes_acked"),
         bytes_received=stats.get("bytes_received"), retrans=stats.get("retransmissions"),
-        congestion=conn.get("congestion"),
+        congestion=congestion,
     )
 
 

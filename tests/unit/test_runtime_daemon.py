@@ -20,6 +20,7 @@ from testbed.runtime import api
 from testbed.runtime.daemon import StackDaemon, make_stack, parse_args
 from testbed.runtime.routes import Interface
 from testbed.stack.mptcp.stack import MptcpStack
+from testbed.stats import CSV_FIELDS
 
 
 @dataclass(frozen=True)
@@ -223,3 +224,32 @@ def test_the_driver_hands_endpoints_and_choices_to_the_daemon() -> None:
     assert stack.config.checksum and stack.tcp.config.congestion == "lia"
     with pytest.raises(ParameterError, match="userspace stack: unknown MPTCP scheduler"):
         daemon_choices(StackConfig(scheduler="redundant"))
+
+
+def _subflow(local: str, port: int, initial: bool) -> dict[str, Any]:
+    return {"state": "ESTABLISHED", "cwnd": 14480, "ssthresh": 28960, "mss": 1448,
+            "srtt_ms": 20.0, "bytes_acked": 1000, "local_addr": local, "local_port": port,
+            "remote_addr": "10.0.3.1", "remote_port": 5201, "initial": initial,
+            "fully_established": True}
+
+
+def test_the_sampler_writes_a_row_per_subflow_with_the_connections_token() -> None:
+    from testbed.sampler import stack_sample
+    from testbed.stats import max_established_subflows, sample_to_row
+
+    conn = {"local": ["10.0.1.1", 40000], "remote": ["10.0.3.1", 5201],
+            "congestion": "lia", "state": "ESTABLISHED",
+            "stats": {"fallback": False, "local_token": 0xBEEF, "bytes_acked": 2000,
+                      "subflows": [_subflow("10.0.1.1", 40000, True),
+                                   _subflow("10.0.2.1", 40001, False)]}}
+    rows = stack_sample(conn, 1.0)
+    assert [(r.kind, r.token, r.mptcp_flags) for r in rows] == [
+        ("mptcp", "beef", None), ("subflow", "beef", "Me"), ("subflow", "beef", "Je")]
+    assert rows[0].subflows == 1 and rows[2].local == "10.0.2.1:40001" and rows[2].cwnd == 10
+    assert rows[2].congestion == "lia"
+    csv_rows = [{k: "" if v is None else str(v) for k, v in
+                 zip(CSV_FIELDS, sample_to_row(r), strict=True)} for r in rows]
+    assert max_established_subflows(csv_rows, port=5201) == 2
+    # Fallen back to TCP: one plain row, as ss shows a TCP socket.
+    conn["stats"] = {"fallback": True, "subflows": [_subflow("10.0.1.1", 40000, True)]}
+    assert [r.kind for r in stack_sample(conn, 1.0)] == ["tcp"]
