@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.emu import bench
+from experiments import bench
 from testbed.emu.cleanup import STATE_DIR, ProcessRecord, RunRecord
 from testbed.emu.linkparams import LinkShaping, Shaping
 from testbed.emu.network import Emulation
