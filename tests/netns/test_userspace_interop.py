@@ -152,6 +152,25 @@ def bench(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Bench]:
     assert nothing_left_of(record, tmp_path) == []
 
 
+@pytest.fixture(autouse=True)
+def tshark_without_tcp_heuristics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Wireshark profile in which no heuristic dissector claims TCP payload.
+
+    The payload is random bytes; now and then a heuristic (thrift, seen here) takes a
+    segment for its protocol, asks TCP to reassemble its "message", and tshark then reports
+    the next retransmission overlapping it as malformed ("New fragment overlaps old data").
+    analysis.tshark runs tshark in our environment, so the profile comes through
+    WIRESHARK_CONFIG_DIR, analysis/ unchanged."""
+    heuristics = subprocess.run(["tshark", "-G", "heuristic-decodes"], capture_output=True,
+                                text=True, check=True).stdout
+    names = sorted({line.split("\t")[1] for line in heuristics.splitlines()
+                    if line.startswith("tcp\t")})
+    profile = tmp_path / "wireshark"
+    profile.mkdir()
+    (profile / "disabled_protos").write_text("".join(f"{name}\n" for name in names))
+    monkeypatch.setenv("WIRESHARK_CONFIG_DIR", str(profile))
+
+
 # --------------------------------------------------------------------------------------------
 # One transfer, and what the capture and the counters say about it
 
