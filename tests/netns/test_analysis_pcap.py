@@ -1,8 +1,7 @@
 """Analysis against a real kernel MPTCP capture: two namespaces, two veth paths, tshark decoding.
 
-The fixture is self-contained on purpose (the emulation layer is written elsewhere): holder
-processes own the namespaces, so teardown is "kill these pids", and nothing here depends on
-named netns files or on Mininet.
+The fixture builds on nsutil, not on the emulation layer: holder processes own the namespaces,
+so teardown is "kill these pids", and nothing here depends on named netns files or on Mininet.
 """
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +20,16 @@ import pandas as pd
 import pytest
 
 from analysis import metrics, tshark
+from tests.netns.nsutil import (
+    NsHost,
+    mptcp_endpoint,
+    mptcp_limits,
+    namespaces,
+    reaped,
+    source_route,
+    tcpdump,
+    veth_path,
+)
 
 pytestmark = pytest.mark.netns
 
@@ -76,17 +84,6 @@ class Capture:
     sha256_received: str
 
 
-def _run(args: list[str]) -> str:
-    proc = subprocess.run(args, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{args!r} failed: {proc.stderr.strip()}")
-    return proc.stdout
-
-
-def _in_ns(pid: int, args: list[str]) -> list[str]:
-    return ["nsenter", "-t", str(pid), "-n", *args]
-
-
 def _need_root_tools() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root")
@@ -95,80 +92,42 @@ def _need_root_tools() -> None:
             pytest.skip(f"{tool} not installed")
 
 
-def _setup(client: int, server: int, suffix: str) -> list[str]:
+def _setup(client: NsHost, server: NsHost, suffix: str) -> list[str]:
     """Wire two veth paths between the namespaces; return the client interface names."""
     client_ifs = []
     for i, (caddr, saddr) in enumerate(zip(CLIENT_ADDRS, SERVER_ADDRS, strict=True)):
         cif, sif = f"c{suffix}e{i}", f"s{suffix}e{i}"
-        _run(["ip", "link", "add", cif, "type", "veth", "peer", "name", sif])
-        _run(["ip", "link", "set", cif, "netns", str(client)])
-        _run(["ip", "link", "set", sif, "netns", str(server)])
-        for pid, ifname, addr in ((client, cif, caddr), (server, sif, saddr)):
-            _run(_in_ns(pid, ["ip", "addr", "add", f"{addr}/24", "dev", ifname]))
-            _run(_in_ns(pid, ["ip", "link", "set", ifname, "up"]))
-            # Offloads off so every captured frame is one wire segment, as the contract says.
-            _run(_in_ns(pid, ["ethtool", "-K", ifname, "tso", "off", "gso", "off", "gro", "off"]))
+        # Offloads off so every captured frame is one wire segment, as the contract says.
+        veth_path(client, cif, caddr, server, sif, saddr, offloads=False)
         client_ifs.append(cif)
-    for pid in (client, server):
-        _run(_in_ns(pid, ["ip", "link", "set", "lo", "up"]))
-        _run(_in_ns(pid, ["ip", "mptcp", "limits", "set", "subflows", "2", "add_addr_accepted",
-                          "2"]))
-    # Source routing: the join leaves from the second address towards the server's first
-    # address, so it must use path 2 rather than the connected route on path 1.
-    _run(_in_ns(client, ["ip", "rule", "add", "from", CLIENT_ADDRS[1], "table", "102"]))
-    _run(_in_ns(client, ["ip", "route", "add", f"{SERVER_ADDRS[0].rsplit('.', 1)[0]}.0/24",
-                         "via", SERVER_ADDRS[1], "dev", client_ifs[1], "table", "102"]))
-    _run(_in_ns(client, ["ip", "mptcp", "endpoint", "add", CLIENT_ADDRS[1], "dev",
-                         client_ifs[1], "subflow"]))
+    for host in (client, server):
+        host.run(["ip", "link", "set", "lo", "up"])
+        mptcp_limits(host, subflows=2, add_addr_accepted=2)
+    # The join leaves from the second address towards the server's first address, so it must
+    # use path 2 rather than the connected route on path 1.
+    source_route(client, CLIENT_ADDRS[1], 102, via=SERVER_ADDRS[1], dev=client_ifs[1],
+                 to=f"{SERVER_ADDRS[0].rsplit('.', 1)[0]}.0/24")
+    mptcp_endpoint(client, CLIENT_ADDRS[1], "subflow", dev=client_ifs[1])
     return client_ifs
 
 
 def make_capture(out_dir: Path) -> Iterator[Capture]:
     """Build namespaces, run one kernel MPTCP transfer under tcpdump, yield, then tear down."""
-    procs: list[subprocess.Popen[bytes]] = []
     suffix = str(os.getpid() % 10000)
-    try:
-        holders = [subprocess.Popen(["unshare", "--net", "sleep", "infinity"]) for _ in (0, 1)]
-        procs.extend(holders)
-        time.sleep(0.1)  # let unshare exec sleep so the pid's netns is the new one
-        client, server = holders[0].pid, holders[1].pid
+    with namespaces("client", "server") as (client, server):
         client_ifs = _setup(client, server, suffix)
-
         pcaps = [out_dir / f"client-{ifname}.pcap" for ifname in client_ifs]
-        dumps = []
-        for ifname, pcap in zip(client_ifs, pcaps, strict=True):
-            dump = subprocess.Popen(
-                # Immediate mode: without it libpcap hands packets over in blocks (or after a
-                # 1 s timeout), and a quiet interface's block is lost when tcpdump is stopped.
-                _in_ns(client, ["tcpdump", "-i", ifname, "-s", "128", "-Z", "root", "-U",
-                                "--immediate-mode", "-w", str(pcap), "tcp"]),
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            procs.append(dump)
-            dumps.append(dump)
-        for dump in dumps:  # tcpdump says "listening on" once the capture is armed
-            assert dump.stderr is not None
-            dump.stderr.readline()
-
-        srv = subprocess.Popen(
-            _in_ns(server, [sys.executable, "-c", _SERVER_CODE, str(SERVER_PORT)]),
-            stdout=subprocess.PIPE, text=True)
-        procs.append(srv)
-        assert srv.stdout is not None
-        assert srv.stdout.readline().strip() == "listening"
-        sent = _run(_in_ns(client, [sys.executable, "-c", _CLIENT_CODE, SERVER_ADDRS[0],
-                                    str(SERVER_PORT), str(TRANSFER_BYTES)])).split()
-        received = srv.communicate(timeout=30)[0].split()
-        time.sleep(0.3)  # the final ACKs and FINs
-        for dump in dumps:
-            dump.send_signal(signal.SIGINT)
-            dump.communicate(timeout=10)
+        with tcpdump(client, list(zip(client_ifs, pcaps, strict=True)), snaplen=128):
+            with reaped(server.popen([sys.executable, "-c", _SERVER_CODE, str(SERVER_PORT)],
+                                     stdout=subprocess.PIPE, text=True)) as srv:
+                assert srv.stdout is not None
+                assert srv.stdout.readline().strip() == "listening"
+                sent = client.run([sys.executable, "-c", _CLIENT_CODE, SERVER_ADDRS[0],
+                                   str(SERVER_PORT), str(TRANSFER_BYTES)]).split()
+                received = srv.communicate(timeout=30)[0].split()
+            time.sleep(0.3)  # the final ACKs and FINs
         assert int(received[0]) == TRANSFER_BYTES
         yield Capture(pcaps, int(sent[0]), sent[1], received[1])
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

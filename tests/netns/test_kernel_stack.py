@@ -11,14 +11,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from testbed.errors import ParameterError, TestbedError
+from testbed.errors import ParameterError
 from testbed.stacks.base import Endpoint, HostExec, StackConfig, get_stack
 from testbed.stats import (
     counters_delta,
@@ -29,6 +29,7 @@ from testbed.stats import (
     stop_sampler,
 )
 from testbed.workload import payload_sha256
+from tests.netns.nsutil import NsHost, namespaces, source_route, veth_path
 
 pytestmark = pytest.mark.netns
 
@@ -41,73 +42,16 @@ if os.geteuid() != 0 or any(shutil.which(t) is None for t in TOOLS):
     pytest.skip("needs root and " + ", ".join(TOOLS), allow_module_level=True)
 
 
-@dataclass
-class NsHost:
-    """HostExec over a namespace held by a `sleep infinity` process (nsenter around argv)."""
-
-    name: str
-    holder: subprocess.Popen[bytes]
-
-    def _wrap(self, argv: Sequence[str]) -> list[str]:
-        return ["nsenter", f"--net=/proc/{self.holder.pid}/ns/net", *argv]
-
-    def run(self, argv: Sequence[str], check: bool = True) -> str:
-        proc = subprocess.run(self._wrap(argv), capture_output=True, text=True, timeout=30)
-        if check and proc.returncode != 0:
-            raise TestbedError(f"{self.name}: {' '.join(argv)}: {proc.stderr.strip()}")
-        return proc.stdout
-
-    def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self._wrap(argv), **kwargs)
-
-
-def _holder() -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(["unshare", "--net", "sleep", "infinity"])
-    # unshare execs sleep in the new namespace; wait until that happened.
-    me = os.readlink("/proc/self/ns/net")
-    for _ in range(100):
-        try:
-            if os.readlink(f"/proc/{proc.pid}/ns/net") != me:
-                return proc
-        except FileNotFoundError:
-            pass
-        time.sleep(0.01)
-    proc.kill()
-    raise RuntimeError("unshare did not enter a new network namespace")
-
-
 @pytest.fixture
 def hosts() -> Iterator[tuple[NsHost, NsHost]]:
     """client (10.0.1.1, 10.0.2.1) and server (10.0.1.2, 10.0.2.2) over two veth pairs."""
-    holders: list[subprocess.Popen[bytes]] = []
-    try:
-        holders += [_holder(), _holder()]
-        cli, srv = NsHost("cli", holders[0]), NsHost("srv", holders[1])
+    with namespaces("cli", "srv") as (cli, srv):
         for i in (1, 2):
-            # Both ends are created directly inside the namespaces: nothing ever exists in
-            # the root namespace, and the pair dies with the namespaces.
-            subprocess.run(
-                ["ip", "link", "add", f"c{i}", "netns", str(cli.holder.pid), "type", "veth",
-                 "peer", "name", f"s{i}", "netns", str(srv.holder.pid)],
-                check=True,
-            )  # fmt: skip
-            cli.run(["ip", "addr", "add", f"10.0.{i}.1/24", "dev", f"c{i}"])
-            srv.run(["ip", "addr", "add", f"10.0.{i}.2/24", "dev", f"s{i}"])
-            cli.run(["ip", "link", "set", f"c{i}", "up"])
-            srv.run(["ip", "link", "set", f"s{i}", "up"])
-            # Source routing: without it the join from 10.0.2.1 to 10.0.1.2 would leave by
-            # c1 (the connected route) and the second path would carry nothing.
-            table = str(100 + i)
-            cli.run(["ip", "rule", "add", "from", f"10.0.{i}.1", "table", table])
-            cli.run(["ip", "route", "add", "default", "via", f"10.0.{i}.2", "dev", f"c{i}",
-                     "table", table])  # fmt: skip
+            veth_path(cli, f"c{i}", f"10.0.{i}.1", srv, f"s{i}", f"10.0.{i}.2")
+            source_route(cli, f"10.0.{i}.1", 100 + i, via=f"10.0.{i}.2", dev=f"c{i}")
         for h in (cli, srv):
             h.run(["ip", "link", "set", "lo", "up"])
         yield cli, srv
-    finally:
-        for p in holders:
-            p.kill()
-            p.wait()
 
 
 @dataclass

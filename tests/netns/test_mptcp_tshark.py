@@ -9,10 +9,8 @@ with a join and an announced address, the second connection with DSS checksums o
 from __future__ import annotations
 
 import ipaddress
-import os
 import random
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -60,6 +58,16 @@ from testbed.stack.wire.tcp import (
     UnknownOption,
     emit_tcp,
     parse_tcp,
+)
+from tests.netns.nsutil import (
+    NsHost,
+    mptcp_endpoint,
+    mptcp_limits,
+    namespaces,
+    reaped,
+    source_route,
+    tcpdump,
+    veth_path,
 )
 
 pytestmark = pytest.mark.netns
@@ -109,60 +117,23 @@ print(received, flush=True)
 """
 
 
-def _run(args: list[str]) -> str:
-    proc = subprocess.run(args, capture_output=True, text=True, check=False, timeout=60)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{args!r} failed: {proc.stderr.strip()}")
-    return proc.stdout
-
-
-def _in_ns(pid: int, args: list[str]) -> list[str]:
-    return ["nsenter", "-t", str(pid), "-n", *args]
-
-
-def _holder() -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(["unshare", "--net", "sleep", "infinity"])
-    mine = os.readlink("/proc/self/ns/net")
-    for _ in range(200):  # unshare execs sleep once it is in the new namespace
-        try:
-            if os.readlink(f"/proc/{proc.pid}/ns/net") != mine:
-                return proc
-        except FileNotFoundError:
-            pass
-        time.sleep(0.01)
-    proc.kill()
-    proc.wait()
-    raise RuntimeError("unshare did not enter a new network namespace")
-
-
-def _wire(client: int, server: int) -> list[str]:
-    """Two veth paths created straight inside the namespaces (no names in ours to clash),
-    offloads off so every frame is one wire segment; returns the client's interfaces."""
+def _wire(client: NsHost, server: NsHost) -> list[str]:
+    """Two veth paths, offloads off so every frame is one wire segment; returns the client's
+    interfaces."""
     client_ifs = []
     for i, (caddr, saddr) in enumerate(zip(CLIENT_ADDRS, SERVER_ADDRS, strict=True)):
         cif, sif = f"mpc{i}", f"mps{i}"
-        _run(["ip", "link", "add", cif, "netns", str(client), "type", "veth", "peer", "name",
-              sif, "netns", str(server)])
-        for pid, ifname, addr in ((client, cif, caddr), (server, sif, saddr)):
-            _run(_in_ns(pid, ["ip", "addr", "add", f"{addr}/24", "dev", ifname]))
-            _run(_in_ns(pid, ["ip", "link", "set", ifname, "up"]))
-            _run(_in_ns(pid, ["ethtool", "-K", ifname, "tso", "off", "gso", "off",
-                              "gro", "off"]))
+        veth_path(client, cif, caddr, server, sif, saddr, offloads=False)
         client_ifs.append(cif)
-    for pid in (client, server):
-        _run(_in_ns(pid, ["ip", "link", "set", "lo", "up"]))
-        _run(_in_ns(pid, ["ip", "mptcp", "limits", "set", "subflows", "2",
-                          "add_addr_accepted", "2"]))
-    # Source routing: a subflow from the client's second address must leave on path 2 even
-    # towards the server's first address, which the main table reaches over path 1.
-    _run(_in_ns(client, ["ip", "rule", "add", "from", CLIENT_ADDRS[1], "table", "102"]))
-    _run(_in_ns(client, ["ip", "route", "add", "default", "via", SERVER_ADDRS[1], "dev",
-                         client_ifs[1], "table", "102"]))
-    _run(_in_ns(client, ["ip", "mptcp", "endpoint", "add", CLIENT_ADDRS[1], "dev",
-                         client_ifs[1], "subflow"]))
+    for host in (client, server):
+        host.run(["ip", "link", "set", "lo", "up"])
+        mptcp_limits(host, subflows=2, add_addr_accepted=2)
+    # A subflow from the client's second address must leave on path 2 even towards the
+    # server's first address, which the main table reaches over path 1.
+    source_route(client, CLIENT_ADDRS[1], 102, via=SERVER_ADDRS[1], dev=client_ifs[1])
+    mptcp_endpoint(client, CLIENT_ADDRS[1], "subflow", dev=client_ifs[1])
     # The server announces its second address: an ADD_ADDR whose HMAC we can check.
-    _run(_in_ns(server, ["ip", "mptcp", "endpoint", "add", SERVER_ADDRS[1], "id",
-                         str(SIGNAL_ID), "signal"]))
+    mptcp_endpoint(server, SERVER_ADDRS[1], "signal", id=SIGNAL_ID)
     return client_ifs
 
 
@@ -173,42 +144,21 @@ class Capture:
     client_received: int
 
 
-def _transfer(client: int, server: int, client_ifs: list[str], out_dir: Path,
+def _transfer(client: NsHost, server: NsHost, client_ifs: list[str], out_dir: Path,
               port: int) -> Capture:
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        pcaps = [out_dir / f"{port}-{ifname}.pcap" for ifname in client_ifs]
-        dumps = []
-        for ifname, pcap in zip(client_ifs, pcaps, strict=True):
-            dump = subprocess.Popen(
-                _in_ns(client, ["tcpdump", "-i", ifname, "-s", "0", "-Z", "root", "-U",
-                                "--immediate-mode", "-w", str(pcap), "tcp"]),
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            procs.append(dump)
-            dumps.append(dump)
-        for dump in dumps:  # "listening on ..." once the capture is armed
-            assert dump.stderr is not None
-            dump.stderr.readline()
-        srv = subprocess.Popen(
-            _in_ns(server, [sys.executable, "-c", _SERVER_CODE, str(port), str(SERVER_BYTES),
-                            str(SERVER_SEED)]), stdout=subprocess.PIPE, text=True)
-        procs.append(srv)
-        assert srv.stdout is not None
-        assert srv.stdout.readline().strip() == "listening"
-        client_received = int(_run(_in_ns(client, [
-            sys.executable, "-c", _CLIENT_CODE, SERVER_ADDRS[0], str(port), str(CLIENT_BYTES),
-            str(CLIENT_SEED)])))
-        server_received = int(srv.communicate(timeout=30)[0])
+    pcaps = [out_dir / f"{port}-{ifname}.pcap" for ifname in client_ifs]
+    with tcpdump(client, list(zip(client_ifs, pcaps, strict=True)), snaplen=0):
+        with reaped(server.popen([sys.executable, "-c", _SERVER_CODE, str(port),
+                                  str(SERVER_BYTES), str(SERVER_SEED)],
+                                 stdout=subprocess.PIPE, text=True)) as srv:
+            assert srv.stdout is not None
+            assert srv.stdout.readline().strip() == "listening"
+            client_received = int(client.run([sys.executable, "-c", _CLIENT_CODE,
+                                              SERVER_ADDRS[0], str(port), str(CLIENT_BYTES),
+                                              str(CLIENT_SEED)]))
+            server_received = int(srv.communicate(timeout=30)[0])
         time.sleep(0.3)  # the last ACKs
-        for dump in dumps:
-            dump.send_signal(signal.SIGINT)
-            dump.communicate(timeout=10)
-        return Capture(pcaps, server_received, client_received)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
+    return Capture(pcaps, server_received, client_received)
 
 
 @pytest.fixture(scope="module")
@@ -217,20 +167,13 @@ def captures(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Cap
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed")
     out_dir = tmp_path_factory.mktemp("mptcp")
-    holders: list[subprocess.Popen[bytes]] = []
-    try:
-        holders = [_holder(), _holder()]
-        client, server = holders[0].pid, holders[1].pid
+    with namespaces("client", "server") as (client, server):
         client_ifs = _wire(client, server)
         result = {"plain": _transfer(client, server, client_ifs, out_dir, 5301)}
-        for pid in (client, server):
-            _run(_in_ns(pid, ["sysctl", "-q", "-w", "net.mptcp.checksum_enabled=1"]))
+        for host in (client, server):
+            host.run(["sysctl", "-q", "-w", "net.mptcp.checksum_enabled=1"])
         result["checksum"] = _transfer(client, server, client_ifs, out_dir, 5302)
         yield result
-    finally:
-        for holder in holders:  # the namespaces and their veths go with their last process
-            holder.kill()
-            holder.wait(timeout=10)
 
 
 # --- reading the capture with our own codecs -----------------------------------------------

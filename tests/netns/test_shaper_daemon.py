@@ -16,6 +16,7 @@ import pytest
 
 from testbed.emu.linkparams import LinkShaping, Shaping
 from testbed.emu.shaper.client import ShaperDied, ShaperError, ShaperProcess, TapEnd
+from tests.netns import nsutil
 
 pytestmark = pytest.mark.netns
 
@@ -34,36 +35,15 @@ class Ping:
         return sum(self.rtts_ms) / len(self.rtts_ms)
 
 
-def netns_path(pid: int) -> str:
-    return f"/proc/{pid}/ns/net"
-
-
-def spawn_namespace() -> subprocess.Popen[bytes]:
-    """A process sitting in a new network namespace; the namespace lives as long as it does."""
-    proc = subprocess.Popen(["unshare", "--net", "sleep", "infinity"])
-    home = os.readlink("/proc/self/ns/net")
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            if os.readlink(netns_path(proc.pid)) != home:
-                return proc
-        except FileNotFoundError:
-            break
-        time.sleep(0.01)
-    proc.kill()
-    proc.wait()
-    raise RuntimeError("unshare did not enter a new network namespace")
-
-
 def in_ns(pid: int, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["nsenter", f"--net={netns_path(pid)}", *cmd], capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return subprocess.run(nsutil.nsenter(pid, cmd), capture_output=True, text=True, timeout=timeout,
+                          check=False)
 
 
 def add_address(pid: int, ifname: str, address: str) -> None:
     from pyroute2 import NetNS
 
-    with NetNS(netns_path(pid)) as ns:
+    with NetNS(f"/proc/{pid}/ns/net") as ns:
         index = ns.link_lookup(ifname=ifname)[0]
         ns.addr("add", index=index, address=address, prefixlen=24)
 
@@ -94,15 +74,8 @@ class Pair:
 
 @pytest.fixture
 def namespaces() -> Iterator[tuple[int, int]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        procs.append(spawn_namespace())
-        procs.append(spawn_namespace())
-        yield procs[0].pid, procs[1].pid
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait()
+    with nsutil.namespaces("a", "b") as (a, b):
+        yield a.pid, b.pid
 
 
 @pytest.fixture

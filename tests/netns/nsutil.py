@@ -1,0 +1,166 @@
+"""Network-namespace plumbing for the tests in this folder.
+
+Bare namespaces are held by `unshare --net sleep infinity` processes rather than named netns
+files: teardown is killing those processes, and a namespace goes, with its veths, addresses
+and routes, when its last process does. Commands run inside one through nsenter.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from testbed.errors import TestbedError
+
+# --------------------------------------------------------------------------------------------
+# Namespaces, and commands inside them
+
+
+def nsenter(pid: int, argv: Sequence[str]) -> list[str]:
+    """`argv` run inside the network namespace of process `pid`."""
+    return ["nsenter", f"--net=/proc/{pid}/ns/net", *argv]
+
+
+@dataclass(frozen=True)
+class NsHost:
+    """The network namespace of process `pid`, as the HostExec that stack drivers take."""
+
+    name: str
+    pid: int
+
+    def run(self, argv: Sequence[str], check: bool = True, timeout: float = 60) -> str:
+        proc = subprocess.run(nsenter(self.pid, argv), capture_output=True, text=True,
+                              timeout=timeout, check=False)
+        if check and proc.returncode != 0:
+            raise TestbedError(f"{self.name}: {' '.join(argv)}: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        return subprocess.Popen(nsenter(self.pid, argv), **kwargs)
+
+
+def _holder() -> subprocess.Popen[bytes]:
+    """A `sleep infinity` in a new network namespace, returned once it is in there (unshare
+    execs sleep after entering it)."""
+    proc = subprocess.Popen(["unshare", "--net", "sleep", "infinity"])
+    home = os.readlink("/proc/self/ns/net")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            if os.readlink(f"/proc/{proc.pid}/ns/net") != home:
+                return proc
+        except FileNotFoundError:
+            break  # unshare died
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    raise RuntimeError("unshare did not enter a new network namespace")
+
+
+@contextmanager
+def namespaces(*names: str) -> Iterator[list[NsHost]]:
+    """A new network namespace per name, gone with everything in it when the block ends."""
+    holders: list[subprocess.Popen[bytes]] = []
+    try:
+        for _ in names:
+            holders.append(_holder())
+        yield [NsHost(name, holder.pid) for name, holder in zip(names, holders, strict=True)]
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait(timeout=10)
+
+
+@contextmanager
+def reaped(proc: subprocess.Popen[Any]) -> Iterator[subprocess.Popen[Any]]:
+    """`proc`, killed at the end of the block if it is still running then."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------------------------
+# Wiring: veth paths, source routing, MPTCP
+
+
+def veth_path(a: NsHost, a_if: str, a_addr: str, b: NsHost, b_if: str, b_addr: str, *,
+              offloads: bool = True) -> None:
+    """A veth pair from `a` to `b`, each end with its /24 address and up.
+
+    Both ends are made straight inside the namespaces: nothing ever exists in ours (no name to
+    clash with another run's) and the pair dies with them. Without `offloads`, TSO, GSO and
+    GRO are off, so that every captured frame is one wire segment."""
+    made = subprocess.run(["ip", "link", "add", a_if, "netns", str(a.pid), "type", "veth",
+                           "peer", "name", b_if, "netns", str(b.pid)],
+                          capture_output=True, text=True, check=False)
+    if made.returncode != 0:
+        raise TestbedError(f"veth {a_if}-{b_if}: {made.stderr.strip()}")
+    for host, ifname, addr in ((a, a_if, a_addr), (b, b_if, b_addr)):
+        host.run(["ip", "addr", "add", f"{addr}/24", "dev", ifname])
+        host.run(["ip", "link", "set", ifname, "up"])
+        if not offloads:
+            host.run(["ethtool", "-K", ifname, "tso", "off", "gso", "off", "gro", "off"])
+
+
+def source_route(host: NsHost, src: str, table: int, via: str, dev: str,
+                 to: str = "default") -> None:
+    """Packets from `src` look up `table`, where `to` is reached via `via` on `dev`.
+
+    Without it a subflow from a second address would leave by the first path's connected
+    route, and the second path would carry nothing."""
+    host.run(["ip", "rule", "add", "from", src, "table", str(table)])
+    host.run(["ip", "route", "add", to, "via", via, "dev", dev, "table", str(table)])
+
+
+def mptcp_limits(host: NsHost, subflows: int, add_addr_accepted: int) -> None:
+    host.run(["ip", "mptcp", "limits", "set", "subflows", str(subflows),
+              "add_addr_accepted", str(add_addr_accepted)])
+
+
+def mptcp_endpoint(host: NsHost, addr: str, *flags: str, dev: str | None = None,
+                   id: int | None = None) -> None:
+    """`ip mptcp endpoint add addr [dev DEV] [id ID] FLAGS...` (flags: subflow, signal...)."""
+    argv = ["ip", "mptcp", "endpoint", "add", addr]
+    if dev is not None:
+        argv += ["dev", dev]
+    if id is not None:
+        argv += ["id", str(id)]
+    host.run([*argv, *flags])
+
+
+@contextmanager
+def tcpdump(host: NsHost, captures: Sequence[tuple[str, Path]], snaplen: int) -> Iterator[None]:
+    """TCP captured on each (interface, pcap) of `host` while the block runs.
+
+    Every capture is armed before the block starts, and stopped with SIGINT after it so that
+    its pcap is complete; killed instead when the block raised. Immediate mode: without it
+    libpcap hands packets over in blocks (or after a 1 s timeout), and a quiet interface's
+    block is lost when tcpdump is stopped."""
+    dumps: list[subprocess.Popen[bytes]] = []
+    try:
+        for ifname, pcap in captures:
+            dumps.append(host.popen(["tcpdump", "-i", ifname, "-s", str(snaplen), "-Z", "root",
+                                     "-U", "--immediate-mode", "-w", str(pcap), "tcp"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        for dump in dumps:  # tcpdump says "listening on" once the capture is armed
+            assert dump.stderr is not None
+            dump.stderr.readline()
+        yield
+        for dump in dumps:
+            dump.send_signal(signal.SIGINT)
+            dump.communicate(timeout=10)
+    finally:
+        for dump in dumps:
+            if dump.poll() is None:
+                dump.kill()
+                dump.wait(timeout=10)
