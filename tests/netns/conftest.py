@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# nsutil's checks (machine_unchanged) assert outside a test module: let pytest explain them.
+pytest.register_assert_rewrite("tests.netns.nsutil")
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     reason = None

@@ -3,11 +3,17 @@
 Bare namespaces are held by `unshare --net sleep infinity` processes rather than named netns
 files: teardown is killing those processes, and a namespace goes, with its veths, addresses
 and routes, when its last process does. Commands run inside one through nsenter.
+
+Leftovers are looked for in two scopes: the whole machine (`machine_leftovers`, right on a CI
+machine of its own) and what one test created (`left_behind`, right where other people's runs
+share the machine).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import signal
 import subprocess
 import time
@@ -15,9 +21,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from testbed.emu.cleanup import ProcessRecord, RunRecord
 from testbed.errors import TestbedError
+
+if TYPE_CHECKING:  # Mininet is imported only by the tests that emulate (see `emulated`)
+    from mininet.topo import Topo
+
+    from testbed.emu.network import Emulation
 
 # --------------------------------------------------------------------------------------------
 # Namespaces, and commands inside them
@@ -164,3 +176,69 @@ def tcpdump(host: NsHost, captures: Sequence[tuple[str, Path]], snaplen: int) ->
             if dump.poll() is None:
                 dump.kill()
                 dump.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------------------------
+# Emulations under a run record of their own
+
+
+@contextmanager
+def emulated(topo: Topo, seed: int, run_prefix: str = "test") -> Iterator[Emulation]:
+    """`topo` emulated with the userspace link backend, recorded for cleanup as a run owned
+    by this pytest process; stopped, and its record removed, when the block ends."""
+    from testbed.emu.network import Emulation
+
+    record = RunRecord(f"{run_prefix}-{secrets.token_hex(3)}",
+                       ProcessRecord.of(os.getpid(), "pytest"))
+    emu = Emulation(topo, "userspace", seed=seed, record=record)
+    try:
+        emu.start()
+        yield emu
+    finally:
+        emu.stop()
+        record.path.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Leftovers: the whole machine's, or one test's
+
+
+def _processes() -> Iterator[tuple[str, int, str]]:
+    """(pid, network namespace inode, command line) of every process that can be read."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            inode = os.stat(f"/proc/{entry}/ns/net").st_ino
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        yield entry, inode, cmdline.decode(errors="replace").strip()
+
+
+def root_links(*prefixes: str) -> list[str]:
+    """Interfaces of this (the root) namespace whose names start with one of `prefixes`."""
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True,
+                           check=True).stdout
+    names = re.findall(r"^\d+: ([^:@]+)", links, flags=re.M)
+    return [name for name in names if name.startswith(prefixes)]
+
+
+def machine_leftovers() -> list[str]:
+    """Every emulation on the machine: processes in network namespaces other than the root
+    one (Mininet shells, workloads, tcpdump, the shaper's TAPs' namespaces), the shaper, and
+    the two-path topology's interfaces in the root namespace. Other people's runs count too."""
+    root = os.stat("/proc/self/ns/net").st_ino
+    found = [f"{pid} {cmdline}" for pid, inode, cmdline in _processes()
+             if inode != root or "testbed.emu.shaper" in cmdline]
+    return sorted(found) + root_links("client-", "router-", "server-")
+
+
+@contextmanager
+def machine_unchanged() -> Iterator[None]:
+    """The block leaves the machine's leftovers as it found them (a failed block is not
+    checked: its own error says more)."""
+    before = machine_leftovers()
+    yield
+    assert machine_leftovers() == before
+

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import secrets
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from experiments import bench
-from testbed.emu.cleanup import STATE_DIR, ProcessRecord, RunRecord
+from testbed.emu.cleanup import STATE_DIR
 from testbed.emu.linkparams import LinkShaping, Shaping
 from testbed.emu.network import Emulation
+from tests.netns.nsutil import emulated, root_links
 from topologies.pair import PairTopo
 
 SECONDS = 1.5
@@ -46,10 +45,7 @@ def leftovers() -> list[str]:
     """Our children, this topology's host shells and root-namespace interfaces."""
     shells = subprocess.run(["pgrep", "-af", "mininet:(a|b)$"], capture_output=True,
                             text=True, check=False).stdout.splitlines()
-    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True,
-                           check=True).stdout
-    names = re.findall(r"^\d+: ([^:@]+)", links, flags=re.M)
-    return _children() + shells + [n for n in names if n.startswith(("a-eth", "b-eth"))]
+    return _children() + shells + root_links("a-eth", "b-eth")
 
 
 @pytest.fixture
@@ -65,15 +61,8 @@ def no_leftovers() -> Iterator[None]:
 @pytest.fixture
 def pair(request: pytest.FixtureRequest, no_leftovers: None) -> Iterator[Emulation]:
     shaping: LinkShaping = request.param
-    record = RunRecord(f"test-bench-{secrets.token_hex(3)}",
-                       ProcessRecord.of(os.getpid(), "pytest"))
-    emu = Emulation(PairTopo(shaping=shaping), "userspace", seed=3, record=record)
-    try:
-        emu.start()
+    with emulated(PairTopo(shaping=shaping), seed=3, run_prefix="test-bench") as emu:
         yield emu
-    finally:
-        emu.stop()
-        record.path.unlink(missing_ok=True)
 
 
 @pytest.mark.parametrize("pair", [LinkShaping.symmetric(delay_ms=10)], indirect=True)

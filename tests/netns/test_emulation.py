@@ -3,56 +3,25 @@ backend holds its delay and rate, timeline changes apply, and nothing is left be
 
 from __future__ import annotations
 
-import os
 import re
-import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from testbed.emu.cleanup import STATE_DIR, ProcessRecord, RunRecord
+from testbed.emu.cleanup import STATE_DIR
 from testbed.emu.linkparams import LinkShaping, Shaping
 from testbed.emu.network import Emulation
+from tests.netns.nsutil import emulated, machine_unchanged
 from topologies.two_path import CLIENT_ADDRS, SERVER_ADDR, TwoPathTopo
-
-
-def leftovers() -> list[str]:
-    """Processes in network namespaces other than the root one (Mininet shells, workloads,
-    tcpdump, the shaper's TAPs' namespaces), and emulated interfaces in the root namespace."""
-    root = os.stat("/proc/self/ns/net").st_ino
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            inode = os.stat(f"/proc/{entry}/ns/net").st_ino
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if inode != root or b"testbed.emu.shaper" in cmdline:
-            found.append(f"{entry} {cmdline.decode(errors='replace').strip()}")
-    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True,
-                           check=True).stdout
-    names = re.findall(r"^\d+: ([^:@]+)", links, flags=re.M)
-    return sorted(found) + [n for n in names if n.startswith(("client-", "router-", "server-"))]
 
 
 @pytest.fixture
 def emulation(request: pytest.FixtureRequest) -> Iterator[Emulation]:
     path1, path2 = request.param
-    before = leftovers()
-    record = RunRecord(f"test-{secrets.token_hex(3)}", ProcessRecord.of(os.getpid(), "pytest"))
-    emu = Emulation(TwoPathTopo(path1=path1, path2=path2), "userspace", seed=7, record=record)
-    try:
-        emu.start()
+    with machine_unchanged(), emulated(TwoPathTopo(path1=path1, path2=path2), seed=7) as emu:
         yield emu
-    finally:
-        emu.stop()
-        record.path.unlink(missing_ok=True)
-    assert leftovers() == before
 
 
 def ping_rtts(emu: Emulation, src: str, dst: str, count: int = 20) -> list[float]:

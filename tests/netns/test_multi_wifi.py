@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.emu.cleanup import STATE_DIR
-from tests.netns.test_emulation import leftovers
+from tests.netns.nsutil import machine_leftovers
 
 TESTBED = [sys.executable, "-m", "testbed.cli"]
 AP1_LOST_S = 6.0
@@ -30,7 +30,7 @@ def run_walk(stack: str, out: Path) -> tuple[subprocess.CompletedProcess[str], d
     summary = json.loads((out / "summary.json").read_text())
     # Nothing of this run is left: no process mentions its directory, and its cleanup record
     # is gone. Other runs may share the machine, so only what belongs to this one is checked.
-    assert not [line for line in leftovers() if str(out) in line]
+    assert not [line for line in machine_leftovers() if str(out) in line]
     run_id = json.loads((out / "meta.json").read_text())["run_id"]
     assert not (STATE_DIR / f"{run_id}.json").exists()
     return result, summary

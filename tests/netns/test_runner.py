@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ import pytest
 from analysis.tshark import read_merged
 from testbed.emu.cleanup import STATE_DIR
 from testbed.emu.links import kernel_has_netem
-from tests.netns.test_emulation import leftovers
+from tests.netns.nsutil import machine_leftovers, machine_unchanged
 
 TESTBED = [sys.executable, "-m", "testbed.cli"]
 SMALL = ["--set", "size_mib=4", "--link-backend", "userspace", "--seed", "3"]
@@ -33,10 +34,10 @@ def records() -> set[str]:
 
 
 @pytest.fixture
-def clean_machine() -> None:
-    before_procs, before_records = leftovers(), records()
-    yield
-    assert leftovers() == before_procs
+def clean_machine() -> Iterator[None]:
+    before_records = records()
+    with machine_unchanged():
+        yield
     assert records() == before_records
 
 
@@ -130,11 +131,11 @@ def test_kill_9_then_testbed_clean_removes_everything(tmp_path: Path,
     proc.communicate(timeout=10)
     # The workload, samplers and tcpdump outlive their runner (Mininet's shells die with the
     # runner's terminals) and keep the namespaces alive: that is what `testbed clean` is for.
-    assert [line for line in leftovers() if str(out) in line]
+    assert [line for line in machine_leftovers() if str(out) in line]
     result = run_cli("clean")
     assert result.returncode == 0, result.stderr
     assert "stopped" in result.stdout
-    assert not [line for line in leftovers() if str(out) in line]
+    assert not [line for line in machine_leftovers() if str(out) in line]
 
 
 def test_netem_backend_is_refused_where_the_kernel_lacks_it(tmp_path: Path,

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from testbed.emu.cleanup import ProcessRecord, RunRecord
 from testbed.emu.linkparams import LinkShaping
 from testbed.emu.network import Emulation
 from testbed.runtime import api
 from testbed.stacks.base import StackConfig
 from testbed.stacks.userspace import UserspacePreparedHost, UserspaceStack
 from testbed.workload import payload_sha256
-from tests.netns.test_emulation import leftovers, ping_rtts
+from tests.netns.nsutil import emulated, machine_unchanged
+from tests.netns.test_emulation import ping_rtts
 from topologies.two_path import CLIENT_ADDRS, SERVER_ADDR, TwoPathTopo
 
 HAVE_TCP = importlib.util.find_spec("testbed.stack.tcp.stack") is not None
@@ -38,27 +36,18 @@ def ours(request: pytest.FixtureRequest,
     """The two-path emulation with our stack on one host: the server (10.0.3.1, behind the
     router) unless the test asks for the (two-homed) client."""
     where = getattr(request, "param", "server")
-    before = leftovers()
-    record = RunRecord(f"test-{secrets.token_hex(3)}", ProcessRecord.of(os.getpid(), "pytest"))
-    emu = Emulation(TwoPathTopo(path1=PATH, path2=PATH), "userspace", seed=3, record=record)
     driver = UserspaceStack(control_dir=tmp_path / "run", pcap_dir=tmp_path)
-    prepared = None
-    try:
-        emu.start()
+    with machine_unchanged(), emulated(TwoPathTopo(path1=PATH, path2=PATH), seed=3) as emu:
         host = emu.host(where)
         prepared = driver.prepare(host, [], StackConfig(congestion="reno"))
         assert isinstance(prepared, UserspacePreparedHost)
-        record.add_process(prepared.daemon_pid, f"stack daemon on {where}")
+        emu.record.add_process(prepared.daemon_pid, f"stack daemon on {where}")
         yield emu, prepared, driver
         driver.release(host, prepared)
         # The kernel has its addresses back and the daemon its socket gone.
         assert host.run(["ip", "-4", "addr", "show"]).count("inet ") == 1 + len(
             prepared.addresses)
         assert not Path(prepared.control_path).exists()
-    finally:
-        emu.stop()
-        record.path.unlink(missing_ok=True)
-    assert leftovers() == before
 
 
 def test_linux_pings_our_stack_through_the_router(ours: tuple[Emulation, UserspacePreparedHost,
