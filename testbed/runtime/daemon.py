@@ -68,6 +68,10 @@ PACKET_QDISC_BYPASS = 20  # Linux 3.14: frames go straight to the driver, as a N
 SIOCGIFMTU = 0x8921
 FRAMES_PER_WAKEUP = 256  # bound the time one busy interface can keep the others waiting
 APP_CHUNK = 256 * 1024
+# Read more from a sending app only once TCP can take this much (Linux wakes a writer when a
+# third of its send buffer is free): one ACK frees two segments, and a wakeup per ACK to read
+# 2920 bytes doubled the daemon's CPU per byte on slow paths.
+APP_WRITE_WAKE = 64 * 1024
 FINISHED_KEPT = 64  # closed connections whose final state a stats query can still see
 
 
@@ -193,10 +197,9 @@ class StackDaemon:
             self.net.receive_frame(name, bytes(view[:n]), now)
             # Answer as we go, but only from the connection the frame reached: an ACK per
             # two segments and data clocked out by each ACK (a batch flushed once would turn
-            # them into stretch ACKs and bursts). Applications are served once per batch.
+            # them into stretch ACKs and bursts). Applications are served once per batch,
+            # by run() after this wakeup's events.
             self._transmit(now, after_input=True)
-        self._service_apps(now)
-        self._transmit(now)
 
     def _transmit(self, now: float, after_input: bool = False) -> None:
         self.net.flush_tcp(now, after_input)
@@ -421,7 +424,7 @@ class StackDaemon:
         # Read from a stream only while TCP can take more (backpressure towards the app);
         # in the other waiting states a read can only be the app going away.
         streaming = (app.state == "stream" and not app.app_eof and app.conn is not None
-                     and not app.inbuf and app.conn.writable_space > 0)
+                     and not app.inbuf and app.conn.writable_space >= self._write_wake(app))
         if streaming or app.state in ("request", "listener", "accepting", "connecting"):
             want |= selectors.EVENT_READ
         if want == app.interest:
@@ -433,6 +436,11 @@ class StackDaemon:
         else:
             self.sel.modify(app.sock, want, ("app", app))
         app.interest = want
+
+    @staticmethod
+    def _write_wake(app: AppConn) -> int:
+        buffer = getattr(getattr(app.conn, "config", None), "send_buffer", 0)
+        return max(1, min(APP_WRITE_WAKE, buffer // 4))
 
     def _fail(self, app: AppConn, message: str) -> None:
         self.counters["AppBadRequests"] += 1
