@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from testbed.emu.cleanup import ProcessRecord, RunRecord
+from testbed.emu.cleanup import STATE_DIR, ProcessRecord, RunRecord
 from testbed.errors import TestbedError
 
 if TYPE_CHECKING:  # Mininet is imported only by the tests that emulate (see `emulated`)
@@ -242,3 +242,14 @@ def machine_unchanged() -> Iterator[None]:
     yield
     assert machine_leftovers() == before
 
+
+def left_behind(path: Path, run_id: str | None = None) -> list[str]:
+    """What one test left: processes whose command line names `path`, its own directory
+    (workloads, samplers, tcpdump and stack daemons all write below it), and, given the
+    run's `run_id`, its cleanup record. Other runs on the machine are none of its business."""
+    me = str(os.getpid())
+    found = [f"{pid} {cmdline}" for pid, _, cmdline in _processes()
+             if str(path) in cmdline and pid != me]
+    if run_id is not None and (STATE_DIR / f"{run_id}.json").exists():
+        found.append(f"cleanup record {STATE_DIR / f'{run_id}.json'}")
+    return found

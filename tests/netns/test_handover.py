@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.netns.nsutil import machine_leftovers
+from tests.netns.nsutil import left_behind
 
 TESTBED = [sys.executable, "-m", "testbed.cli"]
 SHORT = ["--link-backend", "userspace", "--seed", "3", "--no-analyze",
@@ -26,7 +26,7 @@ def run_handover(stack: str, out: Path, *sets: str) -> tuple[int, dict[str, Any]
         argv += ["--set", item]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     assert "Traceback" not in result.stderr, result.stderr
-    assert not [line for line in machine_leftovers() if str(out) in line]
+    assert left_behind(out) == []
     return result.returncode, json.loads((out / "summary.json").read_text())
 
 

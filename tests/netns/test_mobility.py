@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.netns.nsutil import machine_leftovers
+from tests.netns.nsutil import left_behind
 
 TESTBED = [sys.executable, "-m", "testbed.cli"]
 REAL_TRACE = Path("/work/shared/traces/Verizon-LTE-short.down")
@@ -27,7 +27,7 @@ def run_mobility(stack: str, out: Path, *sets: str,
         argv += ["--set", item]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     assert "Traceback" not in result.stderr, result.stderr
-    assert not [line for line in machine_leftovers() if str(out) in line]
+    assert left_behind(out) == []
     path = out / "summary.json"
     return result, json.loads(path.read_text()) if path.exists() else {}
 

@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from testbed.emu.cleanup import STATE_DIR
-from tests.netns.nsutil import machine_leftovers
+from tests.netns.nsutil import left_behind
 
 TESTBED = [sys.executable, "-m", "testbed.cli"]
 AP1_LOST_S = 6.0
@@ -28,11 +27,9 @@ def run_walk(stack: str, out: Path) -> tuple[subprocess.CompletedProcess[str], d
                             capture_output=True, text=True, timeout=120, check=False)
     assert "Traceback" not in result.stderr, result.stderr
     summary = json.loads((out / "summary.json").read_text())
-    # Nothing of this run is left: no process mentions its directory, and its cleanup record
-    # is gone. Other runs may share the machine, so only what belongs to this one is checked.
-    assert not [line for line in machine_leftovers() if str(out) in line]
+    # Nothing of this run is left: no process naming its directory, no cleanup record.
     run_id = json.loads((out / "meta.json").read_text())["run_id"]
-    assert not (STATE_DIR / f"{run_id}.json").exists()
+    assert left_behind(out, run_id) == []
     return result, summary
 
 

@@ -18,7 +18,7 @@ import pytest
 from analysis.tshark import read_merged
 from testbed.emu.cleanup import STATE_DIR
 from testbed.emu.links import kernel_has_netem
-from tests.netns.nsutil import machine_leftovers, machine_unchanged
+from tests.netns.nsutil import left_behind, machine_unchanged
 
 TESTBED = [sys.executable, "-m", "testbed.cli"]
 SMALL = ["--set", "size_mib=4", "--link-backend", "userspace", "--seed", "3"]
@@ -131,11 +131,11 @@ def test_kill_9_then_testbed_clean_removes_everything(tmp_path: Path,
     proc.communicate(timeout=10)
     # The workload, samplers and tcpdump outlive their runner (Mininet's shells die with the
     # runner's terminals) and keep the namespaces alive: that is what `testbed clean` is for.
-    assert [line for line in machine_leftovers() if str(out) in line]
+    assert left_behind(out)
     result = run_cli("clean")
     assert result.returncode == 0, result.stderr
     assert "stopped" in result.stdout
-    assert not [line for line in machine_leftovers() if str(out) in line]
+    assert left_behind(out) == []
 
 
 def test_netem_backend_is_refused_where_the_kernel_lacks_it(tmp_path: Path,

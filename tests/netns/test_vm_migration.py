@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from testbed.emu.cleanup import STATE_DIR
-from tests.netns.nsutil import machine_leftovers
+from tests.netns.nsutil import left_behind
 
 TESTBED = [sys.executable, "-m", "testbed.cli"]
 STOP_TIME_S = 0.5
@@ -28,12 +27,9 @@ def run_migration(stack: str, out: Path) -> tuple[subprocess.CompletedProcess[st
                             capture_output=True, text=True, timeout=120, check=False)
     assert "Traceback" not in result.stderr, result.stderr
     summary = json.loads((out / "summary.json").read_text())
-    # Nothing of this run is left: no process mentions its directory (workloads, samplers,
-    # tcpdump), and its cleanup record is gone. Other runs may share the machine, so only
-    # what belongs to this one is checked.
-    assert not [line for line in machine_leftovers() if str(out) in line]
+    # Nothing of this run is left: no process naming its directory, no cleanup record.
     run_id = json.loads((out / "meta.json").read_text())["run_id"]
-    assert not (STATE_DIR / f"{run_id}.json").exists()
+    assert left_behind(out, run_id) == []
     return result, summary
 
 
