@@ -93,7 +93,8 @@ def stack_sample(conn: dict[str, Any], t: float) -> list[SocketSample]:
     for sf in subflows:
         row = _tcp_sample(t, "subflow", _ss_state(sf.get("state")),
                           f"{sf['local_addr']}:{sf['local_port']}",
-                          f"{sf['remote_addr']}:{sf['remote_port']}", sf, congestion)
+                          f"{sf['remote_addr']}:{sf['remote_port']}", sf,
+                          sf.get("congestion") or congestion)
         row.token = token
         # ss's subflow flags: M for the MP_CAPABLE subflow, J for a join, e once established.
         row.mptcp_flags = ("M" if sf.get("initial") else "J") + (

@@ -176,7 +176,10 @@ class Subflow(TcpHooks):
             local_port=self.tcp.local_port, remote_port=self.tcp.remote_port,
             local_id=self.local_id, remote_id=self.remote_id, backup=self.backup,
             peer_backup=self.peer_backup, initial=self.initial, stale=self.stale,
-            fully_established=self.fully_established)
+            fully_established=self.fully_established, congestion=self.tcp.cc.name,
+            # Subflows whose windows this one's controller reads (coupled ones only do).
+            coupled_with=len(self.meta.congestion_group.siblings(self.tcp.cc))
+            if self.meta is not None and self.tcp.cc.group is not None else 0)
         return out
 
     # ------------------------------------------------------------------ TCP hooks
