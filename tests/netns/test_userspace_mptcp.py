@@ -38,7 +38,7 @@ from experiments.runner import Run, RunOptions
 from testbed.emu.linkparams import LinkShaping
 from testbed.emu.nodes import Router
 from testbed.stacks.base import Endpoint
-from testbed.stats import counters_delta, max_established_subflows
+from testbed.stats import counters_delta, max_established_subflows, read_samples
 
 # Not 5201: tshark dissects that port as iperf3 (see test_userspace_interop).
 PORT = 40001
@@ -240,3 +240,38 @@ def test_three_paths_and_an_announced_address(client_stack: str, server_stack: s
     # Joins from the client's second and third addresses, and one to the announced address.
     check_run(out, tmp_path, client_stack, server_stack, subflows=4, announced=True,
               label=f"3 paths+announce:{client_stack}-{server_stack}")
+
+
+# --------------------------------------------------------------------------------------------
+# Choices by name
+
+
+@pytest.mark.parametrize("congestion", ["lia", "olia", "balia"])
+def test_our_subflows_are_coupled_by_name(congestion: str, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "testbed.cli", "run", "aggregate", "--stack", "userspace",
+         "--out", str(out), "--link-backend", "userspace", "--seed", "3", "--no-analyze",
+         "--set", "size_mib=8", "--set", f"port={PORT}", "--set", "capture=false",
+         "--set", f"congestion={congestion}", "--set", f"rate1_mbps={RATE_MBPS}",
+         "--set", f"rate2_mbps={RATE_MBPS}"],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    summary = _json(out / "summary.json")
+    assert summary["sha256_match"] is True and summary["subflows"] == 2
+    rows = read_samples(out / "stats" / "subflows-client.csv")
+    # The controllers the subflows really run, each reading the other's window.
+    assert {row["congestion"] for row in rows if row["kind"] == "subflow"} == {congestion}
+    report = _json(out / "stats" / "stack-client.json")
+    (conn,) = report["connections"] + report["finished"]
+    assert [sf["coupled_with"] for sf in conn["stats"]["subflows"]] == [1, 1]
+
+
+def test_a_name_our_stack_lacks_is_refused_with_the_list(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "testbed.cli", "run", "aggregate", "--stack", "userspace",
+         "--out", str(tmp_path / "run"), "--link-backend", "userspace", "--no-analyze",
+         "--set", "scheduler=redundant", "--set", "size_mib=1"],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode != 0
+    assert "unknown MPTCP scheduler 'redundant'; available: default" in result.stderr
