@@ -275,3 +275,24 @@ def test_a_name_our_stack_lacks_is_refused_with_the_list(tmp_path: Path) -> None
         capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode != 0
     assert "unknown MPTCP scheduler 'redundant'; available: default" in result.stderr
+
+
+@pytest.mark.parametrize(("client_stack", "server_stack"),
+                         [("userspace", "tcp"), ("tcp", "userspace")])
+def test_our_stack_falls_back_to_tcp_against_a_plain_peer(client_stack: str, server_stack: str,
+                                                         tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "testbed.cli", "run", "aggregate", "--client-stack",
+         client_stack, "--server-stack", server_stack, "--out", str(out),
+         "--link-backend", "userspace", "--seed", "3", "--no-analyze", "--set", "size_mib=8",
+         "--set", f"port={PORT}", "--set", "capture=false"],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    summary = _json(out / "summary.json")
+    assert summary["sha256_match"] is True and summary["subflows"] == 1
+    ours = "client" if client_stack == "userspace" else "server"
+    counters = _json(out / "stats" / f"stack-{ours}.json")["counters"]
+    # §3.1: a client seeing no MP_CAPABLE in the SYN/ACK goes on as TCP, and opens no join.
+    assert counters.get("MPCapableFallbackSYNACK", 0) == (1 if ours == "client" else 0)
+    assert counters.get("MPJoinSynTx", 0) == counters.get("MPCapableSYNRX", 0) == 0
