@@ -202,14 +202,14 @@ def test_iface_spec() -> None:
 class _Tcp:
     """A TCP core that records what it is given and sends what it is told to."""
 
-    def __init__(self, out: list[tuple[bytes, bytes, object]]) -> None:
+    def __init__(self, out: list[tuple[bytes, bytes, TcpSegment]]) -> None:
         self.out = out
-        self.received: list[tuple[bytes, bytes, object]] = []
+        self.received: list[tuple[bytes, bytes, TcpSegment]] = []
 
-    def receive(self, src: bytes, dst: bytes, seg: object, now: float) -> None:
+    def receive(self, src: bytes, dst: bytes, seg: TcpSegment, now: float) -> None:
         self.received.append((src, dst, seg))
 
-    def segments_to_send(self, now: float) -> list[tuple[bytes, bytes, object]]:
+    def segments_to_send(self, now: float) -> list[tuple[bytes, bytes, TcpSegment]]:
         out, self.out = self.out, []
         return out
 
