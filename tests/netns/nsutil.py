@@ -16,6 +16,7 @@ import re
 import secrets
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -197,6 +198,23 @@ def emulated(topo: Topo, seed: int, run_prefix: str = "test") -> Iterator[Emulat
     finally:
         emu.stop()
         record.path.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Experiments end to end through `testbed run`
+
+
+def run_experiment(experiment: str, stack: str, out: Path, *args: str,
+                sets: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """`testbed run EXPERIMENT --stack STACK --out OUT ARGS... --set S...`, to its end (two
+    minutes at most); whatever its exit status, it must not have crashed."""
+    argv = [sys.executable, "-m", "testbed.cli", "run", experiment, "--stack", stack,
+            "--out", str(out), *args]
+    for item in sets:
+        argv += ["--set", item]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
 
 
 # --------------------------------------------------------------------------------------------

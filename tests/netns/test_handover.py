@@ -5,27 +5,20 @@ breaks. Timings are not asserted (the machine is shared): only what carried data
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.netns.nsutil import left_behind
+from tests.netns.nsutil import left_behind, run_experiment
 
-TESTBED = [sys.executable, "-m", "testbed.cli"]
 SHORT = ["--link-backend", "userspace", "--seed", "3", "--no-analyze",
          "--set", "duration_s=6", "--set", "fail_at_s=2.5", "--set", "detection_s=0.2",
          "--set", "timeout_s=8"]
 
 
 def run_handover(stack: str, out: Path, *sets: str) -> tuple[int, dict[str, Any]]:
-    argv = [*TESTBED, "run", "handover", "--stack", stack, "--out", str(out), *SHORT]
-    for item in sets:
-        argv += ["--set", item]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-    assert "Traceback" not in result.stderr, result.stderr
+    result = run_experiment("handover", stack, out, *SHORT, sets=sets)
     assert left_behind(out) == []
     return result.returncode, json.loads((out / "summary.json").read_text())
 

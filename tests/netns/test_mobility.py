@@ -6,27 +6,21 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.netns.nsutil import left_behind
+from tests.netns.nsutil import left_behind, run_experiment
 
-TESTBED = [sys.executable, "-m", "testbed.cli"]
 REAL_TRACE = Path("/work/shared/traces/Verizon-LTE-short.down")
 
 
 def run_mobility(stack: str, out: Path, *sets: str,
                  backend: str = "userspace") -> tuple[subprocess.CompletedProcess[str],
                                                       dict[str, Any]]:
-    argv = [*TESTBED, "run", "mobility", "--stack", stack, "--out", str(out),
-            "--link-backend", backend, "--seed", "4", "--no-analyze"]
-    for item in sets:
-        argv += ["--set", item]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-    assert "Traceback" not in result.stderr, result.stderr
+    result = run_experiment("mobility", stack, out, "--link-backend", backend, "--seed", "4",
+                         "--no-analyze", sets=sets)
     assert left_behind(out) == []
     path = out / "summary.json"
     return result, json.loads(path.read_text()) if path.exists() else {}

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from tests.netns.nsutil import left_behind
+from tests.netns.nsutil import left_behind, run_experiment
 
-TESTBED = [sys.executable, "-m", "testbed.cli"]
 AP1_LOST_S = 6.0
 SHORT = ["--link-backend", "userspace", "--seed", "5", "--no-analyze",
          "--set", "n_aps=2", "--set", "duration_s=8", "--set", "timeout_s=8",
@@ -22,10 +20,7 @@ SHORT = ["--link-backend", "userspace", "--seed", "5", "--no-analyze",
 
 
 def run_walk(stack: str, out: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    result = subprocess.run([*TESTBED, "run", "multi-wifi", "--stack", stack,
-                             "--out", str(out), *SHORT],
-                            capture_output=True, text=True, timeout=120, check=False)
-    assert "Traceback" not in result.stderr, result.stderr
+    result = run_experiment("multi-wifi", stack, out, *SHORT)
     summary = json.loads((out / "summary.json").read_text())
     # Nothing of this run is left: no process naming its directory, no cleanup record.
     run_id = json.loads((out / "meta.json").read_text())["run_id"]

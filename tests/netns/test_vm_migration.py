@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from tests.netns.nsutil import left_behind
+from tests.netns.nsutil import left_behind, run_experiment
 
-TESTBED = [sys.executable, "-m", "testbed.cli"]
 STOP_TIME_S = 0.5
 SHORT = ["--link-backend", "userspace", "--seed", "5", "--no-analyze",
          "--set", "duration_s=6", "--set", "migrate_at_s=2", "--set", f"stop_time_s={STOP_TIME_S}",
@@ -22,10 +20,7 @@ SHORT = ["--link-backend", "userspace", "--seed", "5", "--no-analyze",
 
 def run_migration(stack: str, out: Path) -> tuple[subprocess.CompletedProcess[str],
                                                    dict[str, Any]]:
-    result = subprocess.run([*TESTBED, "run", "vm-migration", "--stack", stack,
-                             "--out", str(out), *SHORT],
-                            capture_output=True, text=True, timeout=120, check=False)
-    assert "Traceback" not in result.stderr, result.stderr
+    result = run_experiment("vm-migration", stack, out, *SHORT)
     summary = json.loads((out / "summary.json").read_text())
     # Nothing of this run is left: no process naming its directory, no cleanup record.
     run_id = json.loads((out / "meta.json").read_text())["run_id"]
