@@ -151,6 +151,25 @@ def mptcp_endpoint(host: NsHost, addr: str, *flags: str, dev: str | None = None,
     host.run([*argv, *flags])
 
 
+def mptcp_two_paths(client: NsHost, server: NsHost, client_addrs: Sequence[str],
+                    server_addrs: Sequence[str], ifnames: Sequence[tuple[str, str]],
+                    route_to: str = "default") -> list[str]:
+    """Client and server joined by two veth paths, the i-th named `ifnames[i]` (client's,
+    server's) and addressed `client_addrs[i]`, `server_addrs[i]`, for capturing kernel MPTCP:
+    offloads off, loopbacks up, limits of 2 subflows and 2 accepted addresses, and the
+    client's second address a subflow endpoint, source-routed over path 2 (table 102) towards
+    `route_to`. Returns the client's interfaces."""
+    for (cif, sif), caddr, saddr in zip(ifnames, client_addrs, server_addrs, strict=True):
+        veth_path(client, cif, caddr, server, sif, saddr, offloads=False)
+    for host in (client, server):
+        host.run(["ip", "link", "set", "lo", "up"])
+        mptcp_limits(host, subflows=2, add_addr_accepted=2)
+    client_if2 = ifnames[1][0]
+    source_route(client, client_addrs[1], 102, via=server_addrs[1], dev=client_if2, to=route_to)
+    mptcp_endpoint(client, client_addrs[1], "subflow", dev=client_if2)
+    return [cif for cif, _ in ifnames]
+
+
 @contextmanager
 def tcpdump(host: NsHost, captures: Sequence[tuple[str, Path]], snaplen: int) -> Iterator[None]:
     """TCP captured on each (interface, pcap) of `host` while the block runs.

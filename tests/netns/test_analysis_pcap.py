@@ -20,16 +20,7 @@ import pandas as pd
 import pytest
 
 from analysis import metrics, tshark
-from tests.netns.nsutil import (
-    NsHost,
-    mptcp_endpoint,
-    mptcp_limits,
-    namespaces,
-    reaped,
-    source_route,
-    tcpdump,
-    veth_path,
-)
+from tests.netns.nsutil import mptcp_two_paths, namespaces, reaped, tcpdump
 
 pytestmark = pytest.mark.netns
 
@@ -92,30 +83,15 @@ def _need_root_tools() -> None:
             pytest.skip(f"{tool} not installed")
 
 
-def _setup(client: NsHost, server: NsHost, suffix: str) -> list[str]:
-    """Wire two veth paths between the namespaces; return the client interface names."""
-    client_ifs = []
-    for i, (caddr, saddr) in enumerate(zip(CLIENT_ADDRS, SERVER_ADDRS, strict=True)):
-        cif, sif = f"c{suffix}e{i}", f"s{suffix}e{i}"
-        # Offloads off so every captured frame is one wire segment, as the contract says.
-        veth_path(client, cif, caddr, server, sif, saddr, offloads=False)
-        client_ifs.append(cif)
-    for host in (client, server):
-        host.run(["ip", "link", "set", "lo", "up"])
-        mptcp_limits(host, subflows=2, add_addr_accepted=2)
-    # The join leaves from the second address towards the server's first address, so it must
-    # use path 2 rather than the connected route on path 1.
-    source_route(client, CLIENT_ADDRS[1], 102, via=SERVER_ADDRS[1], dev=client_ifs[1],
-                 to=f"{SERVER_ADDRS[0].rsplit('.', 1)[0]}.0/24")
-    mptcp_endpoint(client, CLIENT_ADDRS[1], "subflow", dev=client_ifs[1])
-    return client_ifs
-
-
 def make_capture(out_dir: Path) -> Iterator[Capture]:
     """Build namespaces, run one kernel MPTCP transfer under tcpdump, yield, then tear down."""
     suffix = str(os.getpid() % 10000)
     with namespaces("client", "server") as (client, server):
-        client_ifs = _setup(client, server, suffix)
+        # Offloads off so every captured frame is one wire segment, as the contract says.
+        client_ifs = mptcp_two_paths(
+            client, server, CLIENT_ADDRS, SERVER_ADDRS,
+            [(f"c{suffix}e{i}", f"s{suffix}e{i}") for i in (0, 1)],
+            route_to=f"{SERVER_ADDRS[0].rsplit('.', 1)[0]}.0/24")
         pcaps = [out_dir / f"client-{ifname}.pcap" for ifname in client_ifs]
         with tcpdump(client, list(zip(client_ifs, pcaps, strict=True)), snaplen=128):
             with reaped(server.popen([sys.executable, "-c", _SERVER_CODE, str(SERVER_PORT)],

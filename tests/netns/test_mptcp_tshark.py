@@ -59,16 +59,7 @@ from testbed.stack.wire.tcp import (
     emit_tcp,
     parse_tcp,
 )
-from tests.netns.nsutil import (
-    NsHost,
-    mptcp_endpoint,
-    mptcp_limits,
-    namespaces,
-    reaped,
-    source_route,
-    tcpdump,
-    veth_path,
-)
+from tests.netns.nsutil import NsHost, mptcp_endpoint, mptcp_two_paths, namespaces, reaped, tcpdump
 
 pytestmark = pytest.mark.netns
 
@@ -118,20 +109,10 @@ print(received, flush=True)
 
 
 def _wire(client: NsHost, server: NsHost) -> list[str]:
-    """Two veth paths, offloads off so every frame is one wire segment; returns the client's
-    interfaces."""
-    client_ifs = []
-    for i, (caddr, saddr) in enumerate(zip(CLIENT_ADDRS, SERVER_ADDRS, strict=True)):
-        cif, sif = f"mpc{i}", f"mps{i}"
-        veth_path(client, cif, caddr, server, sif, saddr, offloads=False)
-        client_ifs.append(cif)
-    for host in (client, server):
-        host.run(["ip", "link", "set", "lo", "up"])
-        mptcp_limits(host, subflows=2, add_addr_accepted=2)
-    # A subflow from the client's second address must leave on path 2 even towards the
-    # server's first address, which the main table reaches over path 1.
-    source_route(client, CLIENT_ADDRS[1], 102, via=SERVER_ADDRS[1], dev=client_ifs[1])
-    mptcp_endpoint(client, CLIENT_ADDRS[1], "subflow", dev=client_ifs[1])
+    """Two veth paths (offloads off so every frame is one wire segment), the server's second
+    address announced; returns the client's interfaces."""
+    client_ifs = mptcp_two_paths(client, server, CLIENT_ADDRS, SERVER_ADDRS,
+                                 [(f"mpc{i}", f"mps{i}") for i in (0, 1)])
     # The server announces its second address: an ADD_ADDR whose HMAC we can check.
     mptcp_endpoint(server, SERVER_ADDRS[1], "signal", id=SIGNAL_ID)
     return client_ifs
