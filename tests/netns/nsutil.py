@@ -2,7 +2,8 @@
 
 Bare namespaces are held by `unshare --net sleep infinity` processes rather than named netns
 files: teardown is killing those processes, and a namespace goes, with its veths, addresses
-and routes, when its last process does. Commands run inside one through nsenter.
+and routes, when its last process does. Commands run inside one through nsenter. Mininet
+emulations (`emulated`) and whole experiments (`run_experiment`) have their helpers here too.
 
 Leftovers are looked for in two scopes: the whole machine (`machine_leftovers`, right on a CI
 machine of its own) and what one test created (`left_behind`, right where other people's runs
@@ -224,7 +225,7 @@ def emulated(topo: Topo, seed: int, run_prefix: str = "test") -> Iterator[Emulat
 
 
 def run_experiment(experiment: str, stack: str, out: Path, *args: str,
-                sets: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+                   sets: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
     """`testbed run EXPERIMENT --stack STACK --out OUT ARGS... --set S...`, to its end (two
     minutes at most); whatever its exit status, it must not have crashed."""
     argv = [sys.executable, "-m", "testbed.cli", "run", experiment, "--stack", stack,
