@@ -164,6 +164,9 @@ def check_kernel_end(out: Path, host: str, role: str, joins: int, announced: boo
             assert delta.get("MPTcpExtAddAddr", 0) >= 1, shown
     for name in KERNEL_ERRORS:
         assert delta.get(name, 0) == 0, (name, shown)
+    print(f"\n  kernel {role}: " + ", ".join(
+        f"{k.removeprefix('MPTcpExt')}={v}" for k, v in sorted(shown.items())
+        if "Join" in k or "Capable" in k or "Add" in k))
 
 
 def check_our_end(out: Path, host: str) -> None:
@@ -180,8 +183,16 @@ def check_capture(out: Path, tmp: Path, subflows: int, announced: bool) -> None:
     assert syns["mp_join"].sum() == subflows - 1
     data = packets[packets["tcp_len"] > 0]
     assert (data["dss"] | data["mp_capable"]).all()
-    # Every data byte mapped: tshark's mapping analysis gives each data segment its DSN.
-    assert data["dsn"].notna().all()
+    # Every data byte mapped: tshark's mapping analysis gives a data segment its DSN, from a
+    # mapping it saw earlier on the subflow or from the segment's own. tshark 4.0 left a
+    # few retransmissions without one (segments whose original the path dropped before the
+    # capture point, though they carry their own mapping), so there the segment's DSS must
+    # cover its bytes itself: ours map each segment on its own.
+    own = ((data["dss_ssn"] <= data["tcp_seq"])
+           & (data["tcp_seq"] + data["tcp_len"] <= data["dss_ssn"] + data["dss_length"]))
+    unmapped = data[~(data["dsn"].notna() | own.fillna(False).astype(bool))]
+    assert unmapped.empty, unmapped[["frame", "tcp_stream", "tcp_seq", "tcp_len"]]
+    assert (data["dsn"].notna() | data["retransmission"]).all()
     assert data["mptcp_stream"].nunique() == 1
     assert data["tcp_stream"].nunique() == subflows
     if announced:
@@ -228,7 +239,7 @@ def test_two_paths(client_stack: str, server_stack: str, tmp_path: Path) -> None
         assert _json(out / "summary.json")["goodput_mbps"] > RATE_MBPS
 
 
-PAIRS3 = PAIRS[:3]
+PAIRS3 = PAIRS
 
 
 @pytest.mark.parametrize(("client_stack", "server_stack"), PAIRS3,
