@@ -50,9 +50,15 @@ class MinimalPathManager(PathManager):
 
     def on_address_announced(self, conn: MptcpConnection, address_id: int, address: bytes,
                              port: int | None, now: float) -> None:
-        if conn.is_client and conn.config.join_announced:
-            conn.open_subflow(conn.local_addr, address, port or conn.remote_port, now,
-                              remote_address_id=address_id)
+        if not (conn.is_client and conn.config.join_announced):
+            return
+        port = port or conn.remote_port
+        # A resent ADD_ADDR (its echo was late) is no reason for a second subflow: Linux's
+        # pm_kernel.c also skips an address it already has a subflow to.
+        if any(sf.tcp.remote_addr == address and sf.tcp.remote_port == port
+               and sf.tcp.local_addr == conn.local_addr for sf in conn.subflows):
+            return
+        conn.open_subflow(conn.local_addr, address, port, now, remote_address_id=address_id)
 
 
 _PATH_MANAGERS: dict[str, type[PathManager]] = {}
