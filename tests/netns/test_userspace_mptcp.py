@@ -307,3 +307,36 @@ def test_our_stack_falls_back_to_tcp_against_a_plain_peer(client_stack: str, ser
     # §3.1: a client seeing no MP_CAPABLE in the SYN/ACK goes on as TCP, and opens no join.
     assert counters.get("MPCapableFallbackSYNACK", 0) == (1 if ours == "client" else 0)
     assert counters.get("MPJoinSynTx", 0) == counters.get("MPCapableSYNRX", 0) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# A backup endpoint
+
+
+@dataclass
+class BackupPath(Aggregate):
+    name = "aggregate-backup"
+    description = "two shaped paths, the second one a backup endpoint"
+
+    def client_endpoints(self) -> list[Endpoint]:
+        return [dataclasses.replace(endpoint, flags=endpoint.flags | {"backup"})
+                for endpoint in super().client_endpoints()]
+
+
+def test_our_client_joins_a_backup_endpoint_as_backup(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    params = AggregateParams(rate1_mbps=RATE_MBPS, rate2_mbps=RATE_MBPS, size_mib=8, port=PORT,
+                             capture_on="router-eth0,router-eth1")
+    Run(BackupPath(params), RunOptions(client_stack="userspace", server_stack="kernel",
+                                       link_backend="userspace", seed=3, out_dir=out)).execute()
+    summary = _json(out / "summary.json")
+    assert summary["sha256_match"] is True and summary["subflows"] == 2
+    packets = read_merged(sorted((out / "pcap").glob("*.pcap")), tmp_path / "fields.csv.gz")
+    join = packets[packets["syn"] & ~packets["ack"] & packets["mp_join"]]
+    assert join["backup"].astype(bool).tolist() == [True]  # RFC 8684 §3.2: the B bit
+    report = _json(out / "stats" / "stack-client.json")
+    (conn,) = report["connections"] + report["finished"]
+    backup = [sf for sf in conn["stats"]["subflows"] if not sf["initial"]]
+    assert [sf["backup"] for sf in backup] == [True]
+    # §3.3.8: no data on a backup while the other subflow works.
+    assert backup[0]["bytes_acked"] == 0
