@@ -64,7 +64,6 @@ from testbed.stack.tcp.connection import TcpConfig
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_IGNORE_OUTGOING = 23  # Linux 4.20: our own transmissions are not looped back to us
-PACKET_QDISC_BYPASS = 20  # Linux 3.14: frames go straight to the driver, as a NIC's would
 SIOCGIFMTU = 0x8921
 FRAMES_PER_WAKEUP = 256  # bound the time one busy interface can keep the others waiting
 APP_CHUNK = 256 * 1024
@@ -86,11 +85,9 @@ def open_packet_socket(ifname: str) -> tuple[socket.socket, bytes, int]:
     try:
         sock.bind((ifname, ETH_P_ALL))
         sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-        # The qdisc layer costs a lock and an enqueue/dequeue per frame in our send() and
-        # shapes nothing here (the link does); a full device queue then shows as ENOBUFS,
-        # which _transmit counts as a dropped frame, as a NIC would drop it.
-        with contextlib.suppress(OSError):
-            sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+        # No PACKET_QDISC_BYPASS, although the qdisc layer costs a lock and an enqueue per
+        # frame: bypassed frames skip the taps, so tcpdump on this host would never see what
+        # our stack sends, and captures are how its packets are checked (by tshark).
         # Large buffers absorb a burst while Python is busy in the TCP core.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)

@@ -364,10 +364,6 @@ def test_linux_connecting_to_a_closed_port_of_ours_is_refused(bench: Bench) -> N
     assert ours["OutRsts"] == 1, ours
 
 
-@pytest.mark.xfail(strict=True, reason="testbed/runtime/daemon.py sends with "
-                   "PACKET_QDISC_BYPASS: packet_direct_xmit skips dev_queue_xmit_nit, so "
-                   "tcpdump on a host running our stack never sees what the stack sends "
-                   "(the runner's pcap/ of such a host holds only received frames)")
 @pytest.mark.parametrize("bench", [pytest.param(("b", "clean"), id="clean")], indirect=True)
 def test_tcpdump_sees_what_our_stack_sends(bench: Bench) -> None:
     capture = start_capture(bench.emu, "b", "b-eth0", bench.tmp / "b-eth0.pcap", snaplen=128)
