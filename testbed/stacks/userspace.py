@@ -147,7 +147,9 @@ class UserspaceStack:
         if not addresses:
             raise TestbedError(f"{host.name}: no IPv4 address to hand to the userspace stack")
         self.control_dir.mkdir(parents=True, exist_ok=True)
-        control = str(self.control_dir / f"{host.name}.sock")
+        # Host names repeat across runs (every topology has a "client"): the preparing
+        # process's pid keeps two runs at the same time apart.
+        control = str(self.control_dir / f"{host.name}-{os.getpid()}.sock")
         pcap = str(self.pcap_dir / f"stack-{host.name}.pcap") if self.pcap_dir else None
         argv = [sys.executable, "-m", "testbed.runtime.daemon", "--control", control,
                 "--seed", str(self.seed), *choices, *endpoint_args(endpoints)]
@@ -160,7 +162,7 @@ class UserspaceStack:
         for address in addresses:
             host.run(["ip", "addr", "del", address.addr, "dev", address.dev])
         # stderr to a file, not a pipe: a long-lived daemon must never block on a full pipe.
-        log = self.control_dir / f"{host.name}.log"
+        log = self.control_dir / f"{host.name}-{os.getpid()}.log"
         try:
             with open(log, "wb") as err:
                 proc = host.popen(argv, stdout=subprocess.PIPE, stderr=err,
