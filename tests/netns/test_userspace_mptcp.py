@@ -11,9 +11,9 @@ Every case moves 100 MB (10^8 bytes) with equal sha256. The kernel end's `nstat`
 the MPTCP handshake and every join on its side (and, with an announcement, the ADD_ADDR and its
 echo) and no MPTCP error counter; its `ss -tiM` rows (the sampler's CSV) show the subflows; our
 end's counters show no error either. Captures are taken on the router's client-side
-interfaces: every subflow crosses exactly one of them, and our daemon sends with
-PACKET_QDISC_BYPASS, which a capture on our own host would not see. tshark, with MPTCP mapping
-analysis, must find no malformed packet and a data sequence number for every data segment.
+interfaces: every subflow crosses exactly one of them whichever stack is at either end, and
+what they hold is what each end had to parse. tshark, with MPTCP mapping analysis, must find
+no malformed packet and a mapping for every data segment.
 
 Goodput is printed for each case next to kernel-kernel (run with -s to see it); no timing is
 asserted except that our stack at both ends beats one path's rate.
