@@ -3,7 +3,8 @@
 Semantics (the same for the netem and the userspace backends): a frame entering a direction is
 first subject to random loss, then joins a FIFO drained at `rate_mbps` that holds at most
 `queue_pkts` frames (tail drop), then spends `delay_ms` (plus jitter) in flight. Jitter never
-reorders frames of one direction.
+reorders frames of one direction; `reorder_pct` does, with netem's meaning: that share of the
+frames leaving the FIFO skip the delay (and jitter), so they overtake the frames in flight.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ class Shaping:
     delay_ms: float = 0.0
     jitter_ms: float = 0.0
     loss_pct: float = 0.0
+    # Share of the frames sent without the delay, overtaking those in flight (netem's "reorder
+    # X%"). They still queue behind the rate. Needs delay_ms > 0: without a delay there is
+    # nothing to overtake, and netem's tc refuses it too.
+    reorder_pct: float = 0.0
     queue_pkts: int | None = None
     # A Mahimahi trace (one line per 1500-byte delivery opportunity, in ms); replaces rate_mbps.
     trace: str | None = None
@@ -50,6 +55,13 @@ class Shaping:
             )
         if not 0 <= self.loss_pct <= 100:
             raise ParameterError(f"loss_pct must be within 0..100, got {self.loss_pct!r}")
+        if not 0 <= self.reorder_pct <= 100:
+            raise ParameterError(f"reorder_pct must be within 0..100, got {self.reorder_pct!r}")
+        if self.reorder_pct and not self.delay_ms:
+            raise ParameterError(
+                "reorder_pct needs delay_ms > 0: reordered frames skip the delay, so without "
+                "one they would overtake nothing"
+            )
         if self.queue_pkts is not None and self.queue_pkts < 1:
             raise ParameterError(f"queue_pkts must be >= 1, got {self.queue_pkts!r}")
         if self.trace is not None and self.rate_mbps is not None:

@@ -6,6 +6,8 @@ queue size, which gives the same order of operations as the userspace shaper for
 delay (a fixed delay commutes with a FIFO rate server). netem is also given a rate far above
 any emulated link: with a rate set, netem schedules each frame after the previous one, so jitter
 never reorders frames (the userspace shaper's rule), at the cost of about a microsecond per frame.
+netem's own reorder sends a frame at once, ahead of the delayed ones, into tbf: like the
+userspace shaper's reordered frame, it skips the delay and still waits for the rate.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ class NetemShaper:
             "delay": round(shaping.delay_ms * 1000),  # microseconds
             "jitter": round(shaping.jitter_ms * 1000),
             "loss": shaping.loss_pct,
+            # A percentage; pyroute2 sets netem's gap to 1 when it is not 0, as tc does, so
+            # that every frame has this chance. 0 on a change turns reordering off (gap 0).
+            "prob_reorder": shaping.reorder_pct,
             "limit": NETEM_LIMIT_PKTS,
             "rate": f"{UNLIMITED_RATE_BITS}bit",
         }

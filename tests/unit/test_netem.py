@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import pytest
+from pyroute2.netlink.rtnl.tcmsg import sched_netem
 
 from testbed.emu.linkparams import Shaping
 from testbed.emu.netem import NETEM_HANDLE, TBF_HANDLE, TBF_PARENT, NetemShaper
@@ -48,6 +49,25 @@ def test_netem_then_tbf_with_the_queue_as_byte_limit() -> None:
     assert tbf["parent"] == TBF_PARENT and tbf["handle"] == TBF_HANDLE
     assert tbf["rate"] == "10000000bit"
     assert tbf["limit"] == 40 * 1514
+
+
+def test_reordering_is_netems_reorder_with_a_gap_of_one() -> None:
+    shaper = NetemShaper("/proc/1/ns/net", "h1-eth0", open_netns=FakeNetNS)
+    shaper.apply(Shaping(rate_mbps=10, delay_ms=5, reorder_pct=2), create=True)
+    netem = FakeNetNS.calls[0][3]
+    assert netem["prob_reorder"] == 2
+    # What pyroute2 makes of it: a reorder attribute with 2% of 2**32 - 1, and gap 1 (every
+    # frame may be reordered), as `tc qdisc ... netem delay 5ms reorder 2%` does.
+    opts = sched_netem.get_parameters(netem)
+    assert opts["gap"] == 1
+    assert ["TCA_NETEM_REORDER", {"prob_reorder": (2**32 - 1) * 2 // 100, "corr_reorder": 0}] \
+        in opts["attrs"]
+    # Without reordering, no reorder attribute and gap 0: a change turns it off.
+    FakeNetNS.calls = []
+    shaper.apply(Shaping(rate_mbps=10, delay_ms=5), create=False)
+    opts = sched_netem.get_parameters(FakeNetNS.calls[0][3])
+    assert opts["gap"] == 0
+    assert not [attr for attr in opts["attrs"] if attr[0] == "TCA_NETEM_REORDER"]
 
 
 def test_a_change_keeps_the_qdiscs_and_changes_them_in_place() -> None:

@@ -58,6 +58,19 @@ def test_shaping_round_trips_and_refuses_unknown_keys() -> None:
         link.direction("up")
 
 
+def test_reordering_is_a_percentage_and_needs_a_delay() -> None:
+    shaping = Shaping(delay_ms=1, reorder_pct=2)
+    assert Shaping.from_dict(shaping.to_dict()) == shaping
+    assert Shaping().reorder_pct == 0
+    for bad in (-1, 101):
+        with pytest.raises(ParameterError, match=r"reorder_pct must be within 0\.\.100"):
+            Shaping(delay_ms=1, reorder_pct=bad)
+    with pytest.raises(ParameterError, match="reorder_pct needs delay_ms > 0"):
+        Shaping(reorder_pct=2)
+    with pytest.raises(ParameterError, match="reorder_pct needs delay_ms > 0"):
+        shaping.with_changes(delay_ms=0)
+
+
 def test_link_events_and_workloads_validate() -> None:
     LinkEvent(at_s=1.0, link="path1", action="down")
     with pytest.raises(ParameterError):

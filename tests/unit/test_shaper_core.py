@@ -125,6 +125,63 @@ def test_delay_and_jitter_bounds_without_reordering() -> None:
     assert all(a <= b for (a, _), (b, _) in itertools.pairwise(out))
 
 
+def test_reorder_fraction_within_binomial_interval() -> None:
+    # No rate: a reordered frame leaves when it arrives, every other one 10 ms later.
+    n, p = 20000, 0.05
+    pipe = Pipe(Shaping(delay_ms=10, loss_pct=10, reorder_pct=p * 100), random.Random(7))
+    sent = {i: i * 1e-4 for i in range(n)}
+    accepted = sum(pipe.offer(frame(i, 64), t) for i, t in sent.items())
+    out = drain(pipe)
+    early = [seq(f) for t, f in out if t == sent[seq(f)]]
+    assert all(t == pytest.approx(sent[seq(f)] + 0.010) for t, f in out if seq(f) not in early)
+    # The share applies to the frames that survived the loss, as in netem.
+    sigma = math.sqrt(accepted * p * (1 - p))
+    assert abs(len(early) - accepted * p) < 2.576 * sigma  # 99%, normal approximation
+    assert pipe.counters.reordered == len(early)
+    assert len(out) == pipe.counters.frames_out == accepted
+    assert conserved(pipe.counters, pipe.in_pipe)
+
+
+def test_reordered_frame_overtakes_frames_in_flight_but_queues_behind_the_rate() -> None:
+    # 8 Mbit/s: 1 ms per 1000-byte frame, then 10 ms of delay.
+    in_order = Shaping(rate_mbps=8, delay_ms=10, queue_pkts=100)
+    pipe = Pipe(in_order, random.Random(1))
+    for n in range(5):
+        pipe.offer(frame(n), 0.0)
+    pipe.set_shaping(in_order.with_changes(reorder_pct=100), 0.0)
+    pipe.offer(frame(5), 0.0)  # leaves the FIFO at 6 ms and skips the delay
+    pipe.offer(frame(6), 0.0)  # 7 ms: behind frame 5, never before it
+    pipe.set_shaping(in_order, 0.0)
+    pipe.offer(frame(7), 0.0)
+    out = drain(pipe)
+    assert [seq(f) for _, f in out] == [5, 6, 0, 1, 2, 3, 4, 7]
+    assert [t for t, _ in out] == pytest.approx(
+        [0.006, 0.007, 0.011, 0.012, 0.013, 0.014, 0.015, 0.018])
+    assert pipe.counters.reordered == 2
+    # Taking the link down loses reordered frames like the others.
+    pipe.set_shaping(in_order.with_changes(reorder_pct=100), 1.0)
+    pipe.offer(frame(8), 1.0)
+    pipe.set_down(True, 1.0)
+    assert pipe.next_deadline() is None and pipe.counters.dropped_down == 1
+    assert conserved(pipe.counters, pipe.in_pipe)
+
+
+def test_no_reordering_draws_nothing_from_the_generator() -> None:
+    """At reorder_pct 0 the pipe consumes its generator as before: one draw for the loss of
+    each frame and one for the jitter of each accepted one, so seeded runs are unchanged."""
+    rng, reference = random.Random(9), random.Random(9)
+    pipe = Pipe(Shaping(delay_ms=20, jitter_ms=5, loss_pct=10, reorder_pct=0), rng)
+    for n in range(1000):
+        accepted = pipe.offer(frame(n, 100), n * 0.001)
+        assert accepted == (reference.random() >= 0.1)
+        if accepted:
+            reference.random()
+    assert rng.getstate() == reference.getstate()
+    out = drain(pipe)
+    assert [seq(f) for _, f in out] == sorted(seq(f) for _, f in out)
+    assert pipe.counters.reordered == 0
+
+
 def test_parameter_change_keeps_queued_frames_and_their_schedule() -> None:
     pipe = Pipe(Shaping(rate_mbps=8, delay_ms=10, queue_pkts=100), random.Random(1))
     for n in range(5):
@@ -321,3 +378,47 @@ def test_frames_leave_in_order_and_never_early(
     assert delivered == accepted
     assert conserved(pipe.counters, pipe.in_pipe)
     assert pipe.counters.max_backlog_pkts <= queue
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    gaps=st.lists(st.floats(0, 0.005), min_size=1, max_size=80),
+    delay_ms=st.floats(1, 50),
+    jitter_frac=st.floats(0, 0.5),
+    reorder_pct=st.floats(0, 100),
+    seed=st.integers(0, 2**32),
+)
+def test_only_reordered_frames_overtake_and_they_skip_the_delay(
+    gaps: list[float], delay_ms: float, jitter_frac: float, reorder_pct: float, seed: int
+) -> None:
+    """Without a rate a frame leaves the FIFO on arrival, so a reordered frame is due at its
+    arrival and every other one at least delay - jitter (> 0) later: popping each frame at its
+    deadline, between arrivals, tells the two kinds apart by their delivery time alone."""
+    shaping = Shaping(delay_ms=delay_ms, jitter_ms=delay_ms * jitter_frac,
+                      reorder_pct=reorder_pct, queue_pkts=1000)
+    pipe = Pipe(shaping, random.Random(seed))
+    min_delay = (shaping.delay_ms - shaping.jitter_ms) / 1000
+    offered_at: dict[int, float] = {}
+    delivered: list[tuple[float, int]] = []
+
+    def pop_until(limit: float) -> None:
+        while (deadline := pipe.next_deadline()) is not None and deadline <= limit:
+            delivered.extend((deadline, seq(f)) for f in pipe.pop_due(deadline))
+
+    now = 0.0
+    for n, gap in enumerate(gaps):
+        now += gap
+        pop_until(now)
+        offered_at[n] = now
+        assert pipe.offer(frame(n, 100), now)
+    pop_until(math.inf)
+    assert sorted(n for _, n in delivered) == list(offered_at)
+    assert all(a <= b for (a, _), (b, _) in itertools.pairwise(delivered))
+    reordered = [n for t, n in delivered if t == offered_at[n]]
+    delayed = [n for t, n in delivered if t != offered_at[n]]
+    assert all(t >= offered_at[n] + min_delay - 1e-9 for t, n in delivered if n in delayed)
+    assert len(reordered) == pipe.counters.reordered
+    # Each kind keeps its own order; only reordered frames overtake.
+    assert reordered == sorted(reordered) and delayed == sorted(delayed)
+    if reorder_pct == 0:
+        assert reordered == []

@@ -1,12 +1,15 @@
 """One direction of an emulated link as a sans-I/O model: loss, a FIFO drained at a rate or by
-a Mahimahi trace with tail drop, then delay with jitter that never reorders. The caller owns the
-clock (every entry point takes `now`, seconds) and the randomness (a seeded `random.Random`).
+a Mahimahi trace with tail drop, then delay with jitter that never reorders, except for the
+share of frames that netem's "reorder" sends without the delay. The caller owns the clock
+(every entry point takes `now`, seconds) and the randomness (a seeded `random.Random`).
 
 Because the FIFO is drained by a deterministic server (a constant rate or a fixed trace of
 delivery opportunities), a frame's departure time is fully known when it arrives. The model
-therefore computes each frame's whole schedule on arrival and keeps a single FIFO of
+therefore computes each frame's whole schedule on arrival and keeps it in a FIFO of
 `(deliver_at, frame)`: changing parameters only affects later arrivals and can never flush or
-reschedule what is already in the pipe.
+reschedule what is already in the pipe. Reordered frames are delivered at their departure from
+the rate FIFO, which never decreases either, so they get a FIFO of their own and delivery
+merges the two.
 """
 
 from __future__ import annotations
@@ -88,6 +91,8 @@ class PipeCounters:
     dropped_loss: int = 0
     dropped_queue: int = 0
     dropped_down: int = 0
+    # Frames sent without the delay (reorder_pct); each overtakes whatever was in flight.
+    reordered: int = 0
     max_backlog_pkts: int = 0
     # How late frames left relative to their schedule, as seen by the caller's `now` (negative
     # when released slightly early to centre the timer error). Tells whether the emulator kept
@@ -171,6 +176,8 @@ class Pipe:
         self._down = False
         # (deliver_at, frame) in delivery order; deliver_at never decreases along the deque.
         self._flight: deque[tuple[float, bytes]] = deque()
+        # The same for reordered frames, which skip the delay and overtake `_flight`.
+        self._overtaking: deque[tuple[float, bytes]] = deque()
         # Departure times from the FIFO of the frames still in it (for the tail-drop limit).
         self._queue_departures: deque[float] = deque()
         self._link_free_at = now
@@ -203,6 +210,7 @@ class Pipe:
         self._trace_server = server
         self._shaping = shaping
         self._loss = shaping.loss_pct / 100
+        self._reorder = shaping.reorder_pct / 100
         self._bytes_per_s = None if shaping.rate_mbps is None else shaping.rate_mbps * 1e6 / 8
         self._delay = shaping.delay_ms / 1000
         self._jitter = shaping.jitter_ms / 1000
@@ -216,9 +224,9 @@ class Pipe:
     def set_down(self, down: bool, now: float) -> None:
         """Take the link down (every frame in the pipe is lost, arrivals are dropped) or up."""
         if down and not self._down:
-            dropped = len(self._flight)
-            self.counters.dropped_down += dropped
+            self.counters.dropped_down += self.in_pipe
             self._flight.clear()
+            self._overtaking.clear()
             self._queue_departures.clear()
             # The lost frames no longer occupy the server or the wire.
             self._link_free_at = now
@@ -260,13 +268,19 @@ class Pipe:
             queue.append(departs)
             if len(queue) > c.max_backlog_pkts:
                 c.max_backlog_pkts = len(queue)
+        if self._reorder and self._rng.random() < self._reorder:
+            # netem's reorder: sent at once, ahead of the frames in flight. It never waits for
+            # an earlier reordered frame either, since departures keep the FIFO's order.
+            c.reordered += 1
+            self._overtaking.append((departs, frame))
+            return True
         deliver_at = departs + self._delay
         if self._jitter:
             # Uniform jitter around the delay (netem's default without a distribution table);
             # delay >= jitter is validated, so the sample is never negative.
             deliver_at += self._rng.uniform(-self._jitter, self._jitter)
-        # No reordering within a direction: a frame never overtakes the one before it (this
-        # also holds when a smaller delay is set while frames are still in flight).
+        # Jitter never reorders: a delayed frame never overtakes the delayed one before it
+        # (this also holds when a smaller delay is set while frames are still in flight).
         if deliver_at < self._last_deliver_at:
             deliver_at = self._last_deliver_at
         self._last_deliver_at = deliver_at
@@ -275,22 +289,37 @@ class Pipe:
 
     def next_deadline(self) -> float | None:
         """When the next frame is due, or None when the pipe is empty."""
-        return self._flight[0][0] if self._flight else None
+        flight, overtaking = self._flight, self._overtaking
+        if not overtaking:
+            return flight[0][0] if flight else None
+        if not flight:
+            return overtaking[0][0]
+        return min(flight[0][0], overtaking[0][0])
 
     def pop_due(self, now: float, early: float = 0.0) -> list[bytes]:
-        """Frames due by `now + early`, in order. `early` lets a caller whose timer has a coarse
+        """Frames due by `now + early`, in due order. `early` lets a caller whose timer has a coarse
         grain release frames due within half a grain, centring the error on zero."""
-        flight = self._flight
-        if not flight or flight[0][0] > now + early:
-            return []
-        c = self.counters
         limit = now + early
+        deadline = self.next_deadline()
+        if deadline is None or deadline > limit:
+            return []
+        flight, overtaking = self._flight, self._overtaking
+        c = self.counters
         out: list[bytes] = []
         lateness_sum = 0.0
         lateness_max = c.lateness_max_s
         nbytes = 0
-        while flight and flight[0][0] <= limit:
-            deliver_at, frame = flight.popleft()
+        while True:
+            # Merge the two FIFOs by due time; on a tie the delayed frame, sent earlier, goes
+            # first.
+            if flight and flight[0][0] <= limit and not (
+                overtaking and overtaking[0][0] < flight[0][0]
+            ):
+                deliver_at, frame = flight.popleft()
+            elif overtaking and overtaking[0][0] <= limit:
+                deliver_at, frame = overtaking.popleft()
+            else:
+                break
             late = now - deliver_at
             lateness_sum += late
             if late > lateness_max:
@@ -320,4 +349,4 @@ class Pipe:
     @property
     def in_pipe(self) -> int:
         """Frames accepted and not yet popped (queued or in flight)."""
-        return len(self._flight)
+        return len(self._flight) + len(self._overtaking)
