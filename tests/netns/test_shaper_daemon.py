@@ -143,6 +143,23 @@ def test_loss_is_roughly_the_configured_fraction(pair: Pair) -> None:
     assert a2b["dropped_loss"] > 0
 
 
+def test_reordered_frames_skip_the_delay(pair: Pair) -> None:
+    # Echo requests (a2b) take 10 ms, or none at all when reordered; replies always take 10.
+    connect(pair, LinkShaping(Shaping(delay_ms=10, reorder_pct=50), Shaping(delay_ms=10)))
+    ping(pair.a, ADDR_B, 5)
+    before = pair.shaper.stats()["links"]["l0"]["a2b"]["reordered"]
+    result = ping(pair.a, ADDR_B, 200, interval=0.005)
+    reordered = pair.shaper.stats()["links"]["l0"]["a2b"]["reordered"] - before
+    assert result.received == result.sent
+    # Lower bounds only (the machine is shared): a request that kept its delay cannot come
+    # back under 20 ms, so every short round trip was a reordered request (ARP frames may be
+    # reordered too); 50% of 200 has sigma 3.5%: 30..70% is beyond 5 sigma either way.
+    short = [rtt for rtt in result.rtts_ms if rtt < 19]
+    assert min(result.rtts_ms) >= 9, short
+    assert len(short) <= reordered
+    assert 0.3 <= len(short) / len(result.rtts_ms) <= 0.7, len(short)
+
+
 def test_set_takes_effect(pair: Pair) -> None:
     connect(pair, LinkShaping.symmetric(delay_ms=2))
     ping(pair.a, ADDR_B, 3)
