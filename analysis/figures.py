@@ -45,11 +45,11 @@ _RC: Any = {
 }
 
 
-def _new_figure(width: float = 7.0, height: float = 3.8, ncols: int = 1) -> tuple[Figure,
-                                                                                  list[Axes]]:
+def _new_figure(width: float = 7.0, height: float = 3.8, ncols: int = 1,
+                nrows: int = 1) -> tuple[Figure, list[Axes]]:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(nrows * ncols)]
     for ax in axes:
         ax.grid(True, color="0.88", linewidth=0.8)
         ax.set_axisbelow(True)
@@ -375,10 +375,14 @@ def plot_comparison(runs: pd.DataFrame, base: Path, title: str = "Goodput by sta
     if not references:
         markers[["rate_sum_mbps", "best_path_mbps"]] = math.nan
     has_bound = bool(markers["bound_s"].notna().any()) and "duration_s" in runs
-    # Wide enough for the legend's four columns above two panels, and 1.25 in per case.
-    width = max(10.5 if has_bound else 6.5, 1.6 + 1.25 * len(cases) * (2 if has_bound else 1))
+    # Wide enough for the legend's four columns above two panels, and 1.25 in per case; past
+    # a few cases side-by-side panels would squeeze the case labels, so they are stacked.
+    stacked = has_bound and len(cases) > 5
+    per_row = 1 if stacked else (2 if has_bound else 1)
+    width = max(10.5 if has_bound else 6.5, 1.6 + 1.25 * len(cases) * per_row)
     with sns.axes_style("whitegrid"), mpl.rc_context(_RC):
-        fig, axes = _new_figure(width=min(width, 16.0), height=4.6, ncols=2 if has_bound else 1)
+        fig, axes = _new_figure(width=min(width, 18.0), height=9.0 if stacked else 4.6,
+                                ncols=1 if stacked else per_row, nrows=2 if stacked else 1)
         ax = axes[0]
         gbars = bar_table(runs, "goodput_mbps") if not runs.empty else bar_table(
             pd.DataFrame(columns=["case", "stack", "goodput_mbps"]), "goodput_mbps")
