@@ -347,7 +347,7 @@ def test_register_a_new_controller() -> None:
     finally:
         from testbed.stack.tcp import congestion
 
-        del congestion._REGISTRY["fixed-test"]
+        congestion._REGISTRY.unregister("fixed-test")
     with pytest.raises(ParameterError):
         register_congestion_control("", Fixed)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING, ClassVar
 
-from testbed.errors import ParameterError
+from testbed.stack.registry import Registry
 
 if TYPE_CHECKING:
     from testbed.stack.mptcp.connection import MptcpConnection
@@ -61,24 +61,10 @@ class MinimalPathManager(PathManager):
         conn.open_subflow(conn.local_addr, address, port, now, remote_address_id=address_id)
 
 
-_PATH_MANAGERS: dict[str, type[PathManager]] = {}
-
-
-def register_path_manager(name: str, cls: type[PathManager]) -> None:
-    """Make `cls` selectable as `name`; registering a name again replaces it."""
-    _PATH_MANAGERS[name] = cls
-
-
-def get_path_manager(name: str) -> type[PathManager]:
-    try:
-        return _PATH_MANAGERS[name]
-    except KeyError:
-        raise ParameterError(f"unknown MPTCP path manager {name!r}; "
-                             f"available: {', '.join(sorted(_PATH_MANAGERS))}") from None
-
-
-def available_path_managers() -> list[str]:
-    return sorted(_PATH_MANAGERS)
+_PATH_MANAGERS: Registry[type[PathManager]] = Registry("MPTCP path manager")
+register_path_manager = _PATH_MANAGERS.register
+get_path_manager = _PATH_MANAGERS.get
+available_path_managers = _PATH_MANAGERS.names
 
 
 def ip(addr: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

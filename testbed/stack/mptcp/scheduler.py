@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from testbed.errors import ParameterError
+from testbed.stack.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -50,24 +50,10 @@ class LowestRttScheduler(Scheduler):
         return min(ready, key=lambda c: (c.srtt is None, c.srtt or 0.0, c.subflow_id))
 
 
-_SCHEDULERS: dict[str, type[Scheduler]] = {}
-
-
-def register_scheduler(name: str, cls: type[Scheduler]) -> None:
-    """Make `cls` selectable as `name`; registering a name again replaces it."""
-    _SCHEDULERS[name] = cls
-
-
-def get_scheduler(name: str) -> type[Scheduler]:
-    try:
-        return _SCHEDULERS[name]
-    except KeyError:
-        raise ParameterError(f"unknown MPTCP scheduler {name!r}; "
-                             f"available: {', '.join(sorted(_SCHEDULERS))}") from None
-
-
-def available_schedulers() -> list[str]:
-    return sorted(_SCHEDULERS)
+_SCHEDULERS: Registry[type[Scheduler]] = Registry("MPTCP scheduler")
+register_scheduler = _SCHEDULERS.register
+get_scheduler = _SCHEDULERS.get
+available_schedulers = _SCHEDULERS.names
 
 
 register_scheduler(LowestRttScheduler.name, LowestRttScheduler)

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Final
 
 from testbed.errors import ParameterError
+from testbed.stack.registry import Registry
 from testbed.stack.tcp.rtt import RttEstimator
 
 # Linux's TCP_INFINITE_SSTHRESH: "infinite" while still an int that compares with windows.
@@ -373,26 +374,10 @@ class CongestionGroup:
         return [view for view in self._members if not view.is_for(controller)]
 
 
-_REGISTRY: dict[str, type[CongestionControl]] = {}
-
-
-def register_congestion_control(name: str, cls: type[CongestionControl]) -> None:
-    """Make `cls` selectable as `name`; registering a name again replaces it."""
-    if not name:
-        raise ParameterError("a congestion control needs a non-empty name")
-    _REGISTRY[name] = cls
-
-
-def get_congestion_control(name: str) -> type[CongestionControl]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(available_congestion_controls())
-        raise ParameterError(f"unknown congestion control {name!r}; available: {known}") from None
-
-
-def available_congestion_controls() -> list[str]:
-    return sorted(_REGISTRY)
+_REGISTRY: Registry[type[CongestionControl]] = Registry("congestion control")
+register_congestion_control = _REGISTRY.register
+get_congestion_control = _REGISTRY.get
+available_congestion_controls = _REGISTRY.names
 
 
 register_congestion_control(Reno.name, Reno)
