@@ -168,7 +168,9 @@ def clean_stale(force: bool = False) -> list[str]:
 
 @contextlib.contextmanager
 def signals_as_keyboard_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP end a run like Ctrl-C, so the same cleanup runs and results are kept.
+    """SIGINT, SIGTERM and SIGHUP end a run like Ctrl-C, so the same cleanup runs and results
+    are kept. SIGINT is set explicitly: a process started in the background by a
+    non-interactive shell inherits it ignored, and Python then never raises KeyboardInterrupt.
 
     Only in this process: a forked copy of it (a library's helper) inherits the handler, and
     raising there would run our cleanup in the copy; the copy dies of the signal as it would
@@ -183,7 +185,8 @@ def signals_as_keyboard_interrupt() -> Iterator[None]:
             return
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    previous = {sig: signal.signal(sig, raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {sig: signal.signal(sig, raise_interrupt)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
