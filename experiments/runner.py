@@ -226,7 +226,10 @@ class Run:
             release = getattr(drivers[name], "release", None)
             if release is not None:
                 try:
-                    release(emu.recorded(name), prep)
+                    if control:  # our stack's daemon log joins the run's statistics
+                        release(emu.recorded(name), prep, keep_log_in=self.run_dir / "stats")
+                    else:
+                        release(emu.recorded(name), prep)
                 except TestbedError as exc:
                     self.errors.append(f"releasing the stack of {name}: {exc}")
 

@@ -15,6 +15,7 @@ import contextlib
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,6 +59,7 @@ class HostAddress:
 @dataclass(frozen=True)
 class UserspacePreparedHost(PreparedHost):
     control_path: str = ""
+    log_path: str = ""
     daemon_pid: int = 0
     pcap: str | None = None
     addresses: tuple[HostAddress, ...] = field(default_factory=tuple)
@@ -182,15 +184,22 @@ class UserspaceStack:
         return UserspacePreparedHost(
             host=host.name, stack=self.name, workload_proto=self.workload_proto,
             congestion=config.congestion, notes=notes, control_path=control,
-            daemon_pid=proc.pid, pcap=pcap, addresses=tuple(addresses),
+            log_path=str(log), daemon_pid=proc.pid, pcap=pcap, addresses=tuple(addresses),
         )
 
     def release(self, host: HostExec, prepared: UserspacePreparedHost,
-                timeout: float = 5.0) -> None:
-        """Stop the daemon (SIGTERM, then SIGKILL) and give the addresses back."""
+                timeout: float = 5.0, keep_log_in: Path | None = None) -> None:
+        """Stop the daemon (SIGTERM, then SIGKILL) and give the addresses back; the daemon's
+        log moves to `keep_log_in` (a run's stats/) or is removed with the control socket."""
         stop_process(prepared.daemon_pid, timeout)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(prepared.control_path)
+        if prepared.log_path:
+            with contextlib.suppress(FileNotFoundError):
+                if keep_log_in is not None:
+                    shutil.move(prepared.log_path, keep_log_in / f"stack-{host.name}.log")
+                else:
+                    os.unlink(prepared.log_path)
         _restore(host, prepared.addresses)
 
 
