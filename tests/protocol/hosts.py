@@ -7,6 +7,7 @@ import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from testbed.stack.tcp.connection import TcpConfig, TcpConnection
 from testbed.stack.tcp.hooks import TcpHooks
@@ -29,7 +30,28 @@ class HostDrops:
     not_for_us: int = 0
 
 
-class TcpHost:
+class StackEndpoint:
+    """The half of netsim's Endpoint that any stack driven like TcpStack shares: apps step,
+    then the stack's segments go out as IPv4; timers go straight to the stack."""
+
+    stack: Any
+    apps: list[Any]
+
+    def packets_to_send(self, now: float) -> list[bytes]:
+        for app in self.apps:
+            app.step(self, now)
+        return [emit_ipv4(Ipv4Packet(src, dst, PROTO_TCP, emit_tcp(seg, src, dst)))
+                for src, dst, seg in self.stack.segments_to_send(now)]
+
+    def next_timer(self) -> float | None:
+        next_timer: float | None = self.stack.next_timer()
+        return next_timer
+
+    def handle_timer(self, now: float) -> None:
+        self.stack.handle_timer(now)
+
+
+class TcpHost(StackEndpoint):
     """Implements netsim's Endpoint over one TcpStack with one IPv4 address."""
 
     def __init__(self, name: str, addr: bytes, *, seed: int, config: TcpConfig | None = None,
@@ -63,17 +85,6 @@ class TcpHost:
             return
         self.stack.receive(ip.src, ip.dst, seg, now)
 
-    def packets_to_send(self, now: float) -> list[bytes]:
-        for app in self.apps:
-            app.step(self, now)
-        return [emit_ipv4(Ipv4Packet(src, dst, PROTO_TCP, emit_tcp(seg, src, dst)))
-                for src, dst, seg in self.stack.segments_to_send(now)]
-
-    def next_timer(self) -> float | None:
-        return self.stack.next_timer()
-
-    def handle_timer(self, now: float) -> None:
-        self.stack.handle_timer(now)
 
 
 @dataclass

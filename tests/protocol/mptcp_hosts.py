@@ -13,9 +13,9 @@ from testbed.stack.mptcp.connection import MptcpConfig, MptcpConnection
 from testbed.stack.mptcp.stack import MptcpListener, MptcpStack
 from testbed.stack.tcp.connection import TcpConfig
 from testbed.stack.wire.errors import ParseError
-from testbed.stack.wire.ipv4 import PROTO_TCP, Ipv4Packet, emit_ipv4, parse_ipv4
-from testbed.stack.wire.tcp import emit_tcp, parse_tcp
-from tests.protocol.hosts import HostDrops
+from testbed.stack.wire.ipv4 import PROTO_TCP, parse_ipv4
+from testbed.stack.wire.tcp import parse_tcp
+from tests.protocol.hosts import HostDrops, StackEndpoint
 
 
 class MptcpApp:
@@ -23,7 +23,7 @@ class MptcpApp:
         raise NotImplementedError
 
 
-class MptcpHost:
+class MptcpHost(StackEndpoint):
     """Implements netsim's Endpoint over one MptcpStack with one address per path."""
 
     def __init__(self, name: str, addrs: list[bytes], *, seed: int,
@@ -52,17 +52,6 @@ class MptcpHost:
             return
         self.stack.receive(ip.src, ip.dst, seg, now)
 
-    def packets_to_send(self, now: float) -> list[bytes]:
-        for app in self.apps:
-            app.step(self, now)
-        return [emit_ipv4(Ipv4Packet(src, dst, PROTO_TCP, emit_tcp(seg, src, dst)))
-                for src, dst, seg in self.stack.segments_to_send(now)]
-
-    def next_timer(self) -> float | None:
-        return self.stack.next_timer()
-
-    def handle_timer(self, now: float) -> None:
-        self.stack.handle_timer(now)
 
 
 def route_by_address(paths: dict[bytes, str]) -> Callable[[str, bytes], str]:
