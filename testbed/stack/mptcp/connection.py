@@ -87,7 +87,11 @@ class MptcpConfig:
     announce_addrs: tuple[bytes, ...] = ()  # server: ADD_ADDR for each
     join_announced: bool = True  # client: join the addresses the server announces
     send_buffer: int = 4 << 20
-    receive_buffer: int = 4 << 20
+    # The connection-level receive buffer (§3.3.4: one window for all subflows) starts at
+    # `receive_buffer` and auto-tuning grows it up to `receive_buffer_max` (Linux: tcp_rmem's
+    # default and max, through mptcp_rcv_space_adjust); equal values fix it.
+    receive_buffer: int = 128 << 10
+    receive_buffer_max: int = 6 << 20
     stale_rto_count: int = 4  # Linux's net.mptcp.stale_loss_cnt
     add_addr_timeout_s: float = 2.0  # resend an unechoed ADD_ADDR (Linux: 120 s)
     add_addr_retries: int = 3
@@ -379,7 +383,13 @@ class MptcpConnection:
         # Receive side.
         self.rcv_nxt = 1
         self._rcv_buf = bytearray()
-        self._reasm = Reassembly(config.receive_buffer, 4096)
+        self._rcv_cap = config.receive_buffer
+        self._reasm = Reassembly(max(config.receive_buffer, config.receive_buffer_max), 4096)
+        self._rcv_space_start = now  # auto-tuning: when the current measurement began ...
+        self._rcv_space_seq: int | None = None  # ... and rcv_nxt then
+        # What one RTT brought at the last measurement (Linux's rcvq_space.space), first
+        # what ten segments would.
+        self._rcv_space = min(config.receive_buffer, 10 * 1460)
         self._rcv_fin_seq: int | None = None
         self._fin_received = False
         self._adv_window = config.receive_buffer
@@ -448,8 +458,8 @@ class MptcpConnection:
         out = bytes(self._rcv_buf[:max_bytes])
         del self._rcv_buf[:max_bytes]
         # §3.3.4: the window is the connection's; tell the peer when it opened usefully.
-        free = self.config.receive_buffer - len(self._rcv_buf) - self._reasm.buffered
-        if free - self._adv_window >= min(self.config.receive_buffer // 2, 128 << 10):
+        free = self._rcv_cap - len(self._rcv_buf) - self._reasm.buffered
+        if free - self._adv_window >= min(self._rcv_cap // 2, 128 << 10):
             best = self._best_subflow()
             if best is not None:
                 best.tcp.request_ack()
@@ -494,6 +504,7 @@ class MptcpConnection:
             "rcv_nxt": self.rcv_nxt,
             "send_queue": len(self._snd_buf),
             "receive_queue": len(self._rcv_buf),
+            "receive_buffer": self._rcv_cap,
             "bytes_sent": c.bytes_sent,
             "bytes_reinjected": c.bytes_reinjected,
             "bytes_acked": c.bytes_acked,
@@ -932,6 +943,7 @@ class MptcpConnection:
                     self._rcv_buf += more
                     self.rcv_nxt = dsn_add(self.rcv_nxt, len(more))
                     self.counters.bytes_received += len(more)
+            self._autotune()
         else:
             self._reasm.insert(data_seq & _MASK32, data, self.rcv_nxt & _MASK32)
 
@@ -947,9 +959,45 @@ class MptcpConnection:
 
     def receive_window(self) -> int:
         """§3.3.4: the connection's window, announced on every subflow."""
-        free = self.config.receive_buffer - len(self._rcv_buf) - self._reasm.buffered
+        free = self._rcv_cap - len(self._rcv_buf) - self._reasm.buffered
         self._adv_window = max(0, free)
         return self._adv_window
+
+    @property
+    def receive_buffer_size(self) -> int:
+        """The connection-level receive buffer now (auto-tuning grows it)."""
+        return self._rcv_cap
+
+    def _autotune(self) -> None:
+        """Grow the receive buffer to twice what the connection received in the longest RTT
+        among its subflows (Linux's mptcp_rcv_space_adjust): all subflows fill one window,
+        and data sent on the fastest path waits for the slowest one's in reassembly, so the
+        connection needs the sum of the path rates times the largest RTT; twice that lets
+        the senders grow their windows through slow start without the receiver limiting
+        them. The buffer never shrinks."""
+        if self._rcv_cap >= self.config.receive_buffer_max:
+            return
+        now = self._now
+        if self._rcv_space_seq is None:
+            self._rcv_space_start, self._rcv_space_seq = now, self.rcv_nxt
+            return
+        rtts = [rtt for sf in self.subflows
+                if (rtt := sf.tcp.rtt.srtt or sf.tcp.receive_rtt) is not None]
+        if not rtts or now - self._rcv_space_start < max(rtts):
+            return
+        got = dsn_diff(self.rcv_nxt, self._rcv_space_seq)
+        if got > self._rcv_space:
+            # Linux's arithmetic: twice this RTT's bytes plus 16 segments, and as much again
+            # for each doubling since the last measurement (a sender still in slow start).
+            mss = max(sf.tcp.eff_mss for sf in self.subflows)
+            want = 2 * got + 16 * mss
+            want += 2 * (want * (got - self._rcv_space) // self._rcv_space)
+            self._rcv_space = got
+            want = min(self.config.receive_buffer_max, want)
+            if want > self._rcv_cap:
+                self._rcv_cap = want
+                self.stack._count("MPTCPRcvBufGrow")
+        self._rcv_space_start, self._rcv_space_seq = now, self.rcv_nxt
 
     def dss_for_ack(self, sf: Subflow) -> Dss:
         fin = self._data_fin_seq

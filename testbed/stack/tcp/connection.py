@@ -281,6 +281,12 @@ class TcpConnection:
     def receive_buffer_size(self) -> int:
         return self._rcv_cap
 
+    @property
+    def receive_rtt(self) -> float | None:
+        """The receiver's own RTT estimate (from timestamp echoes, else the time a window
+        takes to arrive), for a side that sends no data to measure one with."""
+        return self._rtt_rcv
+
     def stats(self) -> dict[str, float | int | str | None]:
         c = self.counters
         srtt = self.rtt.srtt
