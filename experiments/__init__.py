@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from experiments.aggregate import Aggregate
 from experiments.handover import Handover
+from experiments.middlebox import Middlebox
 from experiments.mobility import Mobility
 from experiments.multi_wifi import MultiWifi
 from experiments.scenario import Scenario
@@ -12,7 +13,7 @@ from testbed.errors import ParameterError
 
 SCENARIOS: dict[str, type[Scenario]] = {cls.name: cls for cls in (Aggregate, VmMigration,
                                                                       MultiWifi, Handover,
-                                                                      Mobility)}
+                                                                      Mobility, Middlebox)}
 
 
 def get_scenario(name: str) -> type[Scenario]:

@@ -134,7 +134,8 @@ class Run:
             with signals_as_keyboard_interrupt():
                 self._say(f"building {self.scenario.name} with the {backend} link backend")
                 with Emulation(self.scenario.topology(), backend, self.options.seed, record,
-                               shaper_log=self.run_dir / "stats" / "shaper.log") as emu:
+                               shaper_log=self.run_dir / "stats" / "shaper.log",
+                               stats_dir=self.run_dir / "stats") as emu:
                     self._run_in(emu)
         except KeyboardInterrupt:
             interrupted = True

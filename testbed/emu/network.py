@@ -4,8 +4,10 @@ MPTCP measurements, every process recorded for cleanup, and a stop that leaves n
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -17,10 +19,11 @@ from mininet.topo import Topo
 
 from testbed.emu.cleanup import RunRecord, sweep
 from testbed.emu.links import LinkBackend, ShapedLink, make_backend
-from testbed.emu.nodes import Router, TestbedHost
-from testbed.errors import EnvironmentProblem, ParameterError
+from testbed.emu.nodes import MiddleboxHost, Router, TestbedHost
+from testbed.errors import EnvironmentProblem, ParameterError, TestbedError
 
 REQUIRED_TOOLS = ("mnexec", "ip", "ethtool", "sysctl", "unshare")
+MIDDLEBOX_READY_TIMEOUT_S = 10.0
 
 
 def require_root(what: str = "the emulated network") -> None:
@@ -43,12 +46,14 @@ class Emulation:
     """Build, start and stop one emulated network. Use as a context manager."""
 
     def __init__(self, topo: Topo, backend: str, seed: int, record: RunRecord,
-                 shaper_log: Path | None = None) -> None:
+                 shaper_log: Path | None = None, stats_dir: Path | None = None) -> None:
         self.topo = topo
         self.backend_name = backend
         self.backend: LinkBackend = make_backend(backend, seed, shaper_log)
         self.record = record
+        self.stats_dir = stats_dir  # where middleboxes write their counters when stopped
         self.net: Mininet | None = None
+        self.middleboxes: dict[str, subprocess.Popen[bytes]] = {}
 
     def __enter__(self) -> Emulation:
         try:
@@ -93,6 +98,41 @@ class Emulation:
             if not isinstance(host, Router):
                 host.setup_routing(self.gateways(host))
         net.start()
+        for host in self.hosts():
+            if isinstance(host, MiddleboxHost):
+                self._start_middlebox(host)
+
+    def _start_middlebox(self, host: MiddleboxHost) -> None:
+        side_a, side_b = host.sides()
+        argv = [sys.executable, "-m", "testbed.emu.middlebox.daemon", "--a", side_a,
+                "--b", side_b]
+        for spec in host.transforms():
+            argv += ["--transform", spec]
+        if self.stats_dir is not None:
+            argv += ["--stats", str(self.stats_dir / f"middlebox-{host.name}.json")]
+        proc = self.popen(host, argv, "middlebox", stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, cwd=str(Path(__file__).resolve().parents[2]))
+        self.middleboxes[host.name] = proc
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], MIDDLEBOX_READY_TIMEOUT_S)
+        if not ready or proc.stdout.readline().strip() != b"READY":
+            proc.kill()
+            _, err = proc.communicate()
+            raise TestbedError(f"middlebox {host.name} did not start: "
+                               f"{err.decode(errors='replace').strip()}")
+        proc.stdout.close()
+
+    def _stop_middleboxes(self) -> None:
+        """SIGTERM, so that each writes its counters; SIGKILL if it does not exit."""
+        for proc in self.middleboxes.values():
+            proc.terminate()
+        for proc in self.middleboxes.values():
+            try:
+                proc.wait(timeout=3.0)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.middleboxes.clear()
 
     def hosts(self) -> list[TestbedHost]:
         assert self.net is not None
@@ -122,9 +162,26 @@ class Emulation:
         gateways: dict[str, str] = {}
         for link in self.links():
             for mine, other in ((link.intf1, link.intf2), (link.intf2, link.intf1)):
-                if mine.node is host and isinstance(other.node, Router) and other.IP():
+                if mine.node is not host:
+                    continue
+                other = self._through_middleboxes(other)
+                if other is not None and isinstance(other.node, Router) and other.IP():
                     gateways[mine.name] = other.IP()
         return gateways
+
+    @staticmethod
+    def _through_middleboxes(intf: Any) -> Any:
+        """The interface at the far side of any middleboxes (bumps in the wire) from `intf`,
+        which is the one a host's link reaches first; None if that side ends nowhere."""
+        seen = 0
+        while isinstance(intf.node, MiddleboxHost) and seen < 16:
+            seen += 1
+            onward = [i for i in intf.node.intfList() if i.name != "lo" and i is not intf]
+            if len(onward) != 1 or onward[0].link is None:
+                return None
+            link = onward[0].link
+            intf = link.intf2 if link.intf1 is onward[0] else link.intf1
+        return intf
 
     def popen(self, host: TestbedHost, argv: Sequence[str], what: str,
               **kwargs: Any) -> subprocess.Popen[bytes]:
@@ -143,6 +200,7 @@ class Emulation:
 
     def stop(self) -> None:
         try:
+            self._stop_middleboxes()
             if self.net is not None:
                 self.net.stop()
         finally:

@@ -12,7 +12,7 @@ from mininet.node import Host
 from pyroute2 import IPRoute
 
 from testbed.emu.netns import netlink
-from testbed.errors import TestbedError
+from testbed.errors import ParameterError, TestbedError
 
 # Routing tables used for per-interface source routing; 100 + interface index keeps clear of
 # the kernel's own tables (local 255, main 254, default 253).
@@ -144,3 +144,24 @@ class Router(TestbedHost):
         self.sysctl("net.ipv4.conf.all.rp_filter", 0)
         self.sysctl("net.ipv4.conf.default.rp_filter", 0)
         return result
+
+
+class MiddleboxHost(TestbedHost):
+    """A bump in the wire between two links: no addresses, and its kernel forwards nothing.
+    The emulation runs a middlebox process (testbed.emu.middlebox) that passes every frame
+    between its two interfaces, the first one towards side a, through `transforms` (the
+    topology's node parameter: transform specs, see testbed/emu/middlebox/core.py)."""
+
+    transparent = True
+
+    def transforms(self) -> list[str]:
+        return list(self.params.get("transforms", ()))
+
+    def sides(self) -> tuple[str, str]:
+        """(interface towards side a, interface towards side b), in the order linked."""
+        names = [intf.name for intf in self.intfList() if intf.name != "lo"]
+        if len(names) != 2:
+            raise ParameterError(f"middlebox {self.name} needs exactly two links, has "
+                                 f"{len(names)}")
+        return names[0], names[1]
+

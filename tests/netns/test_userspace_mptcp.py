@@ -58,7 +58,7 @@ KERNEL_ERRORS = tuple(f"MPTcpExt{name}" for name in (
 OUR_ERRORS = ("DSSNotMatching", "InfiniteMapRx", "DataCsumErr", "MPJoinAckHMacFailure",
               "MPJoinSynAckHMacFailure", "MPFailRx", "MPFastcloseRx", "MPRstRx",
               "MPTCPOptionErrors", "MPJoinNoTokenFound", "MPCapableFallbackACK",
-              "MPCapableFallbackSYNACK", "DSSFallback", "ParseErrors", "LoopErrors",
+              "MPCapableFallbackSYNACK", "DssFallback", "ParseErrors", "LoopErrors",
               "AppBadRequests")
 
 GOODPUT: dict[str, float] = {}

@@ -287,13 +287,13 @@ def test_fallback_when_a_middlebox_strips_mptcp_from_data(third_ack_alone: bool)
     if third_ack_alone:
         # The server had sent DSSes already: it tells the client with the infinite mapping.
         assert server.stack.counters["MPCapableACKRX"] == 1
-        assert server.stack.counters["DSSFallback"] == 1
+        assert server.stack.counters["DssFallback"] == 1
         assert server.stack.counters["InfiniteMapTx"] == 1
         assert client.stack.counters["InfiniteMapRx"] == 1
     else:
         # The client learns it from ACKs of its data that carry no MPTCP option.
         assert server.stack.counters["MPCapableFallbackACK"] == 1
-        assert client.stack.counters["DSSFallback"] == 1
+        assert client.stack.counters["DssFallback"] == 1
 
 
 def established_pair(seed: int = 5) -> tuple[Network, MptcpHost, MptcpHost, MptcpSink,

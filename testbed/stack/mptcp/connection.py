@@ -674,7 +674,7 @@ class MptcpConnection:
                 and sq.gt(seg.ack, sq.add(sf.tcp.iss, 1)) and not self.peer_fully_established):
             # §3.7: our data acknowledged with no MPTCP option before the server ever sent
             # one: a middlebox strips them, continue as TCP.
-            self.stack._count("DSSFallback")
+            self.stack._count("DssFallback")
             self._do_fallback(sf, None)
             self._fallback_ack(sf)
             return
@@ -775,7 +775,7 @@ class MptcpConnection:
             return  # an old duplicate, its bytes already taken
         if len(self.subflows) == 1 and sf.initial and not self._received_any_mapping(sf):
             # §3.7: the first data without a DSS: MPTCP options are stripped on the path.
-            self.stack._count("DSSFallback")
+            self.stack._count("DssFallback")
             self._do_fallback(sf, None)
             return
         self._mapping_mismatch(sf)

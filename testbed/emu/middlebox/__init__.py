@@ -1,0 +1,1 @@
+"""A transparent middlebox process for emulated links (see core.py)."""

@@ -1,0 +1,331 @@
+"""What a middlebox does to TCP, as functions of segments (no I/O): the behaviours measured on
+the Internet by Honda et al., "Is it still possible to extend TCP?" (IMC 2011), which shaped
+MPTCP's design (Raiciu et al., NSDI 2012, §3; RFC 8684 §3.7), and the cases Hesmans et al.
+tested against MPTCP (HotMiddlebox 2013).
+
+A `Middlebox` sits on one link between side `a` and side `b` and passes every frame on; TCP
+segments go through its transforms first. Each transform is registered by name and takes
+its parameters from a spec string, `name` or `name:key=value,key=value`:
+
+- `strip-mp-capable`: MP_CAPABLE removed from SYNs (the common case: unknown options stripped
+  from the handshake). MPTCP must fall back to TCP (§3.1).
+- `strip-mp-join`: MP_JOIN removed from SYNs: the join must fail, the connection go on.
+- `strip-dss`: DSS removed from segments that carry data, after the handshake (a box that
+  lets the handshake through but rewrites data segments): fall back or drop the subflow (§3.7).
+- `strip-mptcp`: every MPTCP option removed from every segment.
+- `seq-rewrite`: each direction's sequence numbers shifted by a random offset per flow (ISN
+  randomisation by firewalls), acknowledgements and SACK blocks shifted back. Harmless to
+  MPTCP: subflow sequence numbers in DSS mappings are relative to the ISN each end sees.
+- `payload-change:nth=N`: the Nth data segment of each flow gets one byte changed (an
+  application-level gateway rewriting content, length kept). Only DSS checksums (§3.3.1)
+  detect it.
+- `split:size=N`: data segments longer than N bytes are split into segments of at most N
+  (resegmentation), each with the original options (a DSS mapping then covers several).
+
+Stripped options are removed, not overwritten with NOPs, and checksums are recomputed, as a
+box that rebuilds the header does. Which direction a transform touches is a parameter
+(`dir=a2b|b2a|both`, default both).
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
+
+from testbed.errors import ParameterError
+from testbed.stack.registry import Registry
+from testbed.stack.wire.errors import ParseError
+from testbed.stack.wire.ethernet import ETHERNET_HEADER_LEN
+from testbed.stack.wire.ipv4 import PROTO_TCP, emit_ipv4, parse_ipv4
+from testbed.stack.wire.tcp import (
+    ACK,
+    OPT_MPTCP,
+    SYN,
+    SackOption,
+    TcpOption,
+    TcpSegment,
+    UnknownOption,
+    emit_tcp,
+    parse_tcp,
+)
+
+ETHERTYPE_IPV4 = 0x0800
+DIRECTIONS = ("a2b", "b2a")
+Flow = tuple[bytes, int, bytes, int]  # (src addr, src port, dst addr, dst port)
+
+# MPTCP option subtypes (RFC 8684 §7.2), the high nibble of the option body's first byte.
+MP_CAPABLE, MP_JOIN, DSS = 0x0, 0x1, 0x2
+
+
+def mptcp_subtype(option: TcpOption) -> int | None:
+    if isinstance(option, UnknownOption) and option.kind == OPT_MPTCP and option.data:
+        return option.data[0] >> 4
+    return None
+
+
+@dataclass(frozen=True)
+class Packet:
+    """A TCP segment as the middlebox sees it: addresses, segment, direction."""
+
+    src: bytes
+    dst: bytes
+    seg: TcpSegment
+    direction: str  # "a2b" or "b2a"
+
+    @property
+    def flow(self) -> Flow:
+        return (self.src, self.seg.src_port, self.dst, self.seg.dst_port)
+
+
+class Transform(ABC):
+    name: ClassVar[str]
+    # A transform that must see the other direction too (to undo what it did there) gets
+    # every packet and applies its direction filter itself.
+    sees_both_directions: ClassVar[bool] = False
+
+    def __init__(self, direction: str = "both") -> None:
+        if direction not in ("both", *DIRECTIONS):
+            raise ParameterError(f"{self.name}: dir must be both, a2b or b2a, got {direction!r}")
+        self.directions = DIRECTIONS if direction == "both" else (direction,)
+        self.changed = 0  # segments this transform altered
+
+    def __call__(self, packet: Packet) -> list[Packet]:
+        if packet.direction not in self.directions and not self.sees_both_directions:
+            return [packet]
+        out = self.apply(packet)
+        if out != [packet]:
+            self.changed += 1
+        return out
+
+    @abstractmethod
+    def apply(self, packet: Packet) -> list[Packet]:
+        """What leaves the box for this packet (usually one packet, possibly altered)."""
+
+
+class _StripMptcp(Transform):
+    subtypes: ClassVar[frozenset[int] | None]  # None: every MPTCP option
+    syn_only: ClassVar[bool]
+    data_only: ClassVar[bool] = False
+
+    def apply(self, packet: Packet) -> list[Packet]:
+        seg = packet.seg
+        if self.syn_only and not seg.has(SYN):
+            return [packet]
+        if self.data_only and (seg.has(SYN) or not seg.payload):
+            return [packet]
+        kept = tuple(o for o in seg.options if not self._strips(o))
+        if len(kept) == len(seg.options):
+            return [packet]
+        return [replace(packet, seg=_with(seg, options=kept))]
+
+    def _strips(self, option: TcpOption) -> bool:
+        subtype = mptcp_subtype(option)
+        return subtype is not None and (self.subtypes is None or subtype in self.subtypes)
+
+
+class StripMpCapable(_StripMptcp):
+    name = "strip-mp-capable"
+    subtypes = frozenset({MP_CAPABLE})
+    syn_only = True
+
+
+class StripMpJoin(_StripMptcp):
+    name = "strip-mp-join"
+    subtypes = frozenset({MP_JOIN})
+    syn_only = True
+
+
+class StripDss(_StripMptcp):
+    name = "strip-dss"
+    subtypes = frozenset({DSS})
+    syn_only = False
+    data_only = True
+
+
+class StripMptcp(_StripMptcp):
+    name = "strip-mptcp"
+    subtypes = None
+    syn_only = False
+
+
+class SeqRewrite(Transform):
+    """Per flow and direction, seq + offset on the way through, ack - offset on the way
+    back (and SACK edges), like a firewall randomising ISNs."""
+
+    name = "seq-rewrite"
+    sees_both_directions = True
+
+    def __init__(self, direction: str = "both", seed: int = 1) -> None:
+        super().__init__(direction)
+        self._rng = random.Random(seed)
+        self._offsets: dict[Flow, int] = {}
+
+    def _offset(self, flow: Flow) -> int:
+        if flow not in self._offsets:
+            self._offsets[flow] = self._rng.randrange(1, 1 << 32)
+        return self._offsets[flow]
+
+    def apply(self, packet: Packet) -> list[Packet]:
+        seg = packet.seg
+        seq, ack, options = seg.seq, seg.ack, seg.options
+        if packet.direction in self.directions:
+            seq = (seq + self._offset(packet.flow)) & 0xFFFFFFFF
+        src, sport, dst, dport = packet.flow
+        reverse = (dst, dport, src, sport)
+        back = _direction_of_reverse(packet.direction)
+        if back in self.directions and reverse in self._offsets and seg.has(ACK):
+            shift = self._offsets[reverse]
+            ack = (ack - shift) & 0xFFFFFFFF
+            options = tuple(_shift_sack(o, -shift) for o in options)
+        if (seq, ack, options) == (seg.seq, seg.ack, seg.options):
+            return [packet]
+        return [replace(packet, seg=_with(seg, seq=seq, ack=ack, options=options))]
+
+
+class PayloadChange(Transform):
+    """One byte of the `nth` data segment of each flow is changed (inverted)."""
+
+    name = "payload-change"
+
+    def __init__(self, direction: str = "both", nth: int = 50) -> None:
+        super().__init__(direction)
+        if nth < 1:
+            raise ParameterError(f"payload-change: nth must be >= 1, got {nth}")
+        self.nth = nth
+        self._seen: dict[Flow, int] = {}
+
+    def apply(self, packet: Packet) -> list[Packet]:
+        seg = packet.seg
+        if not seg.payload or seg.has(SYN):
+            return [packet]
+        count = self._seen.get(packet.flow, 0) + 1
+        self._seen[packet.flow] = count
+        if count != self.nth:
+            return [packet]
+        middle = len(seg.payload) // 2
+        payload = (seg.payload[:middle] + bytes([seg.payload[middle] ^ 0xFF])
+                   + seg.payload[middle + 1:])
+        return [replace(packet, seg=_with(seg, payload=payload))]
+
+
+class Split(Transform):
+    name = "split"
+
+    def __init__(self, direction: str = "both", size: int = 500) -> None:
+        super().__init__(direction)
+        if size < 1:
+            raise ParameterError(f"split: size must be >= 1, got {size}")
+        self.size = size
+
+    def apply(self, packet: Packet) -> list[Packet]:
+        seg = packet.seg
+        if len(seg.payload) <= self.size or seg.has(SYN):
+            return [packet]
+        pieces = []
+        for start in range(0, len(seg.payload), self.size):
+            last = start + self.size >= len(seg.payload)
+            # FIN (and PSH) belong to the last byte: only the last piece keeps them.
+            flags = seg.flags if last else seg.flags & ~0x09
+            pieces.append(replace(packet, seg=_with(
+                seg, seq=(seg.seq + start) & 0xFFFFFFFF, flags=flags,
+                payload=seg.payload[start:start + self.size])))
+        return pieces
+
+
+def _direction_of_reverse(direction: str) -> str:
+    return "b2a" if direction == "a2b" else "a2b"
+
+
+def _shift_sack(option: TcpOption, shift: int) -> TcpOption:
+    if not isinstance(option, SackOption):
+        return option
+    return SackOption(tuple(((left + shift) & 0xFFFFFFFF, (right + shift) & 0xFFFFFFFF)
+                            for left, right in option.blocks))
+
+
+def _with(seg: TcpSegment, **changes: object) -> TcpSegment:
+    fields = dict(src_port=seg.src_port, dst_port=seg.dst_port, seq=seg.seq, ack=seg.ack,
+                  flags=seg.flags, window=seg.window, options=seg.options,
+                  payload=seg.payload, urgent=seg.urgent)
+    fields.update(changes)
+    return TcpSegment(**fields)  # type: ignore[arg-type]
+
+
+_TRANSFORMS: Registry[Callable[..., Transform]] = Registry("middlebox transform")
+for _cls in (StripMpCapable, StripMpJoin, StripDss, StripMptcp, SeqRewrite, PayloadChange,
+             Split):
+    _TRANSFORMS.register(_cls.name, _cls)
+available_transforms = _TRANSFORMS.names
+
+
+def parse_transform(spec: str) -> Transform:
+    """`name` or `name:key=value,...` (values are integers except `dir`); ParameterError,
+    naming what exists, for anything else."""
+    name, _, args = spec.partition(":")
+    factory = _TRANSFORMS.get(name.strip())
+    kwargs: dict[str, object] = {}
+    for item in filter(None, (part.strip() for part in args.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ParameterError(f"middlebox transform {spec!r}: {item!r} is not key=value")
+        key = "direction" if key == "dir" else key
+        try:
+            kwargs[key] = value if key == "direction" else int(value)
+        except ValueError:
+            raise ParameterError(f"middlebox transform {spec!r}: {key} must be an integer, "
+                                 f"got {value!r}") from None
+    try:
+        return factory(**kwargs)
+    except TypeError:
+        raise ParameterError(f"middlebox transform {spec!r}: unknown parameter in "
+                             f"{sorted(kwargs)}") from None
+
+
+@dataclass
+class Middlebox:
+    """Frames in, frames out: transforms applied in order to every well-formed TCP segment;
+    everything else (ARP, other protocols, fragments, segments that do not parse) passes
+    unchanged and is counted."""
+
+    transforms: list[Transform]
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("frames_a2b", "frames_b2a", "tcp_segments", "passed_unparsed", "frames_out"), 0))
+
+    @classmethod
+    def from_specs(cls, specs: list[str]) -> Middlebox:
+        return cls([parse_transform(spec) for spec in specs])
+
+    def process(self, direction: str, frame: bytes) -> list[bytes]:
+        self.counters[f"frames_{direction}"] += 1
+        out = self._process(direction, frame)
+        self.counters["frames_out"] += len(out)
+        return out
+
+    def _process(self, direction: str, frame: bytes) -> list[bytes]:
+        if len(frame) < ETHERNET_HEADER_LEN or \
+                int.from_bytes(frame[12:14], "big") != ETHERTYPE_IPV4:
+            return [frame]
+        try:
+            ip = parse_ipv4(frame[ETHERNET_HEADER_LEN:])
+            if ip.protocol != PROTO_TCP or ip.is_fragment:
+                return [frame]
+            seg = parse_tcp(ip.payload, ip.src, ip.dst)
+        except ParseError:
+            self.counters["passed_unparsed"] += 1
+            return [frame]
+        self.counters["tcp_segments"] += 1
+        packets = [Packet(ip.src, ip.dst, seg, direction)]
+        for transform in self.transforms:
+            packets = [out for packet in packets for out in transform(packet)]
+        if len(packets) == 1 and packets[0].seg is seg:
+            return [frame]
+        header = frame[:ETHERNET_HEADER_LEN]
+        return [header + emit_ipv4(replace(ip, payload=emit_tcp(p.seg, ip.src, ip.dst)))
+                for p in packets]
+
+    def stats(self) -> dict[str, object]:
+        return {"counters": dict(self.counters),
+                "transforms": {t.name: {"changed": t.changed} for t in self.transforms}}
