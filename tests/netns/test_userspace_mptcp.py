@@ -282,10 +282,10 @@ def test_a_name_our_stack_lacks_is_refused_with_the_list(tmp_path: Path) -> None
     result = subprocess.run(
         [sys.executable, "-m", "testbed.cli", "run", "aggregate", "--stack", "userspace",
          "--out", str(tmp_path / "run"), "--link-backend", "userspace", "--no-analyze",
-         "--set", "scheduler=redundant", "--set", "size_mib=1"],
+         "--set", "scheduler=weighted", "--set", "size_mib=1"],
         capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode != 0
-    assert "unknown MPTCP scheduler 'redundant'; available: default" in result.stderr
+    assert "unknown MPTCP scheduler 'weighted'; available: blest, default, ecf" in result.stderr
 
 
 @pytest.mark.parametrize(("client_stack", "server_stack"),
