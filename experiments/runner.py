@@ -31,6 +31,7 @@ from testbed.emu.links import resolve_backend
 from testbed.emu.network import Emulation, require_root, require_tools
 from testbed.errors import TestbedError
 from testbed.stacks.base import PreparedHost, StackConfig, StackDriver, get_stack
+from testbed.stacks.kernel import check_kernel_config
 
 # A run whose busiest second left less idle CPU than this may have starved the emulator.
 MIN_IDLE_PCT = 5.0
@@ -82,7 +83,10 @@ class Run:
         self.stack_config = StackConfig(
             path_manager=self.params.path_manager, scheduler=self.params.scheduler,
             congestion=self.params.congestion, checksum=self.params.checksum,
+            opportunistic=self.params.opportunistic,
         )
+        if "kernel" in (options.client_stack, options.server_stack):
+            check_kernel_config(self.stack_config)
         self.workload = scenario.workload()
         self.timeline = sorted(scenario.timeline(), key=lambda event: event.at_s)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

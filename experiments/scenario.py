@@ -110,6 +110,9 @@ class CommonParams:
     scheduler: str = "default"
     path_manager: str = "kernel"
     checksum: bool = False
+    # Our stack's opportunistic retransmission and penalisation (NSDI 2012); off by default
+    # as in Linux, refused for the kernel stack.
+    opportunistic: bool = False
     capture: bool = True
     # Interfaces to capture on, comma-separated ("client-eth0,server-eth0"); empty: the
     # scenario's own choice. The host is the part of the name before its last '-'.

@@ -5,7 +5,7 @@ application API on a Unix socket, and the event loop that feeds them with frames
     python -m testbed.runtime.daemon --control /run/mptcp-testbed/HOST.sock
         --iface client-eth0=10.0.1.1/24,gw=10.0.1.254 [--iface ...] [--pcap FILE] [--seed N]
         [--congestion cubic|reno|lia|olia|balia] [--scheduler NAME] [--path-manager NAME]
-        [--checksum] [--subflow ADDR [--backup ADDR]] [--announce ADDR]
+        [--checksum] [--opportunistic] [--subflow ADDR [--backup ADDR]] [--announce ADDR]
 
 The MPTCP endpoints follow `ip mptcp endpoint` flags: a client opens a subflow from every
 --subflow address (flagged backup when also given as --backup), a server announces every
@@ -536,6 +536,7 @@ def make_stack(args: argparse.Namespace) -> MptcpStack:
     backup = tuple(addr(a).packed for a in args.backup)
     config = MptcpConfig(
         checksum=args.checksum, scheduler=args.scheduler, path_manager=args.path_manager,
+        opportunistic=args.opportunistic,
         # A backup endpoint is a subflow endpoint too (`ip mptcp endpoint ... subflow backup`).
         extra_local_addrs=tuple(dict.fromkeys(
             (*(addr(a).packed for a in args.subflow), *backup))),
@@ -558,6 +559,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scheduler", default="default", help="default MPTCP scheduler")
     p.add_argument("--path-manager", default="default", help="default MPTCP path manager")
     p.add_argument("--checksum", action="store_true", help="ask for DSS checksums")
+    p.add_argument("--opportunistic", action="store_true",
+                   help="opportunistic retransmission and penalisation of the slow subflow "
+                   "when the peer's window blocks (Raiciu et al., NSDI 2012)")
     p.add_argument("--subflow", action="append", default=[], metavar="ADDR",
                    help="client: open an MPTCP subflow from ADDR too (repeatable)")
     p.add_argument("--backup", action="append", default=[], metavar="ADDR",

@@ -75,6 +75,9 @@ class StackConfig:
     subflows: int = 2  # `ip mptcp limits set subflows N`
     add_addr_accepted: int = 2  # `ip mptcp limits set add_addr_accepted N`
     checksum: bool = False  # RFC 8684 §3.3.1 DSS checksum (net.mptcp.checksum_enabled)
+    # Opportunistic retransmission and penalisation (Raiciu et al., NSDI 2012): our stack
+    # only; the kernel has no such knob and refuses it.
+    opportunistic: bool = False
 
     def __post_init__(self) -> None:
         # The kernel caps both limits at MPTCP_PM_ADDR_MAX (8).

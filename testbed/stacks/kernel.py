@@ -99,6 +99,14 @@ def set_congestion(host: HostExec, name: str, caps: KernelCapabilities) -> bool:
     return True
 
 
+def check_kernel_config(config: StackConfig) -> None:
+    """ParameterError for what only our stack offers (nothing is read from the host)."""
+    if config.opportunistic:
+        raise ParameterError(
+            "kernel stack: opportunistic retransmission is a switch of our stack only "
+            "(Linux MPTCP has no such knob); use --stack userspace or opportunistic=0")
+
+
 @dataclass(frozen=True)
 class KernelMptcpStack:
     """Linux MPTCP: the in-kernel path manager/scheduler chosen by name, limits, endpoints."""
@@ -109,6 +117,7 @@ class KernelMptcpStack:
     def prepare(
         self, host: HostExec, endpoints: Sequence[Endpoint], config: StackConfig
     ) -> PreparedHost:
+        check_kernel_config(config)
         caps = kernel_capabilities(host)
         # Validate every name before changing anything, so a typo leaves the host untouched.
         _check_choice(host, "MPTCP path manager", config.path_manager, caps.path_managers)

@@ -104,6 +104,8 @@ def daemon_choices(config: StackConfig) -> list[str]:
         raise ParameterError(f"userspace stack: {exc}") from None
     argv = ["--congestion", config.congestion, "--scheduler", config.scheduler,
             "--path-manager", path_manager]
+    if config.opportunistic:
+        argv.append("--opportunistic")
     return [*argv, "--checksum"] if config.checksum else argv
 
 

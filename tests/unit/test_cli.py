@@ -16,6 +16,10 @@ from testbed.cli import main
     (["run", "aggregate", "--set", "loss1_pct=101"], "loss_pct must be within 0..100"),
     (["run", "aggregate", "--stack", "quic"], "unknown stack 'quic'"),
     (["run", "aggregate", "--server-stack", "nope"], "unknown stack 'nope'"),
+    (["run", "aggregate", "--stack", "kernel", "--set", "opportunistic=1"],
+     "opportunistic retransmission is a switch of our stack only"),
+    (["run", "aggregate", "--client-stack", "userspace", "--server-stack", "kernel", "--set",
+      "opportunistic=true"], "Linux MPTCP has no such knob"),
 ])
 def test_bad_input_is_refused_before_anything_is_created(
         args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

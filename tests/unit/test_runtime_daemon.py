@@ -223,7 +223,27 @@ def test_the_driver_hands_endpoints_and_choices_to_the_daemon() -> None:
     assert stack.config.path_manager == "default"  # the kernel's, by our name
     assert stack.config.checksum and stack.tcp.config.congestion == "lia"
     with pytest.raises(ParameterError, match="userspace stack: unknown MPTCP scheduler"):
-        daemon_choices(StackConfig(scheduler="redundant"))
+        daemon_choices(StackConfig(scheduler="weighted"))
+
+
+def test_the_schedulers_and_the_opportunistic_switch_reach_the_daemons_stack() -> None:
+    from testbed.stacks.base import StackConfig
+    from testbed.stacks.kernel import check_kernel_config
+    from testbed.stacks.userspace import daemon_choices
+
+    base = ["--control", "x", "--iface", "eth0=10.0.1.1/24"]
+    for name in ("roundrobin", "rr", "redundant", "blest", "ecf"):
+        config = StackConfig(scheduler=name, opportunistic=True)
+        stack = make_stack(parse_args([*base, *daemon_choices(config)]))
+        assert stack.config.scheduler == name and stack.config.opportunistic is True
+    # Off unless asked for, as in Linux.
+    stack = make_stack(parse_args([*base, *daemon_choices(StackConfig())]))
+    assert stack.config.opportunistic is False
+    assert "--opportunistic" not in daemon_choices(StackConfig())
+    # The kernel has no such knob: refused, naming what to do instead.
+    check_kernel_config(StackConfig())
+    with pytest.raises(ParameterError, match=r"kernel stack: opportunistic.*--stack userspace"):
+        check_kernel_config(StackConfig(opportunistic=True))
 
 
 def _subflow(local: str, port: int, initial: bool) -> dict[str, Any]:

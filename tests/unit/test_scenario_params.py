@@ -19,6 +19,8 @@ def test_overrides_are_converted_to_the_field_types() -> None:
     assert params.capture is False
     assert params.direction == "download"
     assert parse_overrides(AggregateParams, ["queue_pkts=none"]).queue_pkts is None
+    assert parse_overrides(AggregateParams, ["opportunistic=1"]).opportunistic is True
+    assert parse_overrides(AggregateParams, []).opportunistic is False
 
 
 @pytest.mark.parametrize(("override", "message"), [

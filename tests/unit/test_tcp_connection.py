@@ -564,3 +564,22 @@ def test_cwnd_limited_sender_grows_and_slow_start_covers_twice_the_flight() -> N
         assert len(out) == 8
         now += 0.1
     assert conn.cc.cwnd == 2 * 8 * MSS
+
+
+def test_reduce_window_from_above_is_the_controllers_decrease_once_outside_recovery() -> None:
+    """MPTCP's penalisation of a slow subflow (NSDI 2012 §4.2): Reno halves cwnd and sets
+    ssthresh to it; nothing during loss recovery or at the two-segment floor."""
+    conn = established()
+    conn.cc.cwnd = 10 * 1460
+    assert conn.reduce_window(1.0)
+    assert (conn.cc.cwnd, conn.cc.ssthresh) == (5 * 1460, 5 * 1460)
+    conn.cc.cwnd = 2 * 1460
+    assert not conn.reduce_window(1.1) and conn.cc.cwnd == 2 * 1460
+    conn = established()
+    five_segments(conn)
+    for i in range(3):
+        conn.receive(inbound(IRS + 1, ISS + 1), 1.1 + i / 100)
+    conn.segments_to_send(1.13)
+    in_recovery = (conn.cc.cwnd, conn.cc.ssthresh)
+    assert not conn.reduce_window(1.14)
+    assert (conn.cc.cwnd, conn.cc.ssthresh) == in_recovery

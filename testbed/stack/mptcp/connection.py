@@ -20,6 +20,14 @@ Choices, and why:
   progress: its unacknowledged-at-connection-level data is reinjected elsewhere and the
   scheduler skips it until it makes progress; a reset or timed-out subflow is dropped after
   the same reinjection.
+- The scheduler decides per segment from plain values (`SubflowCandidate`s and a
+  `SchedulerContext`). The copies it asks for (redundant) wait in a queue per subflow and go
+  out oldest first when that subflow has room; a copy of data already data-acked is skipped,
+  and the receiver keeps the first arrival of each DSN.
+- Opportunistic retransmission with penalisation (`MptcpConfig.opportunistic`, off as in
+  upstream Linux): when the peer's window blocks new data while a subflow has room, that
+  subflow resends what a slower one holds at the window's left edge, and the slower one's
+  controller backs off, at most once per its RTT (Raiciu et al., NSDI 2012).
 """
 
 from __future__ import annotations
@@ -56,7 +64,12 @@ from testbed.stack.mptcp.options import (
     mptcp_options,
 )
 from testbed.stack.mptcp.pm import PathManager, get_path_manager
-from testbed.stack.mptcp.scheduler import Scheduler, SubflowCandidate, get_scheduler
+from testbed.stack.mptcp.scheduler import (
+    Scheduler,
+    SchedulerContext,
+    SubflowCandidate,
+    get_scheduler,
+)
 from testbed.stack.tcp import seq as sq
 from testbed.stack.tcp.congestion import CongestionGroup
 from testbed.stack.tcp.connection import TcpConnection, TcpState
@@ -93,6 +106,9 @@ class MptcpConfig:
     receive_buffer: int = 128 << 10
     receive_buffer_max: int = 6 << 20
     stale_rto_count: int = 4  # Linux's net.mptcp.stale_loss_cnt
+    # Opportunistic retransmission and penalisation of the slow subflow when the peer's
+    # window blocks (Raiciu et al., NSDI 2012 §4.2); off as in upstream Linux.
+    opportunistic: bool = False
     add_addr_timeout_s: float = 2.0  # resend an unechoed ADD_ADDR (Linux: 120 s)
     add_addr_retries: int = 3
     # The subflows' controller (TCP's registry, where "lia", "olia" and "balia" couple them
@@ -155,6 +171,9 @@ class Subflow(TcpHooks):
         self._csum_buf = bytearray()  # bytes of a checksummed mapping not complete yet
         self._csum_map: Mapping | None = None
         self.infinite: tuple[int, int] | None = None  # (subflow_seq, data_seq) after fallback
+        # Scheduling: copies still to send (redundant), when this subflow was last penalised.
+        self.copy_queue: list[tuple[int, int]] = []
+        self.penalised_at: float | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -319,10 +338,40 @@ def _size(opt: MptcpOption) -> int:
     return 2 + len(opt.emit())
 
 
+def _queue_range(queue: list[tuple[int, int]], data_seq: int, length: int) -> None:
+    """Append (data_seq, length), merged with the last range when it continues it."""
+    if queue:
+        d, n = queue[-1]
+        if dsn_add(d, n) == data_seq:
+            queue[-1] = (d, n + length)
+            return
+    queue.append((data_seq, length))
+
+
+def _held_run(subflows: list[Subflow], sf: Subflow, data_seq: int) -> int:
+    """Bytes from data_seq to the end of the mapping another subflow holds it in."""
+    for other in subflows:
+        if other is not sf and _holds(other, data_seq):
+            m = other.send_maps.carrying(data_seq)
+            assert m is not None
+            return m.length - dsn_diff(data_seq, m.data_seq)
+    return 0
+
+
+def _holds(sf: Subflow, data_seq: int) -> bool:
+    """sf carries data_seq and has not had it acknowledged."""
+    mapping = sf.send_maps.carrying(data_seq)
+    if mapping is None:
+        return False
+    return mapping.subflow_seq + dsn_diff(data_seq, mapping.data_seq) >= sf.acked
+
+
 @dataclass
 class _Counters:
     bytes_sent: int = 0  # data bytes handed to subflows, reinjections included
     bytes_reinjected: int = 0
+    bytes_redundant: int = 0  # copies a redundant scheduler asked for
+    bytes_opportunistic: int = 0  # opportunistic retransmissions (NSDI 2012 §4.2)
     bytes_acked: int = 0
     bytes_received: int = 0
     data_fin_retransmits: int = 0
@@ -507,6 +556,10 @@ class MptcpConnection:
             "receive_buffer": self._rcv_cap,
             "bytes_sent": c.bytes_sent,
             "bytes_reinjected": c.bytes_reinjected,
+            "bytes_redundant": c.bytes_redundant,
+            "bytes_opportunistic": c.bytes_opportunistic,
+            "scheduler": self.config.scheduler,
+            "opportunistic": self.config.opportunistic,
             "bytes_acked": c.bytes_acked,
             "bytes_received": c.bytes_received,
             "subflows": [sf.stats() for sf in self.subflows],
@@ -1030,28 +1083,21 @@ class MptcpConnection:
             sf.send_maps.prune(sf.acked, self.snd_una)
         peer_wnd = max((sf.tcp.snd_wnd for sf in self.subflows if sf.usable), default=0)
         while True:
+            self._push_copies(now)
             data_seq, length, reinject = self._next_chunk(peer_wnd)
             if length <= 0:
+                if not reinject and self._window_blocked(peer_wnd):
+                    self.scheduler.on_window_blocked(now)
+                    if self.config.opportunistic:
+                        self._opportunistic_retransmit(now)
                 return
-            chosen = self._schedule()
-            if chosen is None:
+            picked = self._schedule(now, peer_wnd)
+            if picked is None:
                 return
-            sf = chosen
-            size = min(length, sf.payload_size())
-            offset = dsn_diff(data_seq, self.snd_una)
-            payload = bytes(self._snd_buf[offset:offset + size])
-            if len(payload) < size:
-                return
-            taken = sf.tcp.send(payload, now)
+            sf, copies = picked
+            taken = self._map(sf, data_seq, length, now)
             if taken <= 0:
                 return
-            payload = payload[:taken]
-            csum = None
-            if self.checksum:
-                csum = crypto.dss_checksum(data_seq, sf.send_maps.next_subflow_seq, taken,
-                                           payload)
-            sf.send_maps.add(data_seq, taken, csum)
-            self.counters.bytes_sent += taken
             if reinject:
                 d, n = self._reinject[0]
                 if n - taken > 0:
@@ -1060,6 +1106,62 @@ class MptcpConnection:
                     self._reinject.pop(0)
             else:
                 self.snd_nxt = dsn_add(self.snd_nxt, taken)
+                for other in copies:
+                    _queue_range(other.copy_queue, data_seq, taken)
+
+    def _map(self, sf: Subflow, data_seq: int, length: int, now: float) -> int:
+        """Give sf up to one segment of the data from data_seq, with its mapping; the
+        bytes it took."""
+        size = min(length, sf.payload_size())
+        offset = dsn_diff(data_seq, self.snd_una)
+        if offset < 0:
+            return 0
+        payload = bytes(self._snd_buf[offset:offset + size])
+        if len(payload) < size or size <= 0:
+            return 0
+        taken = sf.tcp.send(payload, now)
+        if taken <= 0:
+            return 0
+        payload = payload[:taken]
+        csum = None
+        if self.checksum:
+            csum = crypto.dss_checksum(data_seq, sf.send_maps.next_subflow_seq, taken,
+                                       payload)
+        sf.send_maps.add(data_seq, taken, csum)
+        self.counters.bytes_sent += taken
+        return taken
+
+    def _push_copies(self, now: float) -> None:
+        """Copies the scheduler asked for (redundant): each subflow sends its queue, in
+        data sequence order, as its window allows; what was data-acked meanwhile is
+        skipped."""
+        for sf in self.subflows:
+            queue = sf.copy_queue
+            if not queue:
+                continue
+            if not sf.usable:
+                if sf.failed or sf.stale:
+                    queue.clear()
+                continue
+            while queue:
+                d, n = queue[0]
+                skip = max(0, dsn_diff(self.snd_una, d))
+                if skip >= n:
+                    queue.pop(0)
+                    continue
+                d, n = dsn_add(d, skip), n - skip
+                if self._space(sf) <= 0:
+                    queue[0] = (d, n)
+                    break
+                taken = self._map(sf, d, n, now)
+                if taken <= 0:
+                    queue[0] = (d, n)
+                    break
+                self.counters.bytes_redundant += taken
+                if n - taken > 0:
+                    queue[0] = (dsn_add(d, taken), n - taken)
+                else:
+                    queue.pop(0)
 
     def _next_chunk(self, peer_wnd: int) -> tuple[int, int, bool]:
         while self._reinject:
@@ -1076,19 +1178,84 @@ class MptcpConnection:
         window = peer_wnd - dsn_diff(self.snd_nxt, self.snd_una)
         return self.snd_nxt, min(unsent, window), False
 
-    def _schedule(self) -> Subflow | None:
+    def _window_blocked(self, peer_wnd: int) -> bool:
+        """Data waits for the peer's connection-level window while a subflow has room."""
+        in_flight = dsn_diff(self.snd_nxt, self.snd_una)
+        unsent = len(self._snd_buf) - in_flight
+        return (unsent > 0 and in_flight > 0 and peer_wnd - in_flight <= 0
+                and any(sf.usable and self._space(sf) > 0 for sf in self.subflows))
+
+    def _space(self, sf: Subflow) -> int:
+        return max(0, min(sf.tcp.cc.cwnd - sf.send_maps.outstanding(sf.acked),
+                          sf.tcp.writable_space))
+
+    def _candidates(self) -> tuple[dict[int, Subflow], list[SubflowCandidate]]:
         by_id: dict[int, Subflow] = {}
         candidates: list[SubflowCandidate] = []
         for sf in self.subflows:
             if not sf.usable:
                 continue
-            space = min(sf.tcp.cc.cwnd - sf.send_maps.outstanding(sf.acked),
-                        sf.tcp.writable_space)
             by_id[sf.subflow_id] = sf
-            candidates.append(SubflowCandidate(sf.subflow_id, sf.tcp.rtt.srtt, max(0, space),
-                                               sf.backup or sf.peer_backup))
-        choice = self.scheduler.select(candidates)
-        return None if choice is None else by_id[choice.subflow_id]
+            candidates.append(SubflowCandidate(
+                sf.subflow_id, sf.tcp.rtt.srtt, self._space(sf), sf.backup or sf.peer_backup,
+                cwnd=sf.tcp.cc.cwnd, in_flight=sf.send_maps.outstanding(sf.acked),
+                mss=sf.payload_size(), rttvar=sf.tcp.rtt.rttvar))
+        return by_id, candidates
+
+    def _schedule(self, now: float, peer_wnd: int) -> tuple[Subflow, list[Subflow]] | None:
+        by_id, candidates = self._candidates()
+        in_flight = dsn_diff(self.snd_nxt, self.snd_una)
+        context = SchedulerContext(now=now, queued=len(self._snd_buf) - in_flight,
+                                   in_flight=in_flight, send_window=peer_wnd)
+        choice = self.scheduler.select(candidates, context)
+        if choice is None:
+            return None
+        copies = self.scheduler.copies(choice, candidates, context)
+        return by_id[choice.subflow_id], [by_id[c.subflow_id] for c in copies
+                                          if c.subflow_id != choice.subflow_id]
+
+    def _opportunistic_retransmit(self, now: float) -> None:
+        """Raiciu et al., "How Hard Can It Be? Designing and Implementing a Deployable
+        Multipath TCP", NSDI 2012, §4.2: the peer's window is full because the data at its
+        left edge (data_una) waits on a slower subflow. The fastest subflow with room that
+        does not carry it sends that data again (opportunistic retransmission), segment by
+        segment from the left edge while the data is still unacknowledged on another
+        subflow and its window allows; each slower subflow holding the left edge is
+        penalised, at most once per its RTT, with its controller's multiplicative decrease
+        (TcpConnection.reduce_window)."""
+        head = self.snd_una
+        holders = [sf for sf in self.subflows if sf.usable and _holds(sf, head)]
+        if not holders:
+            return
+        ready = [sf for sf in self.subflows if sf.usable and self._space(sf) > 0
+                 and sf.send_maps.carrying(head) is None]
+        if not ready:
+            return
+        sf = min(ready, key=lambda s: (s.tcp.rtt.srtt or 1e9, s.subflow_id))
+        pos = head
+        while self._space(sf) > 0 and dsn_diff(self.snd_nxt, pos) > 0:
+            if sf.send_maps.carrying(pos) is not None or not any(
+                    _holds(other, pos) for other in self.subflows if other is not sf):
+                break
+            taken = self._map(sf, pos, min(dsn_diff(self.snd_nxt, pos),
+                                            _held_run(self.subflows, sf, pos)), now)
+            if taken <= 0:
+                break
+            self.counters.bytes_opportunistic += taken
+            self.stack._count("MPTCPOpportunisticRetrans")
+            pos = dsn_add(pos, taken)
+        if pos == head:
+            return
+        fast_rtt = sf.tcp.rtt.srtt
+        for holder in holders:
+            rtt = holder.tcp.rtt.srtt
+            if fast_rtt is not None and rtt is not None and rtt <= fast_rtt:
+                continue  # not the slow one
+            if holder.penalised_at is not None and now - holder.penalised_at < (rtt or 0.0):
+                continue
+            if holder.tcp.reduce_window(now):
+                holder.penalised_at = now
+                self.stack._count("MPTCPPenalised")
 
     def _best_subflow(self, avoid_local_id: int | None = None) -> Subflow | None:
         """Where to send a signal: the lowest-RTT subflow that works."""

@@ -73,6 +73,13 @@ class SendMappings:
             return self._maps[i]
         return None
 
+    def carrying(self, data_seq: int) -> Mapping | None:
+        """The mapping that gave this subflow data_seq, if it still holds one."""
+        for m in self._maps:
+            if 0 <= dsn_diff(data_seq, m.data_seq) < m.length:
+                return m
+        return None
+
     def outstanding(self, subflow_acked: int) -> int:
         """Bytes mapped to the subflow that it has not acknowledged yet."""
         return max(0, self.next_subflow_seq - subflow_acked)

@@ -363,6 +363,16 @@ class TcpConnection:
         if self.state is not TcpState.CLOSED:
             self._ack_now = True
 
+    def reduce_window(self, now: float) -> bool:
+        """A congestion signal from the layer above (MPTCP penalising a slow subflow): the
+        controller's own multiplicative decrease from the current window, as on a loss, so
+        its state (CUBIC's W_max and epoch) agrees with the new window. Nothing while loss
+        recovery is already reducing it or the window is at its floor; True if reduced."""
+        if self._in_recovery or self.cc.cwnd <= 2 * self.cc.mss:
+            return False
+        self.cc.on_congestion_event(self.cc.cwnd, now)
+        return True
+
     def close(self, now: float) -> None:
         """No more data from us: FIN after what is queued (RFC 9293 §3.10.4)."""
         st = self.state
