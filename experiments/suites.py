@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from testbed.errors import ParameterError, TestbedError
 
@@ -23,6 +26,7 @@ class Case:
     label: str
     overrides: tuple[str, ...]
     stacks: tuple[str, ...] = STACKS
+    seed: int | None = None  # None: the suite's --seed
 
 
 def _aggregate_cases(full: bool) -> list[Case]:
@@ -118,14 +122,72 @@ def _interrupted(run_dir: Path) -> bool:
         return False
 
 
-def run_suite(name: str, results: Path, link_backend: str, seed: int, full: bool) -> int:
+def suite_cases(name: str, full: bool, overrides: Sequence[str] = (),
+                seed: int = 1) -> tuple[str, list[Case]]:
+    """(the suite's name, its cases): a built-in suite by name, or a suite file (a path ending
+    in .toml, see experiments/suite_file.py). `overrides` apply to every case, last."""
+    if name.endswith(".toml") or "/" in name:
+        from experiments.suite_file import load_suite_file
+
+        if full:
+            raise ParameterError("--full chooses a built-in suite's fuller version; a suite "
+                                 "file says what it runs itself")
+        loaded = load_suite_file(Path(name), overrides, base_seed=seed)
+        return loaded.name, loaded.cases
+    if name not in SUITES:
+        raise ParameterError(f"unknown suite {name!r}; available: {', '.join(sorted(SUITES))}"
+                             " (or a suite file, NAME.toml)")
+    cases = [dataclasses.replace(case, overrides=(*case.overrides, *overrides))
+             for case in SUITES[name](full)]
+    return name, cases
+
+
+def expected_params(case: Case) -> dict[str, Any]:
+    """The parameters a run of `case` records in meta.json (ParameterError if invalid)."""
+    from experiments import get_scenario
+    from experiments.scenario import parse_overrides
+
+    cls = get_scenario(case.scenario)
+    return dict(json.loads(json.dumps(dataclasses.asdict(
+        parse_overrides(cls.params_type, case.overrides)))))
+
+
+def conflicting_runs(root: Path, runs: Sequence[tuple[Case, str]], seed: int) -> list[str]:
+    """Run directories that already hold a run of other parameters, seed or stacks than the
+    suite asks for: resuming would mix them in, so the suite refuses to start."""
+    found = []
+    for case, stack in runs:
+        run_dir = root / case.scenario / case.label / stack
+        try:
+            meta = json.loads((run_dir / "meta.json").read_text())
+        except (OSError, ValueError):
+            continue
+        wanted = expected_params(case)
+        recorded = meta.get("params") or {}
+        differ = sorted(k for k in set(wanted) | set(recorded) if wanted.get(k) != recorded.get(k))
+        if meta.get("seed") != (case.seed if case.seed is not None else seed):
+            differ.append("seed")
+        if (meta.get("client_stack"), meta.get("server_stack")) != (stack, stack):
+            differ.append("stacks")
+        if differ:
+            found.append(f"{run_dir} (differs in {', '.join(differ)})")
+    return found
+
+
+def run_suite(name: str, results: Path, link_backend: str, seed: int, full: bool,
+              overrides: Sequence[str] = ()) -> int:
     from testbed.cli import run_one
 
-    if name not in SUITES:
-        raise ParameterError(f"unknown suite {name!r}; available: {', '.join(sorted(SUITES))}")
-    cases = SUITES[name](full)
+    name, cases = suite_cases(name, full, overrides, seed)
+    for case in cases:  # every case's parameters checked before the first run starts
+        expected_params(case)
     root = results / name
     runs = [(case, stack) for case in cases for stack in case.stacks]
+    conflicts = conflicting_runs(root, runs, seed)
+    if conflicts:
+        raise ParameterError(
+            "these results were made with other parameters; give another --results or "
+            "remove them:\n  " + "\n  ".join(conflicts))
     failed: list[str] = []
     for number, (case, stack) in enumerate(runs, 1):
         run_dir = root / case.scenario / case.label / stack
@@ -135,8 +197,9 @@ def run_suite(name: str, results: Path, link_backend: str, seed: int, full: bool
             continue
         print(f"{tag}", file=sys.stderr)
         try:
-            run_one(case.scenario, case.overrides, stack, stack, link_backend, seed, run_dir,
-                    results, analyze=True)
+            run_one(case.scenario, case.overrides, stack, stack, link_backend,
+                    case.seed if case.seed is not None else seed, run_dir, results,
+                    analyze=True)
         except TestbedError as exc:
             failed.append(f"{tag}: {exc}")
             print(f"{tag}: failed: {exc}", file=sys.stderr)

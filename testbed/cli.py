@@ -115,7 +115,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
 def cmd_suite(args: argparse.Namespace) -> int:
     from experiments.suites import run_suite
 
-    return run_suite(args.name, args.results, args.link_backend, args.seed, full=args.full)
+    return run_suite(args.name, args.results, args.link_backend, args.seed, full=args.full,
+                     overrides=args.set)
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
@@ -160,7 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("suite", help="run a set of scenarios and draw comparison figures")
-    p.add_argument("name", nargs="?", default="default")
+    p.add_argument("name", nargs="?", default="default",
+                   help="a built-in suite, or a suite file (FILE.toml, see suites/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="parameter for every run of the suite (repeatable)")
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
     p.add_argument("--link-backend", default="auto", choices=["auto", "netem", "userspace"])
     p.add_argument("--seed", type=int, default=1)
