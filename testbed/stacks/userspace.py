@@ -84,6 +84,10 @@ def host_addresses(host: HostExec) -> list[HostAddress]:
         dev = match.group(1)
         gateway, metric = gateways.get(dev, (None, None))
         found.append(HostAddress(dev, match.group(2), gateway, metric))
+    # The daemon routes through the first interface with a gateway, as the kernel does
+    # through the default route of lowest metric: put that one first (interface order is
+    # only the order in which the interfaces were made).
+    found.sort(key=lambda a: (a.gateway is None, a.metric is None, a.metric or 0))
     return found
 
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -244,6 +244,37 @@ def test_the_schedulers_and_the_opportunistic_switch_reach_the_daemons_stack() -
     check_kernel_config(StackConfig())
     with pytest.raises(ParameterError, match=r"kernel stack: opportunistic.*--stack userspace"):
         check_kernel_config(StackConfig(opportunistic=True))
+
+
+class _FakeHost:
+    """`ip` output of a client whose second interface was made first (lower index) but
+    whose first default route is the other one's."""
+
+    name = "client"
+    OUTPUT: ClassVar[dict[tuple[str, ...], str]] = {
+        ("ip", "-4", "route", "show", "default"):
+            "default via 10.0.1.254 dev client-eth0 metric 100 \n"
+            "default via 10.0.2.254 dev client-eth1 metric 101 \n",
+        ("ip", "-o", "-4", "addr", "show"):
+            "1: lo    inet 127.0.0.1/8 scope host lo\n"
+            "2: client-eth1    inet 10.0.2.1/24 scope global client-eth1\n"
+            "3: client-eth0    inet 10.0.1.1/24 scope global client-eth0\n",
+    }
+
+    def run(self, argv: list[str], check: bool = True) -> str:
+        return self.OUTPUT[tuple(argv)]
+
+
+def test_the_daemon_gets_the_kernels_preferred_interface_first() -> None:
+    """The daemon sends through the first interface with a gateway: it must be the one the
+    kernel's lowest-metric default route names, or our initial subflow takes another path
+    than Linux's would (it did, with interfaces made in another order than their paths)."""
+    from testbed.stacks.userspace import host_addresses
+
+    found = host_addresses(_FakeHost())  # type: ignore[arg-type]
+    assert [(a.dev, a.addr, a.gateway, a.metric) for a in found] == [
+        ("client-eth0", "10.0.1.1/24", "10.0.1.254", 100),
+        ("client-eth1", "10.0.2.1/24", "10.0.2.254", 101)]
 
 
 def _subflow(local: str, port: int, initial: bool) -> dict[str, Any]:
