@@ -18,6 +18,8 @@ Each case names the box's transforms (testbed/emu/middlebox/core.py), the path i
   the other subflow is up, that subflow dropped; either way the data arrive.
 - `seq-rewrite` (path 1): harmless (DSS subflow sequence numbers are relative).
 - `split` (path 1): harmless (a mapping may cover several segments).
+- `nat` (path 1), `nat-join` (path 2): the client's address and port translated (a NAPT):
+  harmless, the server matches the join by token whatever address it comes from.
 - `payload-change` (path 1, with `checksum=1`): the DSS checksum catches it (§3.7): the
   subflow is reset and its data resent on the other (or, alone, MP_FAIL and fallback).
   Without checksums the change reaches the application, as it would with TCP.
@@ -68,6 +70,8 @@ CASES: dict[str, Case] = {
     "strip-dss": Case(("strip-dss",), 1, frozenset({"fallback", "one-path"})),
     "seq-rewrite": Case(("seq-rewrite",), 1, frozenset({"mptcp"})),
     "split": Case(("split:size=500",), 1, frozenset({"mptcp"})),
+    "nat": Case(("nat:public=10.0.1.100",), 1, frozenset({"mptcp"})),
+    "nat-join": Case(("nat:public=10.0.2.100",), 2, frozenset({"mptcp"})),
     "payload-change": Case(("payload-change:nth=200",), 1, frozenset({"corrupted"}),
                            expected_with_checksum=frozenset({"mptcp", "one-path",
                                                              "fallback"})),

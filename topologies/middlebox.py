@@ -33,13 +33,20 @@ class MiddleboxTopo(Topo):
             subnet = addr.rsplit(".", 1)[0]
             client_side = {"ip": f"{addr}/24"}
             router_side = {"ip": f"{subnet}.254/24"}
+            # Names pinned: Mininet makes links in sorted order of their end nodes, which
+            # would give the link to "mbox" client-eth0 whatever its path.
+            names = {"intfName1": f"client-eth{number - 1}"}
+            router_intf = f"router-eth{number - 1}"
             if number != on_path:
                 self.addLink(client, router, link_name=f"path{number}", shaping=shaping,
-                             params1=client_side, params2=router_side)
+                             params1=client_side, params2=router_side,
+                             intfName2=router_intf, **names)
                 continue
             mbox = self.addHost("mbox", cls=MiddleboxHost, transforms=tuple(transforms))
             self.addLink(client, mbox, link_name=f"path{number}", shaping=shaping,
-                         params1=client_side)
-            self.addLink(mbox, router, link_name=f"mbox{number}", params2=router_side)
-        self.addLink(router, server, link_name="server",
+                         params1=client_side, intfName2="mbox-eth0", **names)
+            self.addLink(mbox, router, link_name=f"mbox{number}", params2=router_side,
+                         intfName1="mbox-eth1", intfName2=router_intf)
+        self.addLink(router, server, link_name="server", intfName1="router-eth2",
+                     intfName2="server-eth0",
                      params1={"ip": "10.0.3.254/24"}, params2={"ip": f"{SERVER_ADDR}/24"})

@@ -158,8 +158,9 @@ class MiddleboxHost(TestbedHost):
         return list(self.params.get("transforms", ()))
 
     def sides(self) -> tuple[str, str]:
-        """(interface towards side a, interface towards side b), in the order linked."""
-        names = [intf.name for intf in self.intfList() if intf.name != "lo"]
+        """(interface towards side a, interface towards side b): the topology names them
+        <host>-eth0 and <host>-eth1."""
+        names = sorted(intf.name for intf in self.intfList() if intf.name != "lo")
         if len(names) != 2:
             raise ParameterError(f"middlebox {self.name} needs exactly two links, has "
                                  f"{len(names)}")

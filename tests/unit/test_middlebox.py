@@ -12,6 +12,7 @@ from testbed.emu.middlebox.core import (
 )
 from testbed.errors import ParameterError
 from testbed.stack.mptcp.options import Dss, DssMapping, MpCapable, MpJoinSyn, to_tcp_option
+from testbed.stack.wire.arp import ARP_REQUEST, ArpPacket, emit_arp, parse_arp
 from testbed.stack.wire.ethernet import EthernetFrame, emit_ethernet, parse_ethernet
 from testbed.stack.wire.ipv4 import PROTO_TCP, Ipv4Packet, emit_ipv4, parse_ipv4
 from testbed.stack.wire.tcp import (
@@ -129,7 +130,8 @@ def test_split_keeps_options_and_moves_fin_to_the_last_piece() -> None:
 
 def test_other_frames_pass_and_are_counted() -> None:
     box = Middlebox.from_specs(["strip-mptcp"])
-    arp = emit_ethernet(EthernetFrame(b"\xff" * 6, MAC_A, 0x0806, bytes(28)))
+    arp = emit_ethernet(EthernetFrame(b"\xff" * 6, MAC_A, 0x0806, emit_arp(
+        ArpPacket(ARP_REQUEST, MAC_A, A, bytes(6), B))))
     assert box.process("a2b", arp) == [arp]
     broken = bytearray(frame(data(1, b"abc", DSS)))
     broken[-1] ^= 0xFF  # TCP checksum no longer verifies
@@ -153,4 +155,36 @@ def test_bad_specs_are_refused_with_the_reason(spec: str, message: str) -> None:
 def test_every_transform_is_listed() -> None:
     assert set(available_transforms()) == {
         "strip-mp-capable", "strip-mp-join", "strip-dss", "strip-mptcp", "seq-rewrite",
-        "payload-change", "split"}
+        "payload-change", "split", "nat"}
+
+
+def test_nat_translates_side_a_flows_and_answers_arp_for_its_address() -> None:
+    public = bytes([10, 0, 1, 100])
+    box = Middlebox.from_specs(["nat:public=10.0.1.100,first_port=30000"])
+    [out] = box.process("a2b", frame(syn()))
+    ip = parse_ipv4(parse_ethernet(out).payload)
+    seg = parse_tcp(ip.payload, ip.src, ip.dst)  # the checksum holds for the new address
+    assert ip.src == public and seg.src_port == 30000 and seg.seq == 1000
+    # The reply to the public address and port goes back to the private ones.
+    reply = TcpSegment(80, 30000, 7000, 1001, SYN | ACK, 65535)
+    [back] = [segment_of(f) for f in box.process("b2a", frame(reply, B, public))]
+    assert back.dst_port == 40000
+    assert parse_ipv4(parse_ethernet(box.process("b2a", frame(reply, B, public))[0]).payload
+                      ).dst == A
+    # The router asks who has the public address: the box answers with the hidden host's MAC.
+    request = ArpPacket(ARP_REQUEST, MAC_B, B, bytes(6), public)
+    assert box.process("b2a", emit_ethernet(EthernetFrame(b"\xff" * 6, MAC_B, 0x0806,
+                                                          emit_arp(request)))) == []
+    [answer] = box.take_back()
+    arp = parse_arp(parse_ethernet(answer).payload)
+    assert arp.is_reply and arp.sender_ip == public and arp.sender_mac == MAC_A
+    assert parse_ethernet(answer).dst == MAC_B and box.counters["arp_answered"] == 1
+    # A segment of a flow the NAT never saw open is not translated.
+    stray = TcpSegment(41000, 80, 5, 1, ACK, 100, (), b"x")
+    [passed] = [segment_of(f) for f in box.process("a2b", frame(stray))]
+    assert passed.src_port == 41000
+
+
+def test_nat_needs_an_address() -> None:
+    with pytest.raises(ParameterError, match="public must be an IPv4 address"):
+        parse_transform("nat:public=home")

@@ -21,6 +21,10 @@ its parameters from a spec string, `name` or `name:key=value,key=value`:
   detect it.
 - `split:size=N`: data segments longer than N bytes are split into segments of at most N
   (resegmentation), each with the original options (a DSS mapping then covers several).
+- `nat:public=ADDR`: side a's TCP flows leave with source address ADDR and another source
+  port (a NAPT, as a home router does); replies are translated back, and the box answers ARP
+  for ADDR on side b with the MAC of the host it hides. MPTCP is built to pass NATs: joins
+  are matched by token, not by address (RFC 8684 §3.2).
 
 Stripped options are removed, not overwritten with NOPs, and checksums are recomputed, as a
 box that rebuilds the header does. Which direction a transform touches is a parameter
@@ -29,6 +33,7 @@ box that rebuilds the header does. Which direction a transform touches is a para
 
 from __future__ import annotations
 
+import ipaddress
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -37,8 +42,9 @@ from typing import ClassVar
 
 from testbed.errors import ParameterError
 from testbed.stack.registry import Registry
+from testbed.stack.wire.arp import ARP_REPLY, ArpPacket, emit_arp, parse_arp
 from testbed.stack.wire.errors import ParseError
-from testbed.stack.wire.ethernet import ETHERNET_HEADER_LEN
+from testbed.stack.wire.ethernet import ETHERNET_HEADER_LEN, EthernetFrame, emit_ethernet
 from testbed.stack.wire.ipv4 import PROTO_TCP, emit_ipv4, parse_ipv4
 from testbed.stack.wire.tcp import (
     ACK,
@@ -53,6 +59,7 @@ from testbed.stack.wire.tcp import (
 )
 
 ETHERTYPE_IPV4 = 0x0800
+ETHERTYPE_ARP = 0x0806
 DIRECTIONS = ("a2b", "b2a")
 Flow = tuple[bytes, int, bytes, int]  # (src addr, src port, dst addr, dst port)
 
@@ -74,6 +81,7 @@ class Packet:
     dst: bytes
     seg: TcpSegment
     direction: str  # "a2b" or "b2a"
+    src_mac: bytes = b""  # the frame's Ethernet source
 
     @property
     def flow(self) -> Flow:
@@ -82,6 +90,7 @@ class Packet:
 
 class Transform(ABC):
     name: ClassVar[str]
+    string_params: ClassVar[frozenset[str]] = frozenset({"direction"})
     # A transform that must see the other direction too (to undo what it did there) gets
     # every packet and applies its direction filter itself.
     sees_both_directions: ClassVar[bool] = False
@@ -103,6 +112,10 @@ class Transform(ABC):
     @abstractmethod
     def apply(self, packet: Packet) -> list[Packet]:
         """What leaves the box for this packet (usually one packet, possibly altered)."""
+
+    def answer_arp(self, direction: str, arp: ArpPacket) -> ArpPacket | None:
+        """A reply the box itself sends back for this request, or None to pass it on."""
+        return None
 
 
 class _StripMptcp(Transform):
@@ -235,6 +248,51 @@ class Split(Transform):
         return pieces
 
 
+class Nat(Transform):
+    """Source NAT with port translation of side a's TCP flows (flows are opened from a)."""
+
+    name = "nat"
+    string_params = frozenset({"direction", "public"})
+
+    def __init__(self, public: str = "", first_port: int = 20000) -> None:
+        super().__init__("both")
+        try:
+            self.public = ipaddress.IPv4Address(public).packed
+        except ValueError:
+            raise ParameterError(f"nat: public must be an IPv4 address, got {public!r}") \
+                from None
+        if not 1024 <= first_port <= 65535:
+            raise ParameterError(f"nat: first_port must be within 1024..65535, got {first_port}")
+        self._next_port = first_port
+        self._out: dict[tuple[bytes, int], int] = {}  # (private addr, port) -> public port
+        self._in: dict[int, tuple[bytes, int]] = {}
+        self._hidden_mac = b""
+
+    def apply(self, packet: Packet) -> list[Packet]:
+        seg = packet.seg
+        if packet.direction == "a2b":
+            key = (packet.src, seg.src_port)
+            if key not in self._out:
+                if not seg.has(SYN) or seg.has(ACK):
+                    return [packet]  # not a flow this NAT saw open: not ours to translate
+                self._out[key] = self._next_port
+                self._in[self._next_port] = key
+                self._next_port = 1024 + (self._next_port - 1023) % (65536 - 1024)
+            self._hidden_mac = packet.src_mac or self._hidden_mac
+            return [replace(packet, src=self.public, seg=_with(seg, src_port=self._out[key]))]
+        if packet.dst != self.public or seg.dst_port not in self._in:
+            return [packet]
+        addr, port = self._in[seg.dst_port]
+        return [replace(packet, dst=addr, seg=_with(seg, dst_port=port))]
+
+    def answer_arp(self, direction: str, arp: ArpPacket) -> ArpPacket | None:
+        if direction != "b2a" or not arp.is_request or arp.target_ip != self.public \
+                or not self._hidden_mac:
+            return None
+        return ArpPacket(ARP_REPLY, self._hidden_mac, self.public, arp.sender_mac,
+                         arp.sender_ip)
+
+
 def _direction_of_reverse(direction: str) -> str:
     return "b2a" if direction == "a2b" else "a2b"
 
@@ -256,16 +314,17 @@ def _with(seg: TcpSegment, **changes: object) -> TcpSegment:
 
 _TRANSFORMS: Registry[Callable[..., Transform]] = Registry("middlebox transform")
 for _cls in (StripMpCapable, StripMpJoin, StripDss, StripMptcp, SeqRewrite, PayloadChange,
-             Split):
+             Split, Nat):
     _TRANSFORMS.register(_cls.name, _cls)
 available_transforms = _TRANSFORMS.names
 
 
 def parse_transform(spec: str) -> Transform:
-    """`name` or `name:key=value,...` (values are integers except `dir`); ParameterError,
-    naming what exists, for anything else."""
+    """`name` or `name:key=value,...` (values are integers except `dir` and a transform's
+    named string parameters); ParameterError, naming what exists, for anything else."""
     name, _, args = spec.partition(":")
     factory = _TRANSFORMS.get(name.strip())
+    strings = getattr(factory, "string_params", frozenset())
     kwargs: dict[str, object] = {}
     for item in filter(None, (part.strip() for part in args.split(","))):
         key, sep, value = item.partition("=")
@@ -273,7 +332,7 @@ def parse_transform(spec: str) -> Transform:
             raise ParameterError(f"middlebox transform {spec!r}: {item!r} is not key=value")
         key = "direction" if key == "dir" else key
         try:
-            kwargs[key] = value if key == "direction" else int(value)
+            kwargs[key] = value if key in strings else int(value)
         except ValueError:
             raise ParameterError(f"middlebox transform {spec!r}: {key} must be an integer, "
                                  f"got {value!r}") from None
@@ -292,7 +351,10 @@ class Middlebox:
 
     transforms: list[Transform]
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        ("frames_a2b", "frames_b2a", "tcp_segments", "passed_unparsed", "frames_out"), 0))
+        ("frames_a2b", "frames_b2a", "tcp_segments", "passed_unparsed", "frames_out",
+         "arp_answered"), 0))
+    # Frames the box itself sends back out of the side a frame came from (ARP replies).
+    back: list[bytes] = field(default_factory=list)
 
     @classmethod
     def from_specs(cls, specs: list[str]) -> Middlebox:
@@ -304,9 +366,17 @@ class Middlebox:
         self.counters["frames_out"] += len(out)
         return out
 
+    def take_back(self) -> list[bytes]:
+        out, self.back = self.back, []
+        return out
+
     def _process(self, direction: str, frame: bytes) -> list[bytes]:
-        if len(frame) < ETHERNET_HEADER_LEN or \
-                int.from_bytes(frame[12:14], "big") != ETHERTYPE_IPV4:
+        if len(frame) < ETHERNET_HEADER_LEN:
+            return [frame]
+        ethertype = int.from_bytes(frame[12:14], "big")
+        if ethertype == ETHERTYPE_ARP:
+            return self._arp(direction, frame)
+        if ethertype != ETHERTYPE_IPV4:
             return [frame]
         try:
             ip = parse_ipv4(frame[ETHERNET_HEADER_LEN:])
@@ -317,14 +387,31 @@ class Middlebox:
             self.counters["passed_unparsed"] += 1
             return [frame]
         self.counters["tcp_segments"] += 1
-        packets = [Packet(ip.src, ip.dst, seg, direction)]
+        packets = [Packet(ip.src, ip.dst, seg, direction, frame[6:12])]
         for transform in self.transforms:
             packets = [out for packet in packets for out in transform(packet)]
-        if len(packets) == 1 and packets[0].seg is seg:
+        if len(packets) == 1 and packets[0].seg is seg and \
+                (packets[0].src, packets[0].dst) == (ip.src, ip.dst):
             return [frame]
         header = frame[:ETHERNET_HEADER_LEN]
-        return [header + emit_ipv4(replace(ip, payload=emit_tcp(p.seg, ip.src, ip.dst)))
+        return [header + emit_ipv4(replace(ip, src=p.src, dst=p.dst,
+                                           payload=emit_tcp(p.seg, p.src, p.dst)))
                 for p in packets]
+
+    def _arp(self, direction: str, frame: bytes) -> list[bytes]:
+        try:
+            arp = parse_arp(frame[ETHERNET_HEADER_LEN:])
+        except ParseError:
+            self.counters["passed_unparsed"] += 1
+            return [frame]
+        for transform in self.transforms:
+            reply = transform.answer_arp(direction, arp)
+            if reply is not None:
+                self.counters["arp_answered"] += 1
+                self.back.append(emit_ethernet(EthernetFrame(
+                    arp.sender_mac, reply.sender_mac, ETHERTYPE_ARP, emit_arp(reply))))
+                return []
+        return [frame]
 
     def stats(self) -> dict[str, object]:
         return {"counters": dict(self.counters),

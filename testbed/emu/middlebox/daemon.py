@@ -66,10 +66,15 @@ class Forwarder:
             except BlockingIOError:
                 return
             for out in self.box.process(direction, frame):
-                try:
-                    outbound.send(out)
-                except OSError:  # a full queue or an interface going down: a lost frame
-                    self.send_errors += 1
+                self._send(outbound, out)
+            for back in self.box.take_back():  # the box's own replies (ARP for a NAT)
+                self._send(inbound, back)
+
+    def _send(self, sock: socket.socket, frame: bytes) -> None:
+        try:
+            sock.send(frame)
+        except OSError:  # a full queue or an interface going down: a lost frame
+            self.send_errors += 1
 
     def stats(self) -> dict[str, object]:
         return {**self.box.stats(), "send_errors": self.send_errors}
