@@ -1,8 +1,14 @@
-"""The bulk-transfer program run inside an emulated host: one connection, deterministic bytes,
+"""The transfer program run inside an emulated host: one connection, deterministic bytes,
 sha256 on both ends, and a JSON report.
 
     python -m testbed.workload server --listen ADDR --port P [options]
     python -m testbed.workload client --connect ADDR --port P [options]
+
+By default the sender writes as fast as the connection takes (bulk). With `--messages SIZE`
+(on both sides) it writes SIZE-byte messages at a constant rate, one every `--interval-ms`,
+as an interactive application (voice, a game) does; each message starts with its number and
+the time it was due, and the receiver reports every message's delay from due to arrival (both
+ends share the host's clock: the emulated hosts are namespaces of one machine).
 
 The server accepts exactly one connection and exits; it prints `LISTENING` (flushed) once the
 socket listens so a runner knows when to start the client. `--direction upload` means the
@@ -13,6 +19,7 @@ exit status is 1 (2 for bad arguments, as argparse does).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -40,6 +47,8 @@ _MPTCP_INFO_HEAD = struct.Struct("=6B2xII")
 CHUNK = 128 * 1024
 RECV_BUF = 1 << 20
 BIN_S = 0.1  # width of the receiver's goodput time series bins
+# A message's header: its number and the time.time() at which the application produced it.
+MESSAGE_HEADER = struct.Struct("!Qd")
 
 Role = Literal["sender", "receiver"]
 Side = Literal["client", "server"]
@@ -75,6 +84,10 @@ class Report:
     goodput_mbps: float | None = None
     # Receiver only: [seconds since t_start, bytes received in that 100 ms bin].
     series: list[list[float]] = field(default_factory=list)
+    # Messages mode: size and interval, and (receiver) the delay statistics in ms and the
+    # series [seconds since t_start of arrival, delay in ms] of every message.
+    messages: dict[str, Any] | None = None
+    message_series: list[list[float]] = field(default_factory=list)
     mptcp_subflows: int | None = None  # extra subflows (not counting the first), MPTCP_INFO
     mptcp_token: str | None = None
     mptcp_fallback: bool | None = None
@@ -204,13 +217,71 @@ def send_stream(
     report.t_end = time.time()
 
 
-def receive_stream(sock: socket.socket, report: Report, start_mono: float) -> None:
+def send_messages(sock: socket.socket, report: Report, seed: int, size: int,
+                  interval_s: float, total: int | None, seconds: float | None,
+                  established_mono: float) -> None:
+    """One `size`-byte message every `interval_s`, on a fixed schedule: a message that could
+    not leave in time (a blocked socket) is stamped with the time it was due, so its delay
+    counts the wait. Ends after `seconds`, or once `total` bytes are sent."""
+    h = hashlib.sha256()
+    filler = random.Random(seed).randbytes(max(0, size - MESSAGE_HEADER.size))
+    with contextlib.suppress(OSError):  # not every socket has it (our stack's API socket)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    start_wall, start_mono = time.time(), time.monotonic()
+    count = 0
+    while True:
+        due = count * interval_s
+        if seconds is not None and due >= seconds:
+            break
+        if total is not None and (count + 1) * size > total:
+            break
+        wait = due - (time.monotonic() - start_mono)
+        if wait > 0:
+            time.sleep(wait)
+        message = MESSAGE_HEADER.pack(count, start_wall + due) + filler
+        sock.sendall(message)
+        h.update(message)
+        count += 1
+        report.bytes = count * size
+    report.sha256 = h.hexdigest()
+    report.messages = {"size": size, "interval_ms": interval_s * 1000, "sent": count}
+    _mptcp_info(sock, report)
+    sock.shutdown(socket.SHUT_WR)
+    while sock.recv(4096):
+        pass
+    report.t_end = time.time()
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def message_delays(series: list[list[float]], size: int, interval_s: float,
+                   sent_hint: int | None = None) -> dict[str, Any]:
+    """The receiver's summary of its message series: count and delay percentiles (ms)."""
+    delays = sorted(delay for _, delay in series)
+    out: dict[str, Any] = {"size": size, "interval_ms": interval_s * 1000,
+                           "received": len(delays)}
+    if sent_hint is not None:
+        out["sent"] = sent_hint
+    if delays:
+        out.update({f"delay_ms_p{int(q * 100)}": round(_percentile(delays, q), 3)
+                    for q in (0.5, 0.95, 0.99)})
+        out["delay_ms_max"] = round(delays[-1], 3)
+        out["delay_ms_mean"] = round(sum(delays) / len(delays), 3)
+    return out
+
+
+def receive_stream(sock: socket.socket, report: Report, start_mono: float,
+                   message_size: int | None = None, interval_s: float = 0.0) -> None:
     h = hashlib.sha256()
     buf = bytearray(RECV_BUF)
     view = memoryview(buf)
     bins: list[int] = []
     received = 0
     last_data_mono = start_mono
+    pending = bytearray()  # messages mode: the start of a message not complete yet
     try:
         while True:
             n = sock.recv_into(buf)
@@ -225,6 +296,15 @@ def receive_stream(sock: socket.socket, report: Report, start_mono: float) -> No
                 bins.extend([0] * (idx + 1 - len(bins)))
             bins[idx] += n
             report.bytes = received
+            if message_size:
+                pending += view[:n]
+                arrived = time.time()
+                while len(pending) >= message_size:
+                    _number, due = MESSAGE_HEADER.unpack_from(pending)
+                    del pending[:message_size]
+                    assert report.t_start is not None
+                    report.message_series.append([round(arrived - report.t_start, 4),
+                                                  round((arrived - due) * 1000, 3)])
     finally:
         # Also when the connection dies: what arrived until then (and when) is what a
         # scenario such as a migration without MPTCP needs to measure.
@@ -233,6 +313,8 @@ def receive_stream(sock: socket.socket, report: Report, start_mono: float) -> No
         report.t_last_data = report.t_start + (last_data_mono - start_mono)
         report.sha256 = h.hexdigest()
         report.series = [[round(i * BIN_S, 3), b] for i, b in enumerate(bins)]
+        if message_size:
+            report.messages = message_delays(report.message_series, message_size, interval_s)
     _mptcp_info(sock, report)
 
 
@@ -333,12 +415,16 @@ def run(args: argparse.Namespace) -> Report:
         report.local = _addr(conn.getsockname())
         report.remote = _addr(peer)
         report.congestion = get_congestion(conn)
-        if sender:
+        interval_s = args.interval_ms / 1000
+        if sender and args.messages:
+            send_messages(conn, report, args.seed, args.messages, interval_s, args.bytes,
+                          args.seconds, established)
+        elif sender:
             send_stream(
                 conn, report, args.seed, args.bytes, args.seconds, args.close_delay, established
             )
         else:
-            receive_stream(conn, report, established)
+            receive_stream(conn, report, established, args.messages, interval_s)
     except WorkloadError as exc:
         report.error = str(exc)
     except _Terminated:
@@ -390,6 +476,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=0.2,
         help="sender: minimum seconds between connection setup and shutdown",
     )
+    p.add_argument("--messages", type=int, metavar="SIZE",
+                   help="both sides: constant-rate messages of SIZE bytes instead of bulk")
+    p.add_argument("--interval-ms", type=float, default=20.0,
+                   help="messages mode: one message every this many ms")
     p.add_argument(
         "--timeout",
         type=_positive_float,
@@ -405,6 +495,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("client needs --connect ADDR")
     if args.bytes is not None and args.bytes < 0:
         p.error("--bytes must be >= 0")
+    if args.messages is not None and args.messages < MESSAGE_HEADER.size:
+        p.error(f"--messages must be at least {MESSAGE_HEADER.size} bytes (number and time)")
+    if args.interval_ms <= 0:
+        p.error("--interval-ms must be positive")
     if args.bytes is None and args.seconds is None:
         args.bytes = 16 * 1024 * 1024
     return args

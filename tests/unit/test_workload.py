@@ -16,7 +16,9 @@ import pytest
 
 from testbed.workload import (
     CHUNK,
+    MESSAGE_HEADER,
     Report,
+    message_delays,
     parse_args,
     payload_chunks,
     payload_sha256,
@@ -90,6 +92,37 @@ def test_seconds_mode_runs_for_the_given_time() -> None:
     assert client.bytes == server.bytes > 0
     assert client.sha256 == server.sha256 == payload_sha256(1, client.bytes)
     assert server.duration_s is not None and server.duration_s >= 0.25
+
+
+def test_messages_arrive_on_schedule_with_their_delays() -> None:
+    client, server = transfer_in_process("--seconds", "0.5", "--messages", "200",
+                                         "--interval-ms", "20")
+    assert client.error is None and server.error is None
+    # 0.5 s at one message per 20 ms: messages due at 0, 20, ..., 480 ms.
+    assert client.messages == {"size": 200, "interval_ms": 20.0, "sent": 25}
+    assert server.bytes == client.bytes == 25 * 200 and server.sha256 == client.sha256
+    assert server.messages is not None and server.messages["received"] == 25
+    assert len(server.message_series) == 25
+    # Over loopback a message arrives within a few ms of being due, never before it.
+    delays = [delay for _, delay in server.message_series]
+    assert min(delays) >= 0 and server.messages["delay_ms_p50"] < 20
+    arrivals = [t for t, _ in server.message_series]
+    assert arrivals == sorted(arrivals) and arrivals[-1] >= 0.45
+
+
+def test_message_delay_summary() -> None:
+    series = [[0.1 * i, float(d)] for i, d in enumerate([5, 1, 3, 100, 2])]
+    summary = message_delays(series, 64, 0.02, sent_hint=6)
+    assert summary["received"] == 5 and summary["sent"] == 6
+    assert summary["delay_ms_p50"] == 3 and summary["delay_ms_max"] == 100
+    assert summary["delay_ms_mean"] == pytest.approx(22.2)
+    assert message_delays([], 64, 0.02)["received"] == 0
+
+
+def test_messages_need_room_for_their_header() -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["client", "--connect", "x", "--port", "1", "--messages",
+                    str(MESSAGE_HEADER.size - 1)])
 
 
 def test_zero_bytes() -> None:
