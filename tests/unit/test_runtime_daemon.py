@@ -198,7 +198,7 @@ def test_the_command_line_makes_an_mptcp_core_with_the_endpoints() -> None:
 
 @pytest.mark.parametrize(("option", "value", "listed"), [
     ("--congestion", "vegas", "balia"), ("--scheduler", "fastest", "default"),
-    ("--path-manager", "userspace", "default")])
+    ("--path-manager", "binder", "fullmesh")])
 def test_a_bad_name_on_the_command_line_is_an_error_listing_the_names(
         option: str, value: str, listed: str) -> None:
     args = parse_args(["--control", "x", "--iface", "eth0=10.0.1.1/24", option, value])
