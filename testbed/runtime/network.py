@@ -80,6 +80,14 @@ class NetworkLayer:
             "IcmpInDestUnreachs", "IcmpInOther", "TcpInSegs", "TcpOutSegs",
         ), 0)
 
+    def add_interface(self, iface: Interface) -> None:
+        """An address adopted at run time: on a new interface, or replacing the one an
+        interface had (one address per interface, as the testbed's hosts have)."""
+        self._ifaces[iface.name] = iface
+        self._neighbours.setdefault(iface.name, NeighbourTable())
+        self.routes = RouteTable([i for i in self.routes.interfaces if i.name != iface.name]
+                                 + [iface])
+
     # -- input ------------------------------------------------------------------------------
 
     def receive_frame(self, iface_name: str, frame: bytes, now: float) -> None:
