@@ -41,7 +41,6 @@ from typing import Any
 
 from mininet.topo import Topo
 
-from experiments.multi_wifi import endpoint_id, plain_tcp_sockets
 from experiments.scenario import (
     CommonParams,
     HostEvent,
@@ -56,8 +55,9 @@ from testbed import stats
 from testbed.emu.linkparams import LinkShaping, Shaping
 from testbed.emu.network import Emulation
 from testbed.emu.nodes import TestbedHost
-from testbed.errors import ParameterError, TestbedError
-from testbed.stacks.base import Endpoint
+from testbed.errors import ParameterError
+from testbed.stacks.base import Endpoint, path_control
+from testbed.stacks.kernel import KernelPathControl
 from topologies.two_path import CLIENT_ADDRS, SERVER_ADDR, TwoPathTopo
 
 MODES = ("full", "backup", "single-path")
@@ -139,48 +139,39 @@ class HandoverParams(CommonParams):
 # -- the phone's connection manager (host actions at detection) ------------------------------
 
 def has_subflow_from(host: TestbedHost, address: str) -> bool:
-    return bool(host.run(["ss", "-tnH", "state", "established", "src", address]).strip())
+    return KernelPathControl(host).has_subflow_from(address)
 
 
 def withdraw_address(host: TestbedHost, address: str) -> None:
     """The phone lost `address`: delete its MPTCP endpoint (REMOVE_ADDR, the subflow closes and
     its data are reinjected elsewhere) and destroy plain TCP sockets bound to it. The initial
     subflow's address has no endpoint of its own and goes by id 0 (RFC 8684 §3.4.2)."""
-    found = endpoint_id(host.run(["ip", "mptcp", "endpoint", "show"]), address)
-    argv = ["id", str(found)] if found is not None else ["id", "0", address]
-    try:
-        host.run(["ip", "mptcp", "endpoint", "delete", *argv])
-    except TestbedError:
-        if found is not None:
-            raise
-        # No MPTCP connection started from this address (plain TCP): nothing to withdraw.
-    for local, peer in plain_tcp_sockets(host.run(["ss", "-tniH", "src", address])):
-        host.run(["ss", "-K", "-tnH", "state", "established", "src", local, "dst", peer])
+    KernelPathControl(host).withdraw_address(address)
 
 
 @dataclass(frozen=True)
 class WifiLost:
-    """What the connection manager does when it notices WiFi is gone, per mode (module doc)."""
+    """What the connection manager does when it notices WiFi is gone, per mode (module doc),
+    through the client's path control: `ip mptcp` for the kernel, the control socket for
+    our stack (whose daemon may have seen the link go down and acted already: then these
+    are no-ops or repeat what its path manager did)."""
 
     mode: str
     join_wait_s: float = JOIN_WAIT_S
     poll_s: float = 0.01
 
     def __call__(self, emu: Emulation) -> None:
-        client = emu.host("client")
+        control = path_control(emu, "client")
         if self.mode == "backup":
-            found = endpoint_id(client.run(["ip", "mptcp", "endpoint", "show"]), CELL_ADDR)
-            if found is not None:  # MP_PRIO B=0 on every subflow from the cellular address
-                client.run(["ip", "mptcp", "endpoint", "change", "id", str(found), "nobackup"])
+            control.set_backup(CELL_ADDR, False)  # MP_PRIO B=0 on the cellular subflows
         elif self.mode == "single-path":
-            client.run(["ip", "mptcp", "endpoint", "add", CELL_ADDR, "dev", CELL_INTF,
-                        "subflow"])
+            control.add_endpoint(CELL_ADDR, CELL_INTF, ["subflow"])
             # Withdrawing WiFi first would leave the connection without any subflow until the
             # join completes; a phone keeps the dead one until the new one is up.
             deadline = time.monotonic() + self.join_wait_s
-            while not has_subflow_from(client, CELL_ADDR) and time.monotonic() < deadline:
+            while not control.has_subflow_from(CELL_ADDR) and time.monotonic() < deadline:
                 time.sleep(self.poll_s)
-        withdraw_address(client, WIFI_ADDR)
+        control.withdraw_address(WIFI_ADDR)
 
 
 # -- metrics ----------------------------------------------------------------------------------

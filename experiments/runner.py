@@ -82,6 +82,7 @@ class Run:
         self.stack_config = StackConfig(
             path_manager=self.params.path_manager, scheduler=self.params.scheduler,
             congestion=self.params.congestion, checksum=self.params.checksum,
+            ndiffports=self.params.ndiffports,
         )
         self.workload = scenario.workload()
         self.timeline = sorted(scenario.timeline(), key=lambda event: event.at_s)
@@ -172,6 +173,12 @@ class Run:
         stats_dir = self.run_dir / "stats"
         client_prep, server_prep = self._prepare(emu)
         self.prepared = {"client": asdict(client_prep), "server": asdict(server_prep)}
+        # The timeline's connection managers act on each host's path manager through this.
+        emu.path_controls = {
+            self.scenario.client: self.client_driver.path_control(
+                emu.host(self.scenario.client), client_prep),
+            self.scenario.server: self.server_driver.path_control(
+                emu.host(self.scenario.server), server_prep)}
         endpoints = (self.scenario.client, self.scenario.server)
         for name in endpoints:
             _write_json(stats_dir / f"nstat-{name}-before.json",

@@ -109,6 +109,7 @@ class CommonParams:
     congestion: str = "cubic"
     scheduler: str = "default"
     path_manager: str = "kernel"
+    ndiffports: int = 2  # our `ndiffports` path manager: subflows over the initial pair
     checksum: bool = False
     capture: bool = True
     # Interfaces to capture on, comma-separated ("client-eth0,server-eth0"); empty: the

@@ -49,6 +49,8 @@ from testbed.emu.netns import netlink
 from testbed.emu.network import Emulation
 from testbed.emu.nodes import TestbedHost
 from testbed.errors import ParameterError, TestbedError
+from testbed.stacks.base import path_control
+from testbed.stacks.kernel import KernelPathControl
 from topologies.migration import (
     CLIENT_ADDR,
     GATEWAY_B,
@@ -149,13 +151,13 @@ def resume_in_domain_b(emu: Emulation) -> None:
             ns.route("replace", dst="0.0.0.0/0", gateway=GATEWAY_B, oif=index)
     except (IndexError, OSError, NetlinkError) as exc:  # NetlinkError is no OSError
         raise TestbedError(f"server: cannot configure {SERVER_INTF_B}: {exc}") from None
-    server.run(["ip", "mptcp", "endpoint", "add", SERVER_ADDR_B, "dev", SERVER_INTF_B, "signal"])
+    # Our stack's daemon adopts the new address (and its route) from the kernel itself.
+    path_control(emu, "server").add_endpoint(SERVER_ADDR_B, SERVER_INTF_B, ["signal"])
 
 
 def has_subflow_from(server: TestbedHost, address: str) -> bool:
     """Whether the server has an established TCP socket (an MPTCP subflow) from `address`."""
-    out = server.run(["ss", "-tnH", "state", "established", "src", address])
-    return bool(out.strip())
+    return KernelPathControl(server).has_subflow_from(address)
 
 
 @dataclass(frozen=True)
@@ -174,12 +176,13 @@ class WithdrawOldAddress:
     poll_s: float = 0.01
 
     def __call__(self, emu: Emulation) -> None:
-        server = emu.host("server")
+        control = path_control(emu, "server")
         deadline = time.monotonic() + self.join_wait_s
-        while not has_subflow_from(server, SERVER_ADDR_B) and time.monotonic() < deadline:
+        while not control.has_subflow_from(SERVER_ADDR_B) and time.monotonic() < deadline:
             time.sleep(self.poll_s)
         time.sleep(self.after_join_s)
-        server.run(["ip", "mptcp", "endpoint", "delete", "id", "0", SERVER_ADDR_A])
+        # Plain TCP is left to die by itself: nothing tells it about the new address.
+        control.withdraw_address(SERVER_ADDR_A, destroy_tcp=False)
 
 
 def mechanism_counters(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:

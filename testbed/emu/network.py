@@ -49,6 +49,9 @@ class Emulation:
         self.backend: LinkBackend = make_backend(backend, seed, shaper_log)
         self.record = record
         self.net: Mininet | None = None
+        # Per host, how its connection manager reaches the MPTCP path manager (the runner
+        # sets it once the stacks are prepared: testbed.stacks.base.path_control).
+        self.path_controls: dict[str, Any] = {}
 
     def __enter__(self) -> Emulation:
         try:

@@ -220,7 +220,7 @@ def test_the_driver_hands_endpoints_and_choices_to_the_daemon() -> None:
     assert stack.config.extra_local_addrs == (bytes([10, 0, 2, 1]), bytes([10, 0, 4, 1]))
     assert stack.config.backup_addrs == (bytes([10, 0, 4, 1]),)
     assert stack.config.announce_addrs == (bytes([10, 0, 3, 2]),)
-    assert stack.config.path_manager == "default"  # the kernel's, by our name
+    assert stack.config.path_manager == "kernel"  # ours of the kernel's name and behaviour
     assert stack.config.checksum and stack.tcp.config.congestion == "lia"
     with pytest.raises(ParameterError, match="userspace stack: unknown MPTCP scheduler"):
         daemon_choices(StackConfig(scheduler="redundant"))

@@ -166,3 +166,55 @@ def test_rtnetlink_messages_decode_to_events() -> None:
         LinkChange(4, "client-eth0", True), LinkChange(4, "client-eth0", False),
         AddressChange(4, ipaddress.IPv4Interface("10.0.5.1/24"), True),
         DefaultRouteChange(4, ipaddress.IPv4Address("10.0.5.254"), True)]
+
+
+def test_our_path_control_drives_the_daemon_as_ip_mptcp_drives_the_kernel(
+        daemon: tuple[StackDaemon, str, MptcpStack]) -> None:
+    from testbed.stacks.userspace import UserspacePathControl
+
+    _, path, stack = daemon
+    control = UserspacePathControl(path)
+    control.set_backup("10.0.2.1", False)
+    assert stack.endpoints[A2].flags == frozenset({"subflow"})
+    control.add_endpoint("10.0.3.1", "eth2", ["signal"])
+    control.add_endpoint("10.0.3.1", "eth2", ["signal"])  # there already: nothing more
+    assert [e["addr"] for e in api.endpoint_show(path)] == ["10.0.2.1", "10.0.3.1"]
+    control.withdraw_address("10.0.2.1")  # an endpoint: deleted, and the address down
+    control.withdraw_address("10.0.1.1")  # the initial address: down (REMOVE_ADDR id 0)
+    assert A2 not in stack.endpoints
+    assert not stack.address_is_up(A2) and not stack.address_is_up(A1)
+    assert not control.has_subflow_from("10.0.1.1")
+
+
+def test_the_handover_connection_manager_uses_the_hosts_path_control() -> None:
+    from experiments.handover import CELL_ADDR, CELL_INTF, WIFI_ADDR, WifiLost
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.calls: list[tuple[object, ...]] = []
+
+        def add_endpoint(self, addr: str, dev: str, flags: list[str]) -> None:
+            self.calls.append(("add", addr, dev, tuple(flags)))
+
+        def set_backup(self, addr: str, backup: bool) -> None:
+            self.calls.append(("backup", addr, backup))
+
+        def withdraw_address(self, addr: str, destroy_tcp: bool = True) -> None:
+            self.calls.append(("withdraw", addr))
+
+        def has_subflow_from(self, addr: str) -> bool:
+            self.calls.append(("joined?", addr))
+            return True
+
+    class Emu:
+        def __init__(self) -> None:
+            self.path_controls = {"client": Recorder()}
+
+    for mode, expected in [
+            ("full", [("withdraw", WIFI_ADDR)]),
+            ("backup", [("backup", CELL_ADDR, False), ("withdraw", WIFI_ADDR)]),
+            ("single-path", [("add", CELL_ADDR, CELL_INTF, ("subflow",)),
+                             ("joined?", CELL_ADDR), ("withdraw", WIFI_ADDR)])]:
+        emu = Emu()
+        WifiLost(mode)(emu)  # type: ignore[arg-type]
+        assert emu.path_controls["client"].calls == expected, mode
