@@ -20,6 +20,14 @@ it does is the mode, the paper's three:
   withdrawn once the join is up. Expected gap: detection plus the join's handshake and slow
   start: longer than backup.
 
+The same connection manager drives our stack (`--stack userspace`) through its daemon's
+control socket instead of `ip mptcp` (testbed.stacks: path control). Our daemon also sees the
+WiFi link go down itself (rtnetlink) and its path manager withdraws the address at once, so
+for our stack detection is the link's own; `--set connection_manager=false` leaves it at that
+(no action at detection), with `--set path_manager=single-path` for the single-path mode.
+The mechanism counters of our stack (its daemon's, under the kernel's names) are reported
+next to the kernel's nstat ones.
+
 Plain TCP (`--stack tcp`) runs over WiFi and breaks: on detection the connection manager
 destroys the sockets of the lost address, as Android does (SOCK_DESTROY), which makes both ends
 see the break at once instead of after minutes of retransmissions.
@@ -92,6 +100,10 @@ class HandoverParams(CommonParams):
     direction: str = "download"
     # Also how long a side waits without progress before giving up (plain TCP's death).
     timeout_s: float = 20.0
+    # False: no connection manager acts at detection; the stack sees the link go down by
+    # itself (ours does, through netlink; single-path then needs our `single-path` path
+    # manager, which holds the cellular `subflow` endpoint in reserve).
+    connection_manager: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -230,6 +242,8 @@ class Handover(Scenario):
     def client_endpoints(self) -> list[Endpoint]:
         # WiFi carries the initial subflow (the client's first default route).
         flags = {"full": {"subflow"}, "backup": {"subflow", "backup"}}.get(self.params.mode)
+        if flags is None and not self.params.connection_manager:
+            flags = {"subflow"}  # in reserve: the single-path path manager joins it on failure
         if flags is None:  # single-path: cellular is added when WiFi is found lost
             return []
         return [Endpoint(addr=CELL_ADDR, dev=CELL_INTF, flags=frozenset(flags))]
@@ -239,6 +253,8 @@ class Handover(Scenario):
 
     def timeline(self) -> list[TimelineEvent]:
         p = self.params
+        if not p.connection_manager:
+            return [LinkEvent(p.fail_at_s, WIFI_LINK, "down")]
         return [
             LinkEvent(p.fail_at_s, WIFI_LINK, "down"),
             HostEvent(p.detected_at_s, f"client notices WiFi is lost ({p.mode}): "
@@ -255,7 +271,8 @@ class Handover(Scenario):
         p = self.params
         return (f"{p.mode}: WiFi {p.wifi_rate_mbps:g} Mbit/s {p.wifi_delay_ms:g} ms, cellular "
                 f"{p.cell_rate_mbps:g} Mbit/s {p.cell_delay_ms:g} ms, detection "
-                f"{p.detection_s:g} s")
+                f"{p.detection_s:g} s" + ("" if p.connection_manager
+                                           else ", no connection manager"))
 
     def configured_rates(self) -> dict[str, float]:
         return {WIFI_LINK: self.params.wifi_rate_mbps, CELL_LINK: self.params.cell_rate_mbps}

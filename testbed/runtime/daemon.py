@@ -226,6 +226,10 @@ class StackDaemon:
                 n = sock.recv_into(self._rxbuf)
             except BlockingIOError:
                 break
+            except OSError as exc:
+                if exc.errno == errno.ENETDOWN:  # the link went down: netlink tells the rest
+                    break
+                raise
             now = time.monotonic()
             self.net.receive_frame(name, bytes(view[:n]), now)
             # Answer as we go, but only from the connection the frame reached: an ACK per

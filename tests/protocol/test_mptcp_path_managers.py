@@ -295,3 +295,21 @@ def test_a_download_survives_the_client_losing_its_address_in_each_mode() -> Non
         assert hashlib.sha256(reader.received).digest() == hashlib.sha256(reply).digest(), mode
         assert run.server.stack.counters["RmAddr"] == 1, mode
         assert run.server.stack.counters["MPTCPReinject"] >= 1, mode
+
+
+def test_a_subflow_kept_for_its_dead_address_is_withdrawn_once_another_joins() -> None:
+    """The kernel path manager with nothing to move to keeps the dead subflow; a `subflow`
+    endpoint added later (a connection manager's single-path) joins, and then the dead
+    address is withdrawn by itself."""
+    run = setup(12, client=MptcpConfig(), size=3_000_000)
+    run.net.run(0.4)
+    run.path_down(0)
+    run.client.stack.address_down(A1, run.net.now)
+    run.net.run(run.net.now + 0.2)
+    assert run.pairs() == {(A1, B1)} and not run.signals(RemoveAddr)
+    run.client.stack.add_endpoint(A2, {"subflow"}, run.net.now)
+    run.net.run(run.net.now + 0.5)
+    assert run.pairs() == {(A2, B1)}
+    run.run_to_end()
+    assert [o.address_ids for o in run.signals(RemoveAddr)] == [(0,)]  # type: ignore[attr-defined]
+    assert run.server.stack.counters["RmSubflow"] == 1

@@ -649,6 +649,7 @@ class MptcpConnection:
                 else:
                     sf.fully_established = True
                     sf.tcp.request_ack()  # the fourth ACK (§3.2)
+                    self.pm.on_subflow_established(self, sf, self._now)
         elif event == "fin_received":
             # The peer closes this subflow (§3.3.3: a subflow FIN is not a DATA_FIN); in
             # fallback it is the end of the stream.
@@ -700,6 +701,7 @@ class MptcpConnection:
             # §3.2: any later segment from the peer is the fourth ACK.
             sf.join_ack_pending = False
             sf.fully_established = True
+            self.pm.on_subflow_established(self, sf, now)
         got_mptcp = False
         for opt in opts:
             got_mptcp = True

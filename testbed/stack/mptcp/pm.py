@@ -26,7 +26,7 @@ from testbed.errors import ParameterError
 from testbed.stack.registry import Registry
 
 if TYPE_CHECKING:
-    from testbed.stack.mptcp.connection import MptcpConnection
+    from testbed.stack.mptcp.connection import MptcpConnection, Subflow
 
 # The flags of `ip mptcp endpoint add` (the kernel's MPTCP_PM_ADDR_FLAG_*).
 ENDPOINT_FLAGS: frozenset[str] = frozenset({"subflow", "signal", "backup", "fullmesh"})
@@ -92,6 +92,9 @@ class PathManager:
 
     def on_local_address_up(self, conn: MptcpConnection, addr: bytes, now: float) -> None:
         """A local address without an endpoint (the initial subflow's) came back up."""
+
+    def on_subflow_established(self, conn: MptcpConnection, sf: Subflow, now: float) -> None:
+        """A joined subflow may carry data now."""
 
 
 class UserspacePathManager(PathManager):
@@ -183,6 +186,13 @@ class KernelPathManager(PathManager):
         if conn.is_client and addr == conn.local_addr:
             conn.ensure_subflow(addr, conn.remote_addr, conn.remote_port, now,
                                 remote_address_id=0)
+
+    def on_subflow_established(self, conn: MptcpConnection, sf: Subflow, now: float) -> None:
+        # A subflow kept because its address went down while it was the last one is
+        # withdrawn now that another one works.
+        for addr in {s.tcp.local_addr for s in conn.subflows}:
+            if not conn.stack.address_is_up(addr) and addr != sf.tcp.local_addr:
+                conn.withdraw_local_address(addr, now)
 
     def promote_backups(self, conn: MptcpConnection, now: float) -> None:
         live = [sf for sf in conn.subflows if not sf.failed]
