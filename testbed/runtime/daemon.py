@@ -267,6 +267,7 @@ class StackDaemon:
                 return
             self.link_up[name] = event.up
             self.counters["LinkUp" if event.up else "LinkDown"] += 1
+            self.net.set_link(name, event.up)
             iface = next((i for i in self.net.routes.interfaces if i.name == name), None)
             if iface is not None and self.tcp is not None and hasattr(self.tcp, "address_up"):
                 if event.up:

@@ -86,7 +86,11 @@ class NetworkLayer:
         self._ifaces[iface.name] = iface
         self._neighbours.setdefault(iface.name, NeighbourTable())
         self.routes = RouteTable([i for i in self.routes.interfaces if i.name != iface.name]
-                                 + [iface])
+                                 + [iface], self.routes.down)
+
+    def set_link(self, name: str, up: bool) -> None:
+        """The link of `name` went down or came back: routes avoid it while it is down."""
+        self.routes.set_down(name, not up)
 
     # -- input ------------------------------------------------------------------------------
 
