@@ -568,12 +568,17 @@ class MptcpConnection:
     def remove_address(self, address_id: int, now: float) -> None:
         """REMOVE_ADDR (§3.4.2), sent once a subflow from another address can carry it; our
         subflows from that address are closed (their data reinjected), unless that would
-        leave the connection without any subflow: the last one waits for its address."""
+        leave the connection without a working subflow: then they wait for their address to
+        return or another subflow to complete its join (the path manager withdraws the
+        address again then). Their reset may still reach the peer by another interface,
+        and it must not find the connection without subflows before the join arrives."""
         if self.fallback or self.state is MetaState.CLOSED:
             return
         self._add_addrs = [a for a in self._add_addrs if a.address_id != address_id]
         victims = [sf for sf in self.subflows if sf.local_id == address_id]
-        if victims and len(victims) == len(self.subflows):
+        working = [sf for sf in self.subflows if sf.local_id != address_id
+                   and sf.fully_established and not sf.failed]
+        if victims and not working:
             return
         if address_id not in self._rm_addrs:
             self._rm_addrs.append(address_id)
