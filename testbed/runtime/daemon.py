@@ -5,7 +5,8 @@ application API on a Unix socket, and the event loop that feeds them with frames
     python -m testbed.runtime.daemon --control /run/mptcp-testbed/HOST.sock
         --iface client-eth0=10.0.1.1/24,gw=10.0.1.254 [--iface ...] [--pcap FILE] [--seed N]
         [--congestion cubic|reno|lia|olia|balia] [--scheduler NAME] [--path-manager NAME]
-        [--checksum] [--subflow ADDR [--backup ADDR]] [--announce ADDR]
+        [--checksum] [--subflow ADDR [--backup ADDR]] [--announce ADDR] [--ndiffports N]
+        [--no-netlink]
 
 The MPTCP endpoints follow `ip mptcp endpoint` flags: a client opens a subflow from every
 --subflow address (flagged backup when also given as --backup), a server announces every
