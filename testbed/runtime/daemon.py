@@ -5,12 +5,13 @@ application API on a Unix socket, and the event loop that feeds them with frames
     python -m testbed.runtime.daemon --control /run/mptcp-testbed/HOST.sock
         --iface client-eth0=10.0.1.1/24,gw=10.0.1.254 [--iface ...] [--pcap FILE] [--seed N]
         [--congestion cubic|reno|lia|olia|balia] [--scheduler NAME] [--path-manager NAME]
-        [--checksum] [--subflow ADDR [--backup ADDR]] [--announce ADDR] [--ndiffports N]
-        [--no-netlink]
+        [--checksum] [--subflow ADDR [--backup ADDR]] [--announce ADDR] [--fullmesh ADDR]
+        [--ndiffports N] [--no-netlink]
 
 The MPTCP endpoints follow `ip mptcp endpoint` flags: a client opens a subflow from every
---subflow address (flagged backup when also given as --backup), a server announces every
---announce address (ADD_ADDR) to its peers.
+--subflow address (flagged backup when also given as --backup; to every address the peer
+announces too when also --fullmesh), either side announces every --announce address
+(ADD_ADDR) to its peers.
 
 The daemon follows the host's interfaces through rtnetlink (testbed.runtime.netmon): a link
 going down or up makes its address go down or up in the MPTCP core (whose path manager then
@@ -754,7 +755,15 @@ def make_stack(args: argparse.Namespace) -> MptcpStack:
         announce_addrs=tuple(addr(a).packed for a in args.announce),
         ndiffports=args.ndiffports)
     tcp_config = TcpConfig(congestion=args.congestion) if args.congestion else TcpConfig()
-    return MptcpStack(rng=random.Random(args.seed), config=config, tcp_config=tcp_config)
+    stack = MptcpStack(rng=random.Random(args.seed), config=config, tcp_config=tcp_config)
+    for text in args.fullmesh:
+        packed = addr(text).packed
+        endpoint = stack.endpoints.get(packed)
+        if endpoint is None:
+            stack.add_endpoint(packed, {"fullmesh"}, 0.0)
+        else:
+            endpoint.flags = endpoint.flags | {"fullmesh"}
+    return stack
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -776,6 +785,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="client: subflows from ADDR are backups (repeatable)")
     p.add_argument("--announce", action="append", default=[], metavar="ADDR",
                    help="server: announce ADDR to peers with ADD_ADDR (repeatable)")
+    p.add_argument("--fullmesh", action="append", default=[], metavar="ADDR",
+                   help="ADDR's endpoint is also fullmesh: it joins every address the peer "
+                   "announces (repeatable)")
     p.add_argument("--ndiffports", type=int, default=2, metavar="N",
                    help="the ndiffports path manager's subflows per connection (default 2)")
     p.add_argument("--no-netlink", action="store_true",

@@ -143,9 +143,9 @@ class UserspacePathControl:
 
 
 def endpoint_args(endpoints: Sequence[Endpoint]) -> list[str]:
-    """`subflow` endpoints: the client joins from them; `signal`: the server announces them;
-    `backup`: subflows from there are backups (MP_JOIN B bit). `fullmesh` needs nothing more
-    here: our path manager already joins from every subflow endpoint."""
+    """`subflow` endpoints: the client joins from them; `signal`: they are announced;
+    `backup`: subflows from there are backups (MP_JOIN B bit); `fullmesh`: they also join
+    every address the peer announces."""
     argv: list[str] = []
     for endpoint in endpoints:
         if "subflow" in endpoint.flags:
@@ -154,6 +154,8 @@ def endpoint_args(endpoints: Sequence[Endpoint]) -> list[str]:
             argv += ["--backup", endpoint.addr]
         if "signal" in endpoint.flags:
             argv += ["--announce", endpoint.addr]
+        if "fullmesh" in endpoint.flags:
+            argv += ["--fullmesh", endpoint.addr]
     return argv
 
 

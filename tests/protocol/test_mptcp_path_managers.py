@@ -317,3 +317,12 @@ def test_a_subflow_kept_for_its_dead_address_is_withdrawn_once_another_joins() -
     run.run_to_end()
     assert [o.address_ids for o in run.signals(RemoveAddr)] == [(0,)]  # type: ignore[attr-defined]
     assert run.server.stack.counters["RmSubflow"] == 1
+
+
+def test_kernel_fullmesh_without_subflow_joins_only_announced_addresses() -> None:
+    run = setup(13, client=MptcpConfig(path_manager="kernel"),
+                server=MptcpConfig(announce_addrs=(B2,)))
+    run.client.stack.add_endpoint(A2, {"fullmesh"}, 0.0)
+    run.net.run(0.5)
+    assert run.pairs() == {(A1, B1), (A2, B2)}
+    run.run_to_end()

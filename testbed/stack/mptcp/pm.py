@@ -128,7 +128,8 @@ class KernelPathManager(PathManager):
         return [(conn.remote_addr, conn.remote_port, 0)]
 
     def wants_subflows_from(self, endpoint: LocalEndpoint) -> bool:
-        return "subflow" in endpoint.flags or "fullmesh" in endpoint.flags
+        # A `fullmesh` endpoint without `subflow` only joins addresses the peer announces.
+        return "subflow" in endpoint.flags
 
     def open_from(self, conn: MptcpConnection, endpoint: LocalEndpoint, now: float) -> None:
         if not (conn.is_client and endpoint.up and self.wants_subflows_from(endpoint)):
@@ -208,6 +209,9 @@ class FullMeshPathManager(KernelPathManager):
     `backup` ones join as backups, as with `kernel`."""
 
     name = "fullmesh"
+
+    def wants_subflows_from(self, endpoint: LocalEndpoint) -> bool:
+        return "subflow" in endpoint.flags or "fullmesh" in endpoint.flags
 
     def joins_for(self, conn: MptcpConnection, endpoint: LocalEndpoint) -> list[
             tuple[bytes, int, int]]:
