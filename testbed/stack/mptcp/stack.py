@@ -194,14 +194,12 @@ class MptcpStack:
         """`ip mptcp endpoint add`: every running connection's path manager learns it."""
         self._now = now
         if addr in self.endpoints:
-            raise ParameterError(f"an MPTCP endpoint for "
-                                 f"{_dotted(addr)} exists already (id "
-                                 f"{self.endpoints[addr].address_id})")
-        previous = self._address_ids.get(addr)
+            raise ParameterError(f"an MPTCP endpoint for {_dotted(addr)} exists already "
+                                 f"(id {self.endpoints[addr].address_id})")
+        LocalEndpoint(1, addr, frozenset(flags))  # refuses bad flags before an id is taken
+        # An explicit id renames the address for new subflows; running ones keep theirs.
         endpoint = LocalEndpoint(self._new_address_id(addr, address_id), addr,
                                  frozenset(flags), up=addr not in self._down)
-        if address_id is not None and previous is not None and previous != address_id:
-            self._address_ids[addr] = previous  # keep the old id for running connections
         self.endpoints[addr] = endpoint
         if endpoint.up:
             for meta in self._live():
