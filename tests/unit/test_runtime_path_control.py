@@ -218,3 +218,34 @@ def test_the_handover_connection_manager_uses_the_hosts_path_control() -> None:
         emu = Emu()
         WifiLost(mode)(emu)  # type: ignore[arg-type]
         assert emu.path_controls["client"].calls == expected, mode
+
+
+def test_pm_requests_act_on_the_connection_named_by_its_token() -> None:
+    """The external path manager's commands, dispatched as the daemon does, on a connection
+    running over the in-memory network (tests/protocol)."""
+    from testbed.errors import ParameterError
+    from tests.protocol.test_mptcp_path_managers import B1, B2, setup
+
+    run = setup(40, client=MptcpConfig(path_manager="userspace"),
+                server=MptcpConfig(path_manager="userspace"), size=2_000_000)
+    run.net.run(0.3)
+    conn, token = run.conn, run.conn.local_token
+    command = StackDaemon._pm_command
+    reply = command(run.client.stack, PmRequest("create_subflow", token, A2, B1), run.net.now)
+    assert reply["local_id"] == 1  # A2's id on the stack (no endpoint: one of its own)
+    run.net.run(run.net.now + 0.3)
+    assert run.pairs() == {(A1, B1), (A2, B1)}
+    assert command(run.client.stack, PmRequest("set_backup", token, A2, backup=True),
+                   run.net.now) == {"changed": 1}
+    peer_token = run.sink.conns[0].local_token
+    command(run.server.stack, PmRequest("announce", peer_token, address_id=4, addr=B2),
+            run.net.now)
+    run.net.run(run.net.now + 0.3)
+    assert conn.peer_addresses == {4: (B2, 7000)} and run.server.stack.counters["MPPrioRx"] == 1
+    assert command(run.client.stack, PmRequest("destroy_subflow", token, A2), run.net.now) \
+        == {"closed": 1}
+    with pytest.raises(ParameterError, match=r"no subflow from 10\.0\.2\.1"):
+        command(run.client.stack, PmRequest("set_backup", token, A2, backup=False), run.net.now)
+    command(run.client.stack, PmRequest("remove", token, address_id=1), run.net.now)
+    run.run_to_end()
+    assert run.client.stack.counters["RmAddrTx"] == 1
