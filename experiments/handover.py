@@ -20,6 +20,14 @@ it does is the mode, the paper's three:
   withdrawn once the join is up. Expected gap: detection plus the join's handshake and slow
   start: longer than backup.
 
+The same connection manager drives our stack (`--stack userspace`) through its daemon's
+control socket instead of `ip mptcp` (testbed.stacks: path control). Our daemon also sees the
+WiFi link go down itself (rtnetlink) and its path manager withdraws the address at once, so
+for our stack detection is the link's own; `--set connection_manager=false` leaves it at that
+(no action at detection), with `--set path_manager=single-path` for the single-path mode.
+The mechanism counters of our stack (its daemon's, under the kernel's names) are reported
+next to the kernel's nstat ones.
+
 Plain TCP (`--stack tcp`) runs over WiFi and breaks: on detection the connection manager
 destroys the sockets of the lost address, as Android does (SOCK_DESTROY), which makes both ends
 see the break at once instead of after minutes of retransmissions.
@@ -41,7 +49,6 @@ from typing import Any
 
 from mininet.topo import Topo
 
-from experiments.multi_wifi import endpoint_id, plain_tcp_sockets
 from experiments.scenario import (
     CommonParams,
     HostEvent,
@@ -56,8 +63,9 @@ from testbed import stats
 from testbed.emu.linkparams import LinkShaping, Shaping
 from testbed.emu.network import Emulation
 from testbed.emu.nodes import TestbedHost
-from testbed.errors import ParameterError, TestbedError
-from testbed.stacks.base import Endpoint
+from testbed.errors import ParameterError
+from testbed.stacks.base import Endpoint, path_control
+from testbed.stacks.kernel import KernelPathControl
 from topologies.two_path import CLIENT_ADDRS, SERVER_ADDR, TwoPathTopo
 
 MODES = ("full", "backup", "single-path")
@@ -92,6 +100,10 @@ class HandoverParams(CommonParams):
     direction: str = "download"
     # Also how long a side waits without progress before giving up (plain TCP's death).
     timeout_s: float = 20.0
+    # False: no connection manager acts at detection; the stack sees the link go down by
+    # itself (ours does, through netlink; single-path then needs our `single-path` path
+    # manager, which holds the cellular `subflow` endpoint in reserve).
+    connection_manager: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -139,48 +151,39 @@ class HandoverParams(CommonParams):
 # -- the phone's connection manager (host actions at detection) ------------------------------
 
 def has_subflow_from(host: TestbedHost, address: str) -> bool:
-    return bool(host.run(["ss", "-tnH", "state", "established", "src", address]).strip())
+    return KernelPathControl(host).has_subflow_from(address)
 
 
 def withdraw_address(host: TestbedHost, address: str) -> None:
     """The phone lost `address`: delete its MPTCP endpoint (REMOVE_ADDR, the subflow closes and
     its data are reinjected elsewhere) and destroy plain TCP sockets bound to it. The initial
     subflow's address has no endpoint of its own and goes by id 0 (RFC 8684 §3.4.2)."""
-    found = endpoint_id(host.run(["ip", "mptcp", "endpoint", "show"]), address)
-    argv = ["id", str(found)] if found is not None else ["id", "0", address]
-    try:
-        host.run(["ip", "mptcp", "endpoint", "delete", *argv])
-    except TestbedError:
-        if found is not None:
-            raise
-        # No MPTCP connection started from this address (plain TCP): nothing to withdraw.
-    for local, peer in plain_tcp_sockets(host.run(["ss", "-tniH", "src", address])):
-        host.run(["ss", "-K", "-tnH", "state", "established", "src", local, "dst", peer])
+    KernelPathControl(host).withdraw_address(address)
 
 
 @dataclass(frozen=True)
 class WifiLost:
-    """What the connection manager does when it notices WiFi is gone, per mode (module doc)."""
+    """What the connection manager does when it notices WiFi is gone, per mode (module doc),
+    through the client's path control: `ip mptcp` for the kernel, the control socket for
+    our stack (whose daemon may have seen the link go down and acted already: then these
+    are no-ops or repeat what its path manager did)."""
 
     mode: str
     join_wait_s: float = JOIN_WAIT_S
     poll_s: float = 0.01
 
     def __call__(self, emu: Emulation) -> None:
-        client = emu.host("client")
+        control = path_control(emu, "client")
         if self.mode == "backup":
-            found = endpoint_id(client.run(["ip", "mptcp", "endpoint", "show"]), CELL_ADDR)
-            if found is not None:  # MP_PRIO B=0 on every subflow from the cellular address
-                client.run(["ip", "mptcp", "endpoint", "change", "id", str(found), "nobackup"])
+            control.set_backup(CELL_ADDR, False)  # MP_PRIO B=0 on the cellular subflows
         elif self.mode == "single-path":
-            client.run(["ip", "mptcp", "endpoint", "add", CELL_ADDR, "dev", CELL_INTF,
-                        "subflow"])
+            control.add_endpoint(CELL_ADDR, CELL_INTF, ["subflow"])
             # Withdrawing WiFi first would leave the connection without any subflow until the
             # join completes; a phone keeps the dead one until the new one is up.
             deadline = time.monotonic() + self.join_wait_s
-            while not has_subflow_from(client, CELL_ADDR) and time.monotonic() < deadline:
+            while not control.has_subflow_from(CELL_ADDR) and time.monotonic() < deadline:
                 time.sleep(self.poll_s)
-        withdraw_address(client, WIFI_ADDR)
+        control.withdraw_address(WIFI_ADDR)
 
 
 # -- metrics ----------------------------------------------------------------------------------
@@ -239,6 +242,8 @@ class Handover(Scenario):
     def client_endpoints(self) -> list[Endpoint]:
         # WiFi carries the initial subflow (the client's first default route).
         flags = {"full": {"subflow"}, "backup": {"subflow", "backup"}}.get(self.params.mode)
+        if flags is None and not self.params.connection_manager:
+            flags = {"subflow"}  # in reserve: the single-path path manager joins it on failure
         if flags is None:  # single-path: cellular is added when WiFi is found lost
             return []
         return [Endpoint(addr=CELL_ADDR, dev=CELL_INTF, flags=frozenset(flags))]
@@ -248,6 +253,8 @@ class Handover(Scenario):
 
     def timeline(self) -> list[TimelineEvent]:
         p = self.params
+        if not p.connection_manager:
+            return [LinkEvent(p.fail_at_s, WIFI_LINK, "down")]
         return [
             LinkEvent(p.fail_at_s, WIFI_LINK, "down"),
             HostEvent(p.detected_at_s, f"client notices WiFi is lost ({p.mode}): "
@@ -264,7 +271,8 @@ class Handover(Scenario):
         p = self.params
         return (f"{p.mode}: WiFi {p.wifi_rate_mbps:g} Mbit/s {p.wifi_delay_ms:g} ms, cellular "
                 f"{p.cell_rate_mbps:g} Mbit/s {p.cell_delay_ms:g} ms, detection "
-                f"{p.detection_s:g} s")
+                f"{p.detection_s:g} s" + ("" if p.connection_manager
+                                           else ", no connection manager"))
 
     def configured_rates(self) -> dict[str, float]:
         return {WIFI_LINK: self.params.wifi_rate_mbps, CELL_LINK: self.params.cell_rate_mbps}

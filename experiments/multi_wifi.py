@@ -65,6 +65,7 @@ from testbed.emu.linkparams import LinkShaping, Shaping
 from testbed.emu.network import Emulation
 from testbed.errors import ParameterError, TestbedError
 from testbed.stacks.base import Endpoint, StackConfig
+from testbed.stacks.kernel import endpoint_id, plain_tcp_sockets
 from topologies.multi_ap import (
     MAX_APS,
     SERVER_ADDR,
@@ -256,15 +257,6 @@ def walk(p: MultiWifiParams) -> list[WalkStep]:
 
 # -- the client's connection manager (host actions of the timeline) ---------------------------
 
-def endpoint_id(listing: str, address: str) -> int | None:
-    """The id of `address` in `ip mptcp endpoint show` output, None if it has no endpoint."""
-    for line in listing.splitlines():
-        words = line.split()
-        if words and words[0] == address and "id" in words:
-            return int(words[words.index("id") + 1])
-    return None
-
-
 @dataclass(frozen=True)
 class Associate:
     """The client is associated with AP `ap` again: its address becomes a `subflow` endpoint,
@@ -278,20 +270,6 @@ class Associate:
         if endpoint_id(client.run(["ip", "mptcp", "endpoint", "show"]), address) is None:
             client.run(["ip", "mptcp", "endpoint", "add", address,
                         "dev", client_intf(self.ap), "subflow"])
-
-
-def plain_tcp_sockets(ss_output: str) -> list[tuple[str, str]]:
-    """(local, peer) of the established TCP sockets in `ss -tniH` output that are not MPTCP
-    subflows (a subflow's info line names its upper layer protocol: tcp-ulp-mptcp). The
-    listing must not filter by state: ss then leaves the State column out."""
-    sockets: list[tuple[list[str], str]] = []
-    for line in ss_output.splitlines():
-        if line[:1].isspace() and sockets:
-            sockets[-1] = (sockets[-1][0], sockets[-1][1] + line)
-        elif line.strip():
-            sockets.append((line.split(), ""))
-    return [(words[3], words[4]) for words, info in sockets
-            if len(words) >= 5 and words[0] == "ESTAB" and "tcp-ulp-mptcp" not in info]
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,7 @@ class Run:
             path_manager=self.params.path_manager, scheduler=self.params.scheduler,
             congestion=self.params.congestion, checksum=self.params.checksum,
             opportunistic=self.params.opportunistic,
+            ndiffports=self.params.ndiffports,
         )
         if "kernel" in (options.client_stack, options.server_stack):
             check_kernel_config(self.stack_config)
@@ -177,6 +178,12 @@ class Run:
         stats_dir = self.run_dir / "stats"
         client_prep, server_prep = self._prepare(emu)
         self.prepared = {"client": asdict(client_prep), "server": asdict(server_prep)}
+        # The timeline's connection managers act on each host's path manager through this.
+        emu.path_controls = {
+            self.scenario.client: self.client_driver.path_control(
+                emu.host(self.scenario.client), client_prep),
+            self.scenario.server: self.server_driver.path_control(
+                emu.host(self.scenario.server), server_prep)}
         endpoints = (self.scenario.client, self.scenario.server)
         for name in endpoints:
             _write_json(stats_dir / f"nstat-{name}-before.json",

@@ -109,6 +109,7 @@ class CommonParams:
     congestion: str = "cubic"
     scheduler: str = "default"
     path_manager: str = "kernel"
+    ndiffports: int = 2  # our `ndiffports` path manager: subflows over the initial pair
     checksum: bool = False
     # Our stack's opportunistic retransmission and penalisation (NSDI 2012); off by default
     # as in Linux, refused for the kernel stack.

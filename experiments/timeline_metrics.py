@@ -124,4 +124,15 @@ def nstat_changes(run_dir: Path, side: str, names: Sequence[str]) -> dict[str, i
         except (OSError, ValueError, AttributeError):
             snapshots.append({})
     delta = stats.counters_delta(snapshots[0], snapshots[1])
-    return {name: delta[name] for name in names if delta.get(name)}
+    changes = {name: delta[name] for name in names if delta.get(name)}
+    # Our stack's daemon counts from its start, which is the run's, under the kernel's names
+    # without their MPTcpExt prefix; its file is there only when the host ran it.
+    try:
+        ours = json.loads((run_dir / "stats" / f"stack-{side}.json").read_text())["counters"]
+    except (OSError, ValueError, KeyError, TypeError):
+        ours = {}
+    for name in names:
+        value = ours.get(name.removeprefix("MPTcpExt")) if isinstance(ours, dict) else None
+        if isinstance(value, int) and value:
+            changes[name] = changes.get(name, 0) + value
+    return changes

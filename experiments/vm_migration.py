@@ -11,6 +11,12 @@ resumes in domain B with a new address. With MPTCP the server announces the new 
 lost on the old path. Expected: the gap is about the stop time plus one round
 trip of the new path; plain TCP dies, since nothing can tell it the new address.
 
+With our stack on the server (`--server-stack userspace`) the same timeline runs through the
+daemon's control socket: the daemon adopts the new address (and its default route) from the
+kernel as it appears, announces it once it is a `signal` endpoint, and withdraws the old one
+itself once the client's join works (its link went down with domain A); its old subflow
+reaches the client out of the new interface as Linux's does (weak host).
+
 How the announcement reaches the client: when the VM resumes, its only subflow is the one from
 the old address. Linux (a weak-host stack) routes that subflow's packets, ADD_ADDR included, out
 of the new interface with the old source address, and the domains here do no ingress filtering
@@ -23,7 +29,6 @@ The VM is modelled as unreachable during the stop, not frozen: its kernel's time
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Mapping
@@ -42,13 +47,15 @@ from experiments.scenario import (
     TimelineEvent,
     Workload,
 )
-from experiments.timeline_metrics import MoveMetrics, move_metrics, survival
+from experiments.timeline_metrics import MoveMetrics, move_metrics, nstat_changes, survival
 from testbed import stats
 from testbed.emu.linkparams import LinkShaping, Shaping
 from testbed.emu.netns import netlink
 from testbed.emu.network import Emulation
 from testbed.emu.nodes import TestbedHost
 from testbed.errors import ParameterError, TestbedError
+from testbed.stacks.base import path_control
+from testbed.stacks.kernel import KernelPathControl
 from topologies.migration import (
     CLIENT_ADDR,
     GATEWAY_B,
@@ -149,13 +156,13 @@ def resume_in_domain_b(emu: Emulation) -> None:
             ns.route("replace", dst="0.0.0.0/0", gateway=GATEWAY_B, oif=index)
     except (IndexError, OSError, NetlinkError) as exc:  # NetlinkError is no OSError
         raise TestbedError(f"server: cannot configure {SERVER_INTF_B}: {exc}") from None
-    server.run(["ip", "mptcp", "endpoint", "add", SERVER_ADDR_B, "dev", SERVER_INTF_B, "signal"])
+    # Our stack's daemon adopts the new address (and its route) from the kernel itself.
+    path_control(emu, "server").add_endpoint(SERVER_ADDR_B, SERVER_INTF_B, ["signal"])
 
 
 def has_subflow_from(server: TestbedHost, address: str) -> bool:
     """Whether the server has an established TCP socket (an MPTCP subflow) from `address`."""
-    out = server.run(["ss", "-tnH", "state", "established", "src", address])
-    return bool(out.strip())
+    return KernelPathControl(server).has_subflow_from(address)
 
 
 @dataclass(frozen=True)
@@ -174,12 +181,13 @@ class WithdrawOldAddress:
     poll_s: float = 0.01
 
     def __call__(self, emu: Emulation) -> None:
-        server = emu.host("server")
+        control = path_control(emu, "server")
         deadline = time.monotonic() + self.join_wait_s
-        while not has_subflow_from(server, SERVER_ADDR_B) and time.monotonic() < deadline:
+        while not control.has_subflow_from(SERVER_ADDR_B) and time.monotonic() < deadline:
             time.sleep(self.poll_s)
         time.sleep(self.after_join_s)
-        server.run(["ip", "mptcp", "endpoint", "delete", "id", "0", SERVER_ADDR_A])
+        # Plain TCP is left to die by itself: nothing tells it about the new address.
+        control.withdraw_address(SERVER_ADDR_A, destroy_tcp=False)
 
 
 def mechanism_counters(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
@@ -249,7 +257,8 @@ class VmMigration(Scenario):
                                          ("sender", outcome.sender)) if report.get("error")]
         survived, why = survival(bool(summary.get("sha256_match")), metrics.bytes_after_move,
                                  reported or summary.get("errors", []))
-        counters = {side: mechanism_counters(*self._nstat(outcome, side))
+        # The kernel's nstat deltas, and our daemon's counters where a host ran our stack.
+        counters = {side: nstat_changes(outcome.run_dir, side, MECHANISM_COUNTERS)
                     for side in ("client", "server")}
         return {
             "survived": survived,
@@ -275,18 +284,6 @@ class VmMigration(Scenario):
                     and t_start is not None and event.get("wall_time") is not None:
                 return float(event["wall_time"]) - float(t_start)
         return None
-
-    @staticmethod
-    def _nstat(outcome: RunOutcome, side: str) -> tuple[dict[str, int], dict[str, int]]:
-        snapshots = []
-        for when in ("before", "after"):
-            path = outcome.run_dir / "stats" / f"nstat-{side}-{when}.json"
-            try:
-                snapshots.append({str(k): int(v) for k, v in
-                                  json.loads(path.read_text()).items()})
-            except (OSError, ValueError, AttributeError):
-                snapshots.append({})
-        return snapshots[0], snapshots[1]
 
     @staticmethod
     def _joined_new_address(outcome: RunOutcome) -> bool:

@@ -54,6 +54,9 @@ class Emulation:
         self.stats_dir = stats_dir  # where middleboxes write their counters when stopped
         self.net: Mininet | None = None
         self.middleboxes: dict[str, subprocess.Popen[bytes]] = {}
+        # Per host, how its connection manager reaches the MPTCP path manager (the runner
+        # sets it once the stacks are prepared: testbed.stacks.base.path_control).
+        self.path_controls: dict[str, Any] = {}
 
     def __enter__(self) -> Emulation:
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 from testbed.runtime.requests import encode_request
@@ -146,3 +147,63 @@ def stats(control_path: str, timeout: float | None = 5.0) -> dict[str, Any]:
     if not isinstance(result, dict):
         raise StackApiError("stats: the daemon's reply is not an object")
     return result
+
+
+# -- path management (one request, one reply) ----------------------------------------------
+
+def _command(control_path: str, request: dict[str, Any],
+             timeout: float | None = 5.0) -> dict[str, Any]:
+    sock, reply = _request(control_path, request, timeout)
+    sock.close()
+    return reply
+
+
+def endpoint_add(control_path: str, addr: str, flags: Sequence[str] = (),
+                 address_id: int | None = None) -> dict[str, Any]:
+    """`ip mptcp endpoint add ADDR [id N] FLAGS...` on our stack; its record back."""
+    request: dict[str, Any] = {"op": "endpoint", "action": "add", "addr": addr,
+                               "flags": list(flags)}
+    if address_id is not None:
+        request["id"] = address_id
+    return dict(_command(control_path, request)["endpoint"])
+
+
+def endpoint_delete(control_path: str, addr: str | None = None,
+                    address_id: int | None = None) -> dict[str, Any]:
+    request: dict[str, Any] = {"op": "endpoint", "action": "delete"}
+    if addr is not None:
+        request["addr"] = addr
+    if address_id is not None:
+        request["id"] = address_id
+    return dict(_command(control_path, request)["endpoint"])
+
+
+def endpoint_change(control_path: str, addr: str, backup: bool) -> dict[str, Any]:
+    """`ip mptcp endpoint change ADDR backup|nobackup`: MP_PRIO on its subflows."""
+    return dict(_command(control_path, {"op": "endpoint", "action": "change", "addr": addr,
+                                        "backup": backup})["endpoint"])
+
+
+def endpoint_show(control_path: str) -> list[dict[str, Any]]:
+    return list(_command(control_path, {"op": "endpoint", "action": "show"})["endpoints"])
+
+
+def address_down(control_path: str, addr: str) -> None:
+    """Withdraw a local address (as if its interface went down): REMOVE_ADDR, subflows
+    closed, whatever the path manager does next."""
+    _command(control_path, {"op": "address", "action": "down", "addr": addr})
+
+
+def address_up(control_path: str, addr: str) -> None:
+    _command(control_path, {"op": "address", "action": "up", "addr": addr})
+
+
+def pm_command(control_path: str, action: str, token: int, **fields: Any) -> dict[str, Any]:
+    """The external path manager's commands on the connection whose local token is `token`:
+    create_subflow (local, remote[, port, backup]), destroy_subflow (local[, remote]),
+    announce (id, addr), remove (id), set_backup (local, backup)."""
+    if "address_id" in fields:
+        fields["id"] = fields.pop("address_id")
+    request = {"op": "pm", "action": action, "token": token,
+               **{k: v for k, v in fields.items() if v is not None}}
+    return _command(control_path, request)

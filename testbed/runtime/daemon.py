@@ -6,10 +6,19 @@ application API on a Unix socket, and the event loop that feeds them with frames
         --iface client-eth0=10.0.1.1/24,gw=10.0.1.254 [--iface ...] [--pcap FILE] [--seed N]
         [--congestion cubic|reno|lia|olia|balia] [--scheduler NAME] [--path-manager NAME]
         [--checksum] [--opportunistic] [--subflow ADDR [--backup ADDR]] [--announce ADDR]
+        [--fullmesh ADDR] [--ndiffports N] [--no-netlink]
 
 The MPTCP endpoints follow `ip mptcp endpoint` flags: a client opens a subflow from every
---subflow address (flagged backup when also given as --backup), a server announces every
---announce address (ADD_ADDR) to its peers.
+--subflow address (flagged backup when also given as --backup; to every address the peer
+announces too when also --fullmesh), either side announces every --announce address
+(ADD_ADDR) to its peers.
+
+The daemon follows the host's interfaces through rtnetlink (testbed.runtime.netmon): a link
+going down or up makes its address go down or up in the MPTCP core (whose path manager then
+withdraws it or joins from it again), and an IPv4 address the kernel gets on a host
+interface later is adopted as at the start: taken from the kernel with its default route,
+served on that interface. The control socket also takes path-management requests (endpoints,
+addresses, the external path manager's commands: testbed.runtime.requests).
 
 It prints `READY` (flushed) once the control socket listens. SIGTERM or SIGINT ends it: the
 control socket is removed, every descriptor closed, and the interfaces go back to the kernel.
@@ -42,11 +51,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from testbed.errors import ParameterError
+from testbed.runtime.netmon import (
+    AddressChange,
+    DefaultRouteChange,
+    LinkChange,
+    NetEvent,
+    NetlinkMonitor,
+)
 from testbed.runtime.network import NetworkLayer
 from testbed.runtime.requests import (
     AcceptRequest,
+    AddressRequest,
     ConnectRequest,
+    EndpointRequest,
     ListenRequest,
+    PmRequest,
     RequestError,
     StatsRequest,
     error_reply,
@@ -72,6 +92,9 @@ APP_CHUNK = 256 * 1024
 # 2920 bytes doubled the daemon's CPU per byte on slow paths.
 APP_WRITE_WAKE = 64 * 1024
 FINISHED_KEPT = 64  # closed connections whose final state a stats query can still see
+# How long an address the kernel got at run time waits for its default route before it is
+# adopted without one (the route can only be added after the address, by whoever added it).
+ADOPT_WAIT_S = 0.3
 
 
 def _ip(addr: bytes) -> str:
@@ -119,8 +142,15 @@ class AppConn:
 
 class StackDaemon:
     def __init__(self, interfaces: list[Interface], sockets: dict[str, socket.socket],
-                 control: socket.socket, tcp: Any, pcap: Any = None) -> None:
+                 control: socket.socket, tcp: Any, pcap: Any = None,
+                 monitor: NetlinkMonitor | None = None) -> None:
         self.sockets = sockets
+        self.monitor = monitor
+        # Link state of the host's interfaces (by ifindex), and addresses the kernel got
+        # that wait for their default route before we adopt them.
+        self.link_up: dict[str, bool] = {iface.name: True for iface in interfaces}
+        self._adopting: dict[tuple[int, ipaddress.IPv4Interface],
+                             list[Any]] = {}  # -> [deadline, gateway]
         self.control = control
         self.tcp = tcp
         self.pcap = pcap
@@ -132,12 +162,15 @@ class StackDaemon:
         self.accepting: dict[int, deque[AppConn]] = {}
         self.finished: deque[dict[str, Any]] = deque(maxlen=FINISHED_KEPT)
         self.counters: dict[str, int] = dict.fromkeys(
-            ("AppConnections", "AppBadRequests", "SendErrors", "LoopErrors"), 0)
+            ("AppConnections", "AppBadRequests", "SendErrors", "LoopErrors", "LinkDown",
+             "LinkUp", "AddressesAdopted", "PathRequests"), 0)
         self.running = True
         self._rxbuf = bytearray(65536)
         for name, sock in sockets.items():
             self.sel.register(sock, selectors.EVENT_READ, ("iface", name))
         self.sel.register(control, selectors.EVENT_READ, ("control", None))
+        if monitor is not None:
+            self.sel.register(monitor.sock, selectors.EVENT_READ, ("netlink", None))
         # A signal handler only sets a flag; this pipe wakes select() so the flag is seen
         # (PEP 475 would otherwise resume an idle select() with no timeout forever).
         self._wake_r, self._wake_w = socket.socketpair()
@@ -159,6 +192,8 @@ class StackDaemon:
                         self._wake_r.recv(4096)
                     elif kind == "control":
                         self._accept_app()
+                    elif kind == "netlink":
+                        self._read_netlink()
                     else:
                         self._app_event(data, _mask)
                 except Exception as exc:  # the loop must survive any one event
@@ -168,6 +203,8 @@ class StackDaemon:
                         # Tell the app rather than leave it waiting for a reply forever.
                         self._fail(data, f"internal error: {type(exc).__name__}: {exc}")
             now = time.monotonic()
+            if self._adopting:
+                self._adopt_due(now)
             if self.tcp is not None:
                 due = self.tcp.next_timer()
                 if due is not None and due <= now:
@@ -180,6 +217,7 @@ class StackDaemon:
         deadlines = [t for t in (self.net.next_timer(),
                                  self.tcp.next_timer() if self.tcp is not None else None)
                      if t is not None]
+        deadlines += [due for due, _gateway in self._adopting.values()]
         return max(0.0, min(deadlines) - now) if deadlines else None
 
     def _read_frames(self, name: str, sock: socket.socket) -> None:
@@ -190,6 +228,10 @@ class StackDaemon:
                 n = sock.recv_into(self._rxbuf)
             except BlockingIOError:
                 break
+            except OSError as exc:
+                if exc.errno == errno.ENETDOWN:  # the link went down: netlink tells the rest
+                    break
+                raise
             now = time.monotonic()
             self.net.receive_frame(name, bytes(view[:n]), now)
             # Answer as we go, but only from the connection the frame reached: an ACK per
@@ -209,6 +251,162 @@ class StackDaemon:
                 self.counters["SendErrors"] += 1
                 if exc.errno not in (errno.ENOBUFS, errno.EAGAIN, errno.ENETDOWN):
                     raise
+
+    # -- the host's interfaces ----------------------------------------------------------------
+
+    def _read_netlink(self) -> None:
+        if self.monitor is None:
+            return
+        now = time.monotonic()
+        for event in self.monitor.read():
+            self.on_net_event(event, now)
+
+    def on_net_event(self, event: NetEvent, now: float) -> None:
+        """What one interface or address change means for the stack."""
+        if isinstance(event, LinkChange):
+            name = event.ifname or _ifname(event.index)
+            if name is None or name not in self.link_up or self.link_up[name] == event.up:
+                return
+            self.link_up[name] = event.up
+            self.counters["LinkUp" if event.up else "LinkDown"] += 1
+            self.net.set_link(name, event.up)
+            iface = next((i for i in self.net.routes.interfaces if i.name == name), None)
+            if iface is not None and self.tcp is not None and hasattr(self.tcp, "address_up"):
+                if event.up:
+                    self.tcp.address_up(iface.ip, now)
+                else:
+                    self.tcp.address_down(iface.ip, now)
+        elif isinstance(event, AddressChange):
+            key = (event.index, event.addr)
+            if not event.added:
+                self._adopting.pop(key, None)
+            elif not self.net.routes.is_local(event.addr.ip.packed) \
+                    and not event.addr.ip.is_loopback and key not in self._adopting:
+                self._adopting[key] = [now + ADOPT_WAIT_S, None]
+        elif isinstance(event, DefaultRouteChange) and event.added:
+            for (index, addr), pending in self._adopting.items():
+                if index == event.index and event.gateway in addr.network:
+                    pending[0] = now  # its route is there: adopt it now
+                    pending[1] = event.gateway
+
+    def _adopt_due(self, now: float) -> None:
+        for key, (due, gateway) in list(self._adopting.items()):
+            if now >= due:
+                del self._adopting[key]
+                self.adopt(key[0], key[1], gateway, now)
+
+    def adopt(self, index: int, addr: ipaddress.IPv4Interface,
+              gateway: ipaddress.IPv4Address | None, now: float) -> None:
+        """Take `addr` (and its default route, which goes with it) from the kernel and serve
+        it ourselves, as the driver did with the addresses at the start."""
+        name = _ifname(index)
+        if name is None:
+            return
+        try:
+            from pyroute2 import IPRoute
+            with IPRoute() as ipr:
+                ipr.addr("del", index=index, address=str(addr.ip),
+                         prefixlen=addr.network.prefixlen)
+        except Exception as exc:  # NetlinkError is no OSError; the loop must go on
+            print(f"stack daemon: cannot take {addr} from {name}: {exc}", file=sys.stderr)
+            return
+        if name not in self.sockets:
+            sock, mac, mtu = open_packet_socket(name)
+            self.sockets[name] = sock
+            self.sel.register(sock, selectors.EVENT_READ, ("iface", name))
+        else:
+            sock = self.sockets[name]
+            mac = bytes(sock.getsockname()[4])
+            mtu = next((i.mtu for i in self.net.routes.interfaces if i.name == name), 1500)
+        self.net.add_interface(Interface(name, mac, addr, gateway, mtu))
+        self.link_up.setdefault(name, True)
+        self.counters["AddressesAdopted"] += 1
+        print(f"stack daemon: adopted {addr} on {name}"
+              + (f" via {gateway}" if gateway else ""), file=sys.stderr)
+        if self.tcp is not None and hasattr(self.tcp, "address_up"):
+            self.tcp.address_up(addr.ip.packed, now)
+
+    def _path_request(self, app: AppConn, request: Any, now: float) -> None:
+        """Endpoints, addresses and the external path manager's commands."""
+        self.counters["PathRequests"] += 1
+        if self._adopting or self.monitor is not None:
+            # An address added just before this request (by the same script) is ours first.
+            self._read_netlink()
+            self._adopt_due(now + ADOPT_WAIT_S if isinstance(request, EndpointRequest)
+                            and request.action == "add" else now)
+        stack = self.tcp
+        if not hasattr(stack, "endpoints"):
+            self._fail(app, "this daemon's core has no MPTCP path manager")
+            return
+        try:
+            reply = self._path_action(stack, request, now)
+        except (ParameterError, ValueError, KeyError) as exc:
+            self._fail(app, str(exc))
+            return
+        app.to_app += ok_reply(**reply)
+        app.state = "closing"
+
+    def _path_action(self, stack: Any, request: Any, now: float) -> dict[str, Any]:
+        if isinstance(request, EndpointRequest):
+            if request.action == "add":
+                endpoint = stack.add_endpoint(request.addr, request.flags, now,
+                                              address_id=request.address_id)
+            elif request.action == "delete":
+                addr = request.addr
+                if addr is None:
+                    addr = stack.find_endpoint(address_id=request.address_id).addr
+                endpoint = stack.delete_endpoint(addr, now)
+            elif request.action == "change":
+                endpoint = stack.change_endpoint(request.addr, bool(request.backup), now)
+            else:
+                return {"endpoints": [e.record() for e in stack.endpoints_for_all()]}
+            return {"endpoint": endpoint.record()}
+        if isinstance(request, AddressRequest):
+            if request.action == "down":
+                stack.address_down(request.addr, now)
+            else:
+                stack.address_up(request.addr, now)
+            return {"addr": _ip(request.addr), "state": request.action}
+        return self._pm_command(stack, request, now)
+
+    @staticmethod
+    def _pm_command(stack: Any, request: PmRequest, now: float) -> dict[str, Any]:
+        conn = stack.tokens.get(request.token)
+        if conn is None or conn.closed:
+            raise ParameterError(f"pm {request.action}: no MPTCP connection with local token "
+                                 f"{request.token}")
+
+        def matching() -> list[Any]:
+            found = [sf for sf in conn.subflows if sf.tcp.local_addr == request.local
+                     and (request.remote is None or sf.tcp.remote_addr == request.remote)]
+            if not found:
+                raise ParameterError(f"pm {request.action}: the connection has no subflow "
+                                     f"from {_ip(request.local)}")  # type: ignore[arg-type]
+            return found
+
+        if request.action == "create_subflow":
+            sf = conn.open_subflow(request.local, request.remote,
+                                   request.port or conn.remote_port, now,
+                                   backup=bool(request.backup))
+            if sf is None:
+                raise ParameterError("pm create_subflow: the connection cannot join yet "
+                                     "(not fully established, or fallen back to TCP)")
+            return {"subflow_id": sf.subflow_id, "local_id": sf.local_id}
+        if request.action == "destroy_subflow":
+            closed = matching()
+            for sf in closed:
+                conn.close_subflow(sf, now)
+            return {"closed": len(closed)}
+        if request.action == "announce":
+            conn.announce_address(request.address_id, request.addr, now)
+            return {}
+        if request.action == "remove":
+            conn.remove_address(request.address_id, now)
+            return {}
+        changed = matching()
+        for sf in changed:
+            conn.set_backup(sf, bool(request.backup), now)
+        return {"changed": len(changed)}
 
     # -- applications -----------------------------------------------------------------------
 
@@ -274,6 +472,8 @@ class StackDaemon:
             app.state = "closing"
         elif self.tcp is None:
             self._fail(app, "this daemon runs without the TCP core")
+        elif isinstance(request, EndpointRequest | AddressRequest | PmRequest):
+            self._path_request(app, request, now)
         elif isinstance(request, ConnectRequest):
             local = request.local
             if local is None:
@@ -498,6 +698,9 @@ class StackDaemon:
             "connections": live,
             "finished": list(self.finished),
             "listening": sorted(self.listeners),
+            "endpoints": [e.record() for e in self.tcp.endpoints_for_all()]
+            if hasattr(self.tcp, "endpoints_for_all") else [],
+            "links": dict(self.link_up),
             # TCP's MIB and, named like the kernel's MPTcpExt ones, MPTCP's.
             "counters": {**self.net.counters, **self.net.neighbour_counters(), **self.counters,
                          **(dict(self._tcp_core().counters) if self.tcp is not None else {}),
@@ -507,6 +710,8 @@ class StackDaemon:
     def close(self) -> None:
         for app in list(self.apps.values()):
             self._close_app(app)
+        if self.monitor is not None:
+            self.monitor.close()
         self.sel.close()
         for sock in self.sockets.values():
             sock.close()
@@ -515,6 +720,13 @@ class StackDaemon:
         self._wake_w.close()
         if self.pcap is not None:
             self.pcap.close()
+
+
+def _ifname(index: int) -> str | None:
+    try:
+        return socket.if_indextoname(index)
+    except OSError:
+        return None
 
 
 def check_choices(congestion: str | None = None, scheduler: str | None = None,
@@ -541,9 +753,18 @@ def make_stack(args: argparse.Namespace) -> MptcpStack:
         extra_local_addrs=tuple(dict.fromkeys(
             (*(addr(a).packed for a in args.subflow), *backup))),
         backup_addrs=backup,
-        announce_addrs=tuple(addr(a).packed for a in args.announce))
+        announce_addrs=tuple(addr(a).packed for a in args.announce),
+        ndiffports=args.ndiffports)
     tcp_config = TcpConfig(congestion=args.congestion) if args.congestion else TcpConfig()
-    return MptcpStack(rng=random.Random(args.seed), config=config, tcp_config=tcp_config)
+    stack = MptcpStack(rng=random.Random(args.seed), config=config, tcp_config=tcp_config)
+    for text in args.fullmesh:
+        packed = addr(text).packed
+        endpoint = stack.endpoints.get(packed)
+        if endpoint is None:
+            stack.add_endpoint(packed, {"fullmesh"}, 0.0)
+        else:
+            endpoint.flags = endpoint.flags | {"fullmesh"}
+    return stack
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -568,7 +789,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="client: subflows from ADDR are backups (repeatable)")
     p.add_argument("--announce", action="append", default=[], metavar="ADDR",
                    help="server: announce ADDR to peers with ADD_ADDR (repeatable)")
-    return p.parse_args(argv)
+    p.add_argument("--fullmesh", action="append", default=[], metavar="ADDR",
+                   help="ADDR's endpoint is also fullmesh: it joins every address the peer "
+                   "announces (repeatable)")
+    p.add_argument("--ndiffports", type=int, default=2, metavar="N",
+                   help="the ndiffports path manager's subflows per connection (default 2)")
+    p.add_argument("--no-netlink", action="store_true",
+                   help="do not follow the host's interfaces (links, addresses)")
+    args = p.parse_args(argv)
+    if not 1 <= args.ndiffports <= 8:
+        p.error("--ndiffports must be within 1..8")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -603,7 +834,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.pcap:
         from testbed.runtime.pcap import PcapWriter
         pcap = PcapWriter(args.pcap)
-    daemon = StackDaemon(interfaces, sockets, control, stack, pcap)
+    monitor = None
+    if not args.no_netlink:
+        try:
+            monitor = NetlinkMonitor()
+        except OSError as exc:
+            print(f"stack daemon: no netlink ({exc}): interface changes are not followed",
+                  file=sys.stderr)
+    daemon = StackDaemon(interfaces, sockets, control, stack, pcap, monitor)
 
     def _stop(signum: int, frame: object) -> None:
         daemon.running = False

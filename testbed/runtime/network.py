@@ -80,6 +80,18 @@ class NetworkLayer:
             "IcmpInDestUnreachs", "IcmpInOther", "TcpInSegs", "TcpOutSegs",
         ), 0)
 
+    def add_interface(self, iface: Interface) -> None:
+        """An address adopted at run time: on a new interface, or replacing the one an
+        interface had (one address per interface, as the testbed's hosts have)."""
+        self._ifaces[iface.name] = iface
+        self._neighbours.setdefault(iface.name, NeighbourTable())
+        self.routes = RouteTable([i for i in self.routes.interfaces if i.name != iface.name]
+                                 + [iface], self.routes.down)
+
+    def set_link(self, name: str, up: bool) -> None:
+        """The link of `name` went down or came back: routes avoid it while it is down."""
+        self.routes.set_down(name, not up)
+
     # -- input ------------------------------------------------------------------------------
 
     def receive_frame(self, iface_name: str, frame: bytes, now: float) -> None:

@@ -76,12 +76,24 @@ class RouteTable:
     through the first path with the second path's address and be dropped by the router.
     """
 
-    def __init__(self, interfaces: list[Interface]) -> None:
+    def __init__(self, interfaces: list[Interface], down: set[str] | None = None) -> None:
         self.interfaces = list(interfaces)
         self._by_ip = {iface.ip: iface for iface in self.interfaces}
+        # Interfaces whose link is down: no route leaves through them. A packet from one of
+        # their addresses leaves through another interface with that source address, as
+        # Linux's weak host model does (a moved VM's old subflow reaches its peer that way
+        # with the ADD_ADDR of its new address).
+        self.down: set[str] = set(down or ())
         # The table never changes once built, so answers are kept (bounded, as the keys
         # come from the addresses peers use).
         self._cache: dict[tuple[bytes, bytes | None], Route | None] = {}
+
+    def set_down(self, name: str, down: bool) -> None:
+        if down:
+            self.down.add(name)
+        else:
+            self.down.discard(name)
+        self._cache.clear()
 
     def is_local(self, addr: bytes) -> bool:
         return addr in self._by_ip
@@ -108,12 +120,16 @@ class RouteTable:
             iface = self._by_ip.get(src)
             if iface is None:
                 return None
+            if iface.name in self.down:
+                other = self._lookup(dst, None)
+                return None if other is None else Route(other.iface, other.next_hop, src)
             return self._via(iface, dst_ip)
-        connected = [iface for iface in self.interfaces if iface.on_link(dst_ip)]
+        up = [iface for iface in self.interfaces if iface.name not in self.down]
+        connected = [iface for iface in up if iface.on_link(dst_ip)]
         if connected:
             best = max(connected, key=lambda iface: iface.addr.network.prefixlen)
             return Route(best, dst, best.ip)
-        for iface in self.interfaces:
+        for iface in up:
             if iface.gateway is not None:
                 return Route(iface, iface.gateway.packed, iface.ip)
         return None

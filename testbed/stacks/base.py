@@ -78,8 +78,11 @@ class StackConfig:
     # Opportunistic retransmission and penalisation (Raiciu et al., NSDI 2012): our stack
     # only; the kernel has no such knob and refuses it.
     opportunistic: bool = False
+    ndiffports: int = 2  # our `ndiffports` path manager: subflows over the initial pair
 
     def __post_init__(self) -> None:
+        if not 1 <= self.ndiffports <= 8:
+            raise ParameterError(f"StackConfig.ndiffports={self.ndiffports}: must be within 1..8")
         # The kernel caps both limits at MPTCP_PM_ADDR_MAX (8).
         for name in ("subflows", "add_addr_accepted"):
             value = getattr(self, name)
@@ -108,6 +111,30 @@ class PreparedHost:
         return ["--proto", self.workload_proto, "--congestion", self.congestion]
 
 
+class PathControl(Protocol):
+    """What a host's connection manager (a phone's, a hypervisor's) does to the MPTCP path
+    manager while a run goes on, whichever stack the host runs: the kernel's through
+    `ip mptcp`, ours through its daemon's control socket. Addresses are dotted strings."""
+
+    def add_endpoint(self, addr: str, dev: str, flags: Sequence[str]) -> None:
+        """`ip mptcp endpoint add ADDR dev DEV FLAGS`: joins (subflow), ADD_ADDR (signal)."""
+        ...
+
+    def set_backup(self, addr: str, backup: bool) -> None:
+        """The endpoint of `addr` becomes (no longer) backup: MP_PRIO on its subflows."""
+        ...
+
+    def withdraw_address(self, addr: str, destroy_tcp: bool = True) -> None:
+        """`addr` is gone: its endpoint deleted (id 0 for the initial subflow's address,
+        which has none), REMOVE_ADDR sent, its subflows closed; with `destroy_tcp`, plain TCP
+        connections from it are destroyed (SOCK_DESTROY, as Android does)."""
+        ...
+
+    def has_subflow_from(self, addr: str) -> bool:
+        """Whether an established subflow (or TCP connection) leaves from `addr`."""
+        ...
+
+
 class StackDriver(Protocol):
     """A way to set up a network stack on a host; registered by name."""
 
@@ -120,6 +147,19 @@ class StackDriver(Protocol):
     def prepare(
         self, host: HostExec, endpoints: Sequence[Endpoint], config: StackConfig
     ) -> PreparedHost: ...
+
+    def path_control(self, host: HostExec, prepared: PreparedHost) -> PathControl: ...
+
+
+def path_control(emu: Any, host: str) -> PathControl:
+    """The path control of `host` in a running emulation: the one its stack's driver made
+    when the runner prepared it (`emu.path_controls`), else the kernel's `ip mptcp`."""
+    controls = getattr(emu, "path_controls", None) or {}
+    if host in controls:
+        return controls[host]  # type: ignore[no-any-return]
+    from testbed.stacks.kernel import KernelPathControl
+
+    return KernelPathControl(emu.host(host))
 
 
 _REGISTRY: dict[str, StackDriver] = {}

@@ -14,6 +14,7 @@ from testbed.errors import EnvironmentProblem, ParameterError, TestbedError
 from testbed.stacks.base import (
     Endpoint,
     HostExec,
+    PathControl,
     PreparedHost,
     StackConfig,
     WorkloadProto,
@@ -107,6 +108,67 @@ def check_kernel_config(config: StackConfig) -> None:
             "(Linux MPTCP has no such knob); use --stack userspace or opportunistic=0")
 
 
+def endpoint_id(listing: str, address: str) -> int | None:
+    """The id of `address` in `ip mptcp endpoint show` output, None if it has no endpoint."""
+    for line in listing.splitlines():
+        words = line.split()
+        if words and words[0] == address and "id" in words:
+            return int(words[words.index("id") + 1])
+    return None
+
+
+def plain_tcp_sockets(ss_output: str) -> list[tuple[str, str]]:
+    """(local, peer) of the established TCP sockets in `ss -tniH` output that are not MPTCP
+    subflows (a subflow's info line names its upper layer protocol: tcp-ulp-mptcp). The
+    listing must not filter by state: ss then leaves the State column out."""
+    sockets: list[tuple[list[str], str]] = []
+    for line in ss_output.splitlines():
+        if line[:1].isspace() and sockets:
+            sockets[-1] = (sockets[-1][0], sockets[-1][1] + line)
+        elif line.strip():
+            sockets.append((line.split(), ""))
+    return [(words[3], words[4]) for words, info in sockets
+            if len(words) >= 5 and words[0] == "ESTAB" and "tcp-ulp-mptcp" not in info]
+
+
+@dataclass(frozen=True)
+class KernelPathControl:
+    """The kernel's path manager through `ip mptcp endpoint` (and `ss` for plain TCP)."""
+
+    host: HostExec
+
+    def _id(self, addr: str) -> int | None:
+        return endpoint_id(self.host.run(["ip", "mptcp", "endpoint", "show"]), addr)
+
+    def add_endpoint(self, addr: str, dev: str, flags: Sequence[str]) -> None:
+        if self._id(addr) is None:
+            self.host.run(["ip", "mptcp", "endpoint", "add", addr, "dev", dev, *flags])
+
+    def set_backup(self, addr: str, backup: bool) -> None:
+        found = self._id(addr)
+        if found is not None:  # MP_PRIO on every subflow from that address
+            self.host.run(["ip", "mptcp", "endpoint", "change", "id", str(found),
+                           "backup" if backup else "nobackup"])
+
+    def withdraw_address(self, addr: str, destroy_tcp: bool = True) -> None:
+        found = self._id(addr)
+        argv = ["id", str(found)] if found is not None else ["id", "0", addr]
+        try:
+            self.host.run(["ip", "mptcp", "endpoint", "delete", *argv])
+        except TestbedError:
+            if found is not None:
+                raise
+            # No MPTCP connection started from this address (plain TCP): nothing to withdraw.
+        if not destroy_tcp:
+            return
+        for local, peer in plain_tcp_sockets(self.host.run(["ss", "-tniH", "src", addr])):
+            self.host.run(["ss", "-K", "-tnH", "state", "established", "src", local,
+                           "dst", peer])
+
+    def has_subflow_from(self, addr: str) -> bool:
+        return bool(self.host.run(["ss", "-tnH", "state", "established", "src", addr]).strip())
+
+
 @dataclass(frozen=True)
 class KernelMptcpStack:
     """Linux MPTCP: the in-kernel path manager/scheduler chosen by name, limits, endpoints."""
@@ -164,6 +226,9 @@ class KernelMptcpStack:
             notes=notes,
         )
 
+    def path_control(self, host: HostExec, prepared: PreparedHost) -> PathControl:
+        return KernelPathControl(host)
+
 
 @dataclass(frozen=True)
 class PlainTcpStack:
@@ -194,6 +259,10 @@ class PlainTcpStack:
             congestion_per_socket_only=per_socket_only,
             notes=notes,
         )
+
+
+    def path_control(self, host: HostExec, prepared: PreparedHost) -> PathControl:
+        return KernelPathControl(host)  # withdrawing destroys plain TCP sockets
 
 
 KERNEL = register_stack(KernelMptcpStack())

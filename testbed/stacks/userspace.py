@@ -28,6 +28,7 @@ from testbed.errors import ParameterError, TestbedError
 from testbed.stacks.base import (
     Endpoint,
     HostExec,
+    PathControl,
     PreparedHost,
     StackConfig,
     WorkloadProto,
@@ -91,32 +92,66 @@ def host_addresses(host: HostExec) -> list[HostAddress]:
     return found
 
 
-# StackConfig's path manager is named for the kernel's; ours of the same behaviour (a subflow
-# from each `subflow` endpoint, ADD_ADDR for each `signal` one) is pm_kernel.c in small.
-_PATH_MANAGER_ALIASES = {"kernel": "default"}
-
-
 def daemon_choices(config: StackConfig) -> list[str]:
     """The daemon's arguments for `config`; ParameterError (listing what our stack has) for
-    a congestion control, scheduler or path manager it does not have."""
+    a congestion control, scheduler or path manager it does not have. The path managers
+    carry the kernel's names where the kernel has them (`kernel`, `userspace`)."""
     from testbed.runtime.daemon import check_choices
 
-    path_manager = _PATH_MANAGER_ALIASES.get(config.path_manager, config.path_manager)
     try:
-        check_choices(config.congestion, config.scheduler, path_manager)
+        check_choices(config.congestion, config.scheduler, config.path_manager)
     except ParameterError as exc:
         raise ParameterError(f"userspace stack: {exc}") from None
     argv = ["--congestion", config.congestion, "--scheduler", config.scheduler,
-            "--path-manager", path_manager]
+            "--path-manager", config.path_manager, "--ndiffports", str(config.ndiffports)]
     if config.opportunistic:
         argv.append("--opportunistic")
     return [*argv, "--checksum"] if config.checksum else argv
 
 
+@dataclass(frozen=True)
+class UserspacePathControl:
+    """Our path manager through the daemon's control socket (testbed.runtime.api)."""
+
+    control_path: str
+
+    def add_endpoint(self, addr: str, dev: str, flags: Sequence[str]) -> None:
+        from testbed.runtime import api
+
+        if not any(e["addr"] == addr for e in api.endpoint_show(self.control_path)):
+            api.endpoint_add(self.control_path, addr, list(flags))
+
+    def set_backup(self, addr: str, backup: bool) -> None:
+        from testbed.runtime import api
+
+        if any(e["addr"] == addr for e in api.endpoint_show(self.control_path)):
+            api.endpoint_change(self.control_path, addr, backup)
+
+    def withdraw_address(self, addr: str, destroy_tcp: bool = True) -> None:
+        """The endpoint of `addr` is deleted if it has one; the address goes down in the
+        stack in any case (the initial subflow's address has no endpoint: REMOVE_ADDR of id
+        0, as `ip mptcp endpoint delete id 0 ADDR`)."""
+        from testbed.runtime import api
+
+        if any(e["addr"] == addr for e in api.endpoint_show(self.control_path)):
+            api.endpoint_delete(self.control_path, addr)
+        api.address_down(self.control_path, addr)
+
+    def has_subflow_from(self, addr: str) -> bool:
+        from testbed.runtime import api
+
+        for record in api.stats(self.control_path).get("connections", []):
+            for sf in record.get("stats", {}).get("subflows", []):
+                if sf.get("local_addr") == addr and sf.get("fully_established") \
+                        and sf.get("state") in ("ESTABLISHED", "CLOSE_WAIT"):
+                    return True
+        return False
+
+
 def endpoint_args(endpoints: Sequence[Endpoint]) -> list[str]:
-    """`subflow` endpoints: the client joins from them; `signal`: the server announces them;
-    `backup`: subflows from there are backups (MP_JOIN B bit). `fullmesh` needs nothing more
-    here: our path manager already joins from every subflow endpoint."""
+    """`subflow` endpoints: the client joins from them; `signal`: they are announced;
+    `backup`: subflows from there are backups (MP_JOIN B bit); `fullmesh`: they also join
+    every address the peer announces."""
     argv: list[str] = []
     for endpoint in endpoints:
         if "subflow" in endpoint.flags:
@@ -125,6 +160,8 @@ def endpoint_args(endpoints: Sequence[Endpoint]) -> list[str]:
             argv += ["--backup", endpoint.addr]
         if "signal" in endpoint.flags:
             argv += ["--announce", endpoint.addr]
+        if "fullmesh" in endpoint.flags:
+            argv += ["--fullmesh", endpoint.addr]
     return argv
 
 
@@ -192,6 +229,11 @@ class UserspaceStack:
             congestion=config.congestion, notes=notes, control_path=control,
             log_path=str(log), daemon_pid=proc.pid, pcap=pcap, addresses=tuple(addresses),
         )
+
+    def path_control(self, host: HostExec, prepared: PreparedHost) -> PathControl:
+        if not isinstance(prepared, UserspacePreparedHost):
+            raise TestbedError(f"{host.name}: not prepared by the userspace stack")
+        return UserspacePathControl(prepared.control_path)
 
     def release(self, host: HostExec, prepared: UserspacePreparedHost,
                 timeout: float = 5.0, keep_log_in: Path | None = None) -> None:

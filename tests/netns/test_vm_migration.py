@@ -63,3 +63,24 @@ def test_plain_tcp_dies_with_the_old_address_and_the_run_says_why(tmp_path: Path
     assert summary["gap_s"] is None
     assert summary["bytes_received"] < summary["bytes_sent"]
     assert summary["mptcp_counters"] == {"client": {}, "server": {}}
+
+
+def test_our_server_moves_and_a_kernel_client_follows(tmp_path: Path) -> None:
+    """Our stack as the VM: it adopts the new address from the kernel, announces it, and
+    withdraws the old one once the kernel client joined."""
+    out = tmp_path / "ours"
+    result = run_experiment("vm-migration", "kernel", out, *SHORT,
+                            "--server-stack", "userspace")
+    summary = json.loads((out / "summary.json").read_text())
+    assert left_behind(out, json.loads((out / "meta.json").read_text())["run_id"]) == []
+    assert result.returncode == 0, result.stderr
+    assert summary["survived"] is True, summary["survived_reason"]
+    assert summary["sha256_match"] is True and summary["joined_new_address"] is True
+    client, server = summary["mptcp_counters"]["client"], summary["mptcp_counters"]["server"]
+    assert client.get("MPTcpExtAddAddr", 0) >= 1 and server.get("MPTcpExtAddAddrTx", 0) >= 1
+    assert server.get("MPTcpExtMPJoinAckRx", 0) >= 1
+    assert client.get("MPTcpExtRmAddr", 0) >= 1 and server.get("MPTcpExtRmAddrTx", 0) >= 1
+    stack = json.loads((out / "stats" / "stack-server.json").read_text())
+    assert stack["counters"]["AddressesAdopted"] == 1 and stack["counters"]["LinkDown"] == 1
+    print(f"\nour server: gap {summary['gap_s']} s (expected {summary['expected_gap_s']}), "
+          f"{summary['goodput_before_mbps']} -> {summary['goodput_after_mbps']} Mbit/s")

@@ -111,7 +111,7 @@ def test_backup_mode_clears_the_flag_then_withdraws_wifi() -> None:
 
 
 def test_single_path_mode_joins_cellular_before_withdrawing_wifi() -> None:
-    host = FakeHost(endpoints=f"{CELL_ADDR} id 1 subflow dev client-eth1 \n")
+    host = FakeHost(endpoints="")  # cellular gets its endpoint only now
     WifiLost("single-path")(FakeEmulation(host))  # type: ignore[arg-type]
     add, delete = ip_commands(host)
     assert add == ["ip", "mptcp", "endpoint", "add", CELL_ADDR, "dev", "client-eth1", "subflow"]

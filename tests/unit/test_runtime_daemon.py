@@ -198,7 +198,7 @@ def test_the_command_line_makes_an_mptcp_core_with_the_endpoints() -> None:
 
 @pytest.mark.parametrize(("option", "value", "listed"), [
     ("--congestion", "vegas", "balia"), ("--scheduler", "fastest", "default"),
-    ("--path-manager", "userspace", "default")])
+    ("--path-manager", "binder", "fullmesh")])
 def test_a_bad_name_on_the_command_line_is_an_error_listing_the_names(
         option: str, value: str, listed: str) -> None:
     args = parse_args(["--control", "x", "--iface", "eth0=10.0.1.1/24", option, value])
@@ -210,7 +210,7 @@ def test_the_driver_hands_endpoints_and_choices_to_the_daemon() -> None:
     from testbed.stacks.base import Endpoint, StackConfig
     from testbed.stacks.userspace import daemon_choices, endpoint_args
 
-    endpoints = [Endpoint("10.0.2.1", "client-eth1", frozenset({"subflow"})),
+    endpoints = [Endpoint("10.0.2.1", "client-eth1", frozenset({"subflow", "fullmesh"})),
                  Endpoint("10.0.4.1", "client-eth2", frozenset({"subflow", "backup"})),
                  Endpoint("10.0.3.2", "server-eth1", frozenset({"signal"}))]
     argv = endpoint_args(endpoints)
@@ -220,7 +220,10 @@ def test_the_driver_hands_endpoints_and_choices_to_the_daemon() -> None:
     assert stack.config.extra_local_addrs == (bytes([10, 0, 2, 1]), bytes([10, 0, 4, 1]))
     assert stack.config.backup_addrs == (bytes([10, 0, 4, 1]),)
     assert stack.config.announce_addrs == (bytes([10, 0, 3, 2]),)
-    assert stack.config.path_manager == "default"  # the kernel's, by our name
+    assert stack.config.path_manager == "kernel"  # ours of the kernel's name and behaviour
+    assert {bytes(e.addr): set(e.flags) for e in stack.endpoints.values()} == {
+        bytes([10, 0, 2, 1]): {"subflow", "fullmesh"},
+        bytes([10, 0, 4, 1]): {"subflow", "backup"}, bytes([10, 0, 3, 2]): {"signal"}}
     assert stack.config.checksum and stack.tcp.config.congestion == "lia"
     with pytest.raises(ParameterError, match="userspace stack: unknown MPTCP scheduler"):
         daemon_choices(StackConfig(scheduler="weighted"))

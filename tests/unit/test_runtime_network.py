@@ -154,6 +154,24 @@ def test_routes_choose_by_source_address_then_by_prefix() -> None:
     assert RouteTable(two_interfaces()[:1][:0]).lookup(far) is None
 
 
+def test_a_down_link_is_avoided_and_its_address_leaves_through_another() -> None:
+    routes = RouteTable(two_interfaces())
+    far = ip("10.0.3.1")
+    routes.set_down("eth0", True)
+    default = routes.lookup(far)
+    assert default is not None and default.iface.name == "eth1"
+    # Weak host, as Linux: a packet from eth0's address leaves by eth1 with that address.
+    moved = routes.lookup(far, src=ip("10.0.1.1"))
+    assert moved is not None and moved.iface.name == "eth1" and moved.src == ip("10.0.1.1")
+    assert moved.next_hop == ip("10.0.2.254")
+    routes.set_down("eth0", False)
+    back = routes.lookup(far, src=ip("10.0.1.1"))
+    assert back is not None and back.iface.name == "eth0"
+    routes.set_down("eth1", True)
+    routes.set_down("eth0", True)
+    assert routes.lookup(far, src=ip("10.0.1.1")) is None  # nowhere to go
+
+
 @pytest.mark.parametrize("frame", [
     b"", b"\x01" * 13,                                               # shorter than Ethernet
     emit_ethernet(EthernetFrame(OUR_MAC, PEER_MAC, ETHERTYPE_ARP, b"\0" * 10)),  # short ARP

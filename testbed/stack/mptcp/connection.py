@@ -95,10 +95,12 @@ class MptcpConfig:
     checksum: bool = False  # ask for DSS checksums (A flag of MP_CAPABLE, §3.1)
     scheduler: str = "default"
     path_manager: str = "default"
-    extra_local_addrs: tuple[bytes, ...] = ()  # client: a subflow from each
-    backup_addrs: tuple[bytes, ...] = ()  # client: subflows from these ask to be backups
-    announce_addrs: tuple[bytes, ...] = ()  # server: ADD_ADDR for each
+    # Endpoints of the host (the stack's table takes them in, as `ip mptcp endpoint add`):
+    extra_local_addrs: tuple[bytes, ...] = ()  # `subflow`: the client joins from each
+    backup_addrs: tuple[bytes, ...] = ()  # `backup`: subflows from these ask to be backups
+    announce_addrs: tuple[bytes, ...] = ()  # `signal`: ADD_ADDR for each
     join_announced: bool = True  # client: join the addresses the server announces
+    ndiffports: int = 2  # the `ndiffports` path manager: subflows over the initial pair
     send_buffer: int = 4 << 20
     # The connection-level receive buffer (§3.3.4: one window for all subflows) starts at
     # `receive_buffer` and auto-tuning grows it up to `receive_buffer_max` (Linux: tcp_rmem's
@@ -412,7 +414,6 @@ class MptcpConnection:
         self.abort_subflows = False
         self._was_established = False
         self._send_base = 1  # the DSN of subflow sequence 1 on the initial subflow
-        self._next_local_id = 1
         self._now = now
         # Send side (64-bit DSNs).
         self.snd_una = 1  # without keys (plain TCP from the start) DSN = subflow seq
@@ -443,6 +444,9 @@ class MptcpConnection:
         self._fin_received = False
         self._adv_window = config.receive_buffer
         self._add_addrs: list[_PendingAddAddr] = []
+        self._rm_addrs: list[int] = []  # REMOVE_ADDR ids waiting for a subflow to carry them
+        # What the peer announced (ADD_ADDR): address id -> (address, port).
+        self.peer_addresses: dict[int, tuple[bytes, int]] = {}
         self.counters = _Counters()
 
     # ------------------------------------------------------------------ keys
@@ -572,36 +576,106 @@ class MptcpConnection:
     def open_subflow(self, local_addr: bytes, remote_addr: bytes, remote_port: int,
                      now: float, *, backup: bool = False,
                      remote_address_id: int | None = None) -> Subflow | None:
-        """MP_JOIN from local_addr (§3.2); None when MPTCP is not (yet) usable."""
+        """MP_JOIN from local_addr (§3.2) with the address id the stack gives local_addr;
+        None when MPTCP is not (yet) usable."""
         if self.fallback or not self.fully_established or self.state is not \
                 MetaState.ESTABLISHED:
             return None
-        local_id = self._next_local_id
-        self._next_local_id += 1
+        local_id = self.stack.address_id(self, local_addr)
+        if local_id in self._rm_addrs:
+            # The address is back before its REMOVE_ADDR left: withdrawing it now would
+            # close the new subflow at the peer.
+            self._rm_addrs.remove(local_id)
         sf = self.stack._open_join(self, local_addr, remote_addr, remote_port, now,
                                    local_id=local_id, backup=backup)
         if remote_address_id is not None:
             sf.remote_id = remote_address_id
+        self.stack._count("MPTCPJoinsOpened")
         return sf
+
+    def ensure_subflow(self, local_addr: bytes, remote_addr: bytes, remote_port: int,
+                       now: float, *, backup: bool = False,
+                       remote_address_id: int | None = None) -> Subflow | None:
+        """open_subflow unless a live subflow joins that pair already or local_addr is
+        down."""
+        if not self.stack.address_is_up(local_addr):
+            return None
+        for sf in self.subflows:
+            if (sf.tcp.local_addr == local_addr and sf.tcp.remote_addr == remote_addr
+                    and sf.tcp.remote_port == remote_port and not sf.failed):
+                return None
+        return self.open_subflow(local_addr, remote_addr, remote_port, now, backup=backup,
+                                 remote_address_id=remote_address_id)
+
+    def remote_addresses(self) -> list[tuple[bytes, int, int]]:
+        """(address, port, id) of the peer: its initial one (id 0) and those it announced."""
+        out = [(self.remote_addr, self.remote_port, 0)]
+        out += [(addr, port, aid) for aid, (addr, port) in sorted(self.peer_addresses.items())
+                if (addr, port) != (self.remote_addr, self.remote_port)]
+        return out
+
+    def close_subflow(self, subflow: Subflow, now: float) -> None:
+        """Close one subflow (RST with MP_TCPRST "administratively prohibited"); what it
+        carried and the peer did not data-acknowledge is reinjected on the others."""
+        if subflow not in self.subflows:
+            return
+        subflow.rst_reason = TcpRstReason.ADMINISTRATIVELY_PROHIBITED
+        subflow.tcp.abort(now)
 
     def announce_address(self, address_id: int, address: bytes, now: float,
                          port: int | None = None) -> None:
         """ADD_ADDR with its HMAC (§3.4.1), resent until the peer echoes it."""
-        if self.fallback:
+        if self.fallback or any(a.address_id == address_id for a in self._add_addrs):
             return
         self._add_addrs.append(_PendingAddAddr(address_id, address, port, due=now))
 
     def remove_address(self, address_id: int, now: float) -> None:
-        """REMOVE_ADDR (§3.4.2); subflows we opened from that address are closed."""
-        sf = self._best_subflow(avoid_local_id=address_id)
-        if sf is None:
+        """REMOVE_ADDR (§3.4.2), sent once a subflow from another address can carry it; our
+        subflows from that address are closed (their data reinjected), unless that would
+        leave the connection without a working subflow: then they wait for their address to
+        return or another subflow to complete its join (the path manager withdraws the
+        address again then). Their reset may still reach the peer by another interface,
+        and it must not find the connection without subflows before the join arrives."""
+        if self.fallback or self.state is MetaState.CLOSED:
             return
-        sf.pending.append(RemoveAddr((address_id,)))
+        self._add_addrs = [a for a in self._add_addrs if a.address_id != address_id]
+        victims = [sf for sf in self.subflows if sf.local_id == address_id]
+        working = [sf for sf in self.subflows if sf.local_id != address_id
+                   and sf.fully_established and not sf.failed]
+        if victims and not working:
+            return
+        if address_id not in self._rm_addrs:
+            self._rm_addrs.append(address_id)
+        for sf in victims:
+            self.close_subflow(sf, now)
+        self._send_rm_addrs()
+
+    def withdraw_local_address(self, addr: bytes, now: float) -> None:
+        """`addr` is gone: REMOVE_ADDR for every id it is known by on this connection (the
+        id of its endpoint, 0 when it is the initial subflow's), its subflows closed."""
+        ids = {sf.local_id for sf in self.subflows if sf.tcp.local_addr == addr}
+        ids |= {a.address_id for a in self._add_addrs if a.address == addr}
+        if addr == self.local_addr:
+            ids.add(0)
+        endpoint = self.stack.endpoints.get(addr)
+        if endpoint is not None and any(sf.tcp.local_addr == addr for sf in self.subflows):
+            ids.add(endpoint.address_id)
+        for address_id in sorted(ids):
+            self.remove_address(address_id, now)
+
+    def _send_rm_addrs(self) -> None:
+        if not self._rm_addrs:
+            return
+        others = [sf for sf in self.subflows if sf.local_id not in self._rm_addrs]
+        carriers = [sf for sf in others if sf.usable] or \
+            [sf for sf in others if sf.fully_established and sf.tcp.established
+             and not sf.failed]
+        if not carriers:
+            return
+        sf = min(carriers, key=lambda s: (s.tcp.rtt.srtt or 1e9, s.subflow_id))
+        sf.pending.append(RemoveAddr(tuple(self._rm_addrs)))
         sf.tcp.request_ack()
-        for other in list(self.subflows):
-            if other.local_id == address_id and not other.initial:
-                other.rst_reason = TcpRstReason.ADMINISTRATIVELY_PROHIBITED
-                other.tcp.abort(now)
+        self._rm_addrs = []
 
     def set_backup(self, subflow: Subflow, backup: bool, now: float) -> None:
         """MP_PRIO on that subflow (§3.3.8)."""
@@ -644,6 +718,7 @@ class MptcpConnection:
                 else:
                     sf.fully_established = True
                     sf.tcp.request_ack()  # the fourth ACK (§3.2)
+                    self.pm.on_subflow_established(self, sf, self._now)
         elif event == "fin_received":
             # The peer closes this subflow (§3.3.3: a subflow FIN is not a DATA_FIN); in
             # fallback it is the end of the stream.
@@ -695,6 +770,7 @@ class MptcpConnection:
             # §3.2: any later segment from the peer is the fourth ACK.
             sf.join_ack_pending = False
             sf.fully_established = True
+            self.pm.on_subflow_established(self, sf, now)
         got_mptcp = False
         for opt in opts:
             got_mptcp = True
@@ -709,10 +785,14 @@ class MptcpConnection:
             elif isinstance(opt, RemoveAddr):
                 self.stack._count("RmAddr")
                 for aid in opt.address_ids:
-                    self.pm.on_address_removed(self, aid, now)
+                    self.peer_addresses.pop(aid, None)
+                    # §3.4.2: the subflows to that address close (id 0: the initial one's,
+                    # as Linux does), their data reinjected on the others.
                     for other in list(self.subflows):
-                        if other.remote_id == aid and not other.initial:
+                        if other.remote_id == aid and other is not sf:
+                            self.stack._count("RmSubflow")
                             other.tcp.abort(now)
+                    self.pm.on_address_removed(self, aid, now)
             elif isinstance(opt, MpPrio):
                 self.stack._count("MPPrioRx")
                 sf.peer_backup = opt.backup
@@ -862,6 +942,8 @@ class MptcpConnection:
             self.stack._count("AddAddrDrop")
             return
         self.stack._count("AddAddr")
+        self.peer_addresses[opt.address_id] = (opt.address.packed,
+                                               opt.port or self.remote_port)
         best = self._best_subflow()
         if best is not None:
             best.pending.append(AddAddr(opt.address_id, opt.address, opt.port, echo=True))
@@ -1076,6 +1158,7 @@ class MptcpConnection:
         else:
             self._push(now)
             self._send_add_addrs(now)
+            self._send_rm_addrs()
         self._maybe_data_fin(now)
 
     def _push(self, now: float) -> None:

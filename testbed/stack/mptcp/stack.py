@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 # Imported for its side effect: "lia", "olia" and "balia" join TCP's congestion registry, so
 # a connection's subflows can be coupled by name like any other controller.
 import testbed.stack.mptcp.coupled  # noqa: F401
+from testbed.errors import ParameterError
 from testbed.stack.mptcp import crypto
 from testbed.stack.mptcp.connection import MptcpConfig, MptcpConnection, Subflow
 from testbed.stack.mptcp.options import (
@@ -25,6 +26,7 @@ from testbed.stack.mptcp.options import (
     TcpRstReason,
     mptcp_options,
 )
+from testbed.stack.mptcp.pm import LocalEndpoint
 from testbed.stack.tcp import seq as sq
 from testbed.stack.tcp.connection import TcpConfig, TcpConnection
 from testbed.stack.tcp.stack import ANY_ADDR, Listener, TcpStack
@@ -82,6 +84,13 @@ class MptcpStack:
         self._rsts: list[tuple[bytes, bytes, TcpSegment]] = []
         self._next_subflow_id = 0
         self._now = 0.0
+        # The host's MPTCP endpoints by address (`ip mptcp endpoint`), the address ids of
+        # every local address a subflow used (endpoints' ids included), and the addresses
+        # whose interface is down.
+        self.endpoints: dict[bytes, LocalEndpoint] = {}
+        self._address_ids: dict[bytes, int] = {}
+        self._down: set[bytes] = set()
+        self._take_config_endpoints(self.config)
 
     # ------------------------------------------------------------------ user calls
 
@@ -91,6 +100,8 @@ class MptcpStack:
         """MP_CAPABLE SYN from local_addr; falls back to TCP if the peer does not answer in
         kind (§3.1)."""
         self._now = now
+        if config is not None and config is not self.config:
+            self._take_config_endpoints(config)
         meta = MptcpConnection(self, is_client=True, local_addr=local_addr,
                                remote_addr=remote_addr, remote_port=remote_port,
                                config=config or self.config, now=now)
@@ -111,6 +122,8 @@ class MptcpStack:
         connections on any local address, so TCP listens on every address."""
         if port in self._listeners and not self._listeners[port].closed:
             raise OSError(f"port {port} is already listening")
+        if config is not None and config is not self.config:
+            self._take_config_endpoints(config)
         listener = MptcpListener(addr, port, config or self.config)
         self._listeners[port] = listener
         if port not in self._tcp_listeners:
@@ -122,6 +135,139 @@ class MptcpStack:
 
     def subflow_connections(self) -> list[TcpConnection]:
         return self.tcp.connections()
+
+    # ------------------------------------------------------------------ path management
+
+    def _take_config_endpoints(self, config: MptcpConfig) -> None:
+        """A config's addresses are endpoints of the host, as `ip mptcp endpoint add` makes
+        them: `subflow` (a backup one is a subflow endpoint too), `backup`, `signal`."""
+        flags: dict[bytes, set[str]] = {}
+        for addr in config.extra_local_addrs:
+            flags.setdefault(addr, set()).add("subflow")
+        for addr in config.backup_addrs:
+            flags.setdefault(addr, set()).update(("subflow", "backup"))
+        for addr in config.announce_addrs:
+            flags.setdefault(addr, set()).add("signal")
+        for addr, wanted in flags.items():
+            endpoint = self.endpoints.get(addr)
+            if endpoint is None:
+                self.endpoints[addr] = LocalEndpoint(self._new_address_id(addr), addr,
+                                                     frozenset(wanted))
+            else:
+                endpoint.flags = endpoint.flags | wanted
+
+    def _new_address_id(self, addr: bytes, wanted: int | None = None) -> int:
+        if addr in self._address_ids and wanted in (None, self._address_ids[addr]):
+            return self._address_ids[addr]
+        used = set(self._address_ids.values())
+        if wanted is not None:
+            if wanted in used:
+                raise ParameterError(f"MPTCP address id {wanted} is already in use")
+            address_id = wanted
+        else:
+            address_id = next((i for i in range(1, 256) if i not in used), 0)
+            if not address_id:
+                raise ParameterError("all 255 MPTCP address ids are in use")
+        self._address_ids[addr] = address_id
+        return address_id
+
+    def address_id(self, meta: MptcpConnection, addr: bytes) -> int:
+        """The id `addr` goes by on `meta` (§3.2): 0 for the initial subflow's address,
+        else its endpoint's, else one of its own for the whole stack."""
+        if addr == meta.local_addr:
+            return 0
+        endpoint = self.endpoints.get(addr)
+        return endpoint.address_id if endpoint is not None else self._new_address_id(addr)
+
+    def endpoints_for(self, meta: MptcpConnection) -> list[LocalEndpoint]:
+        return sorted(self.endpoints.values(), key=lambda e: e.address_id)
+
+    def address_is_up(self, addr: bytes) -> bool:
+        return addr not in self._down
+
+    def _live(self) -> list[MptcpConnection]:
+        return [m for m in self._conns if not m.closed and not m.fallback
+                and m.fully_established and m._pm_started]
+
+    def add_endpoint(self, addr: bytes, flags: frozenset[str] | set[str], now: float,
+                     address_id: int | None = None) -> LocalEndpoint:
+        """`ip mptcp endpoint add`: every running connection's path manager learns it."""
+        self._now = now
+        if addr in self.endpoints:
+            raise ParameterError(f"an MPTCP endpoint for {_dotted(addr)} exists already "
+                                 f"(id {self.endpoints[addr].address_id})")
+        LocalEndpoint(1, addr, frozenset(flags))  # refuses bad flags before an id is taken
+        # An explicit id renames the address for new subflows; running ones keep theirs.
+        endpoint = LocalEndpoint(self._new_address_id(addr, address_id), addr,
+                                 frozenset(flags), up=addr not in self._down)
+        self.endpoints[addr] = endpoint
+        if endpoint.up:
+            for meta in self._live():
+                meta.pm.on_endpoint_added(meta, endpoint, now)
+        return endpoint
+
+    def find_endpoint(self, addr: bytes | None = None,
+                      address_id: int | None = None) -> LocalEndpoint:
+        for endpoint in self.endpoints.values():
+            if endpoint.addr == addr or (addr is None and endpoint.address_id == address_id):
+                return endpoint
+        known = ", ".join(f"{e.address_id}={_dotted(e.addr)}" for e in self.endpoints_for_all())
+        what = _dotted(addr) if addr is not None else f"id {address_id}"
+        raise ParameterError(f"no MPTCP endpoint {what}; endpoints: {known or '(none)'}")
+
+    def endpoints_for_all(self) -> list[LocalEndpoint]:
+        return sorted(self.endpoints.values(), key=lambda e: e.address_id)
+
+    def delete_endpoint(self, addr: bytes, now: float) -> LocalEndpoint:
+        """`ip mptcp endpoint delete`: the address is withdrawn from every connection
+        (REMOVE_ADDR, its subflows closed)."""
+        self._now = now
+        endpoint = self.find_endpoint(addr)
+        for meta in self._live():
+            meta.pm.on_local_address_gone(meta, addr, now)
+        del self.endpoints[addr]
+        return endpoint
+
+    def change_endpoint(self, addr: bytes, backup: bool, now: float) -> LocalEndpoint:
+        """`ip mptcp endpoint change ... backup|nobackup`: MP_PRIO on its subflows."""
+        self._now = now
+        endpoint = self.find_endpoint(addr)
+        endpoint.flags = (endpoint.flags | {"backup"}) if backup else \
+            (endpoint.flags - {"backup"})
+        for meta in self._live():
+            meta.pm.on_endpoint_changed(meta, endpoint, now)
+        return endpoint
+
+    def address_down(self, addr: bytes, now: float) -> None:
+        """The interface of `addr` went down or the address was removed from it."""
+        self._now = now
+        if addr in self._down:
+            return
+        self._down.add(addr)
+        self._count("MPTCPAddressDown")
+        endpoint = self.endpoints.get(addr)
+        if endpoint is not None:
+            endpoint.up = False
+        for meta in self._live():
+            if any(sf.tcp.local_addr == addr for sf in meta.subflows) or \
+                    addr == meta.local_addr or endpoint is not None:
+                meta.pm.on_local_address_gone(meta, addr, now)
+
+    def address_up(self, addr: bytes, now: float) -> None:
+        """The interface of `addr` is up again (or the address was added to it)."""
+        self._now = now
+        if addr not in self._down:
+            return
+        self._down.discard(addr)
+        self._count("MPTCPAddressUp")
+        endpoint = self.endpoints.get(addr)
+        if endpoint is not None:
+            endpoint.up = True
+        for meta in self._live():
+            if endpoint is not None:
+                meta.pm.on_endpoint_added(meta, endpoint, now)
+            else:
+                meta.pm.on_local_address_up(meta, addr, now)
 
     # ------------------------------------------------------------------ input
 
@@ -279,14 +425,8 @@ class MptcpStack:
         meta.attach(sf)
         self._conns.append(meta)
 
-    @staticmethod
-    def _local_address_id(meta: MptcpConnection, addr: bytes) -> int:
-        if addr == meta.local_addr:
-            return 0
-        for index, announced in enumerate(meta.config.announce_addrs, start=1):
-            if announced == addr:
-                return index
-        return 0xFF
+    def _local_address_id(self, meta: MptcpConnection, addr: bytes) -> int:
+        return self.address_id(meta, addr)
 
     # ------------------------------------------------------------------ events from metas
 
@@ -337,3 +477,7 @@ class MptcpStack:
 
     def _count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
+
+
+def _dotted(addr: bytes) -> str:
+    return ".".join(str(b) for b in addr)
