@@ -63,9 +63,13 @@ from experiments.timeline_metrics import (
 )
 from testbed.emu.linkparams import LinkShaping, Shaping
 from testbed.emu.network import Emulation
-from testbed.errors import ParameterError, TestbedError
-from testbed.stacks.base import Endpoint, StackConfig
-from testbed.stacks.kernel import endpoint_id, plain_tcp_sockets
+from testbed.errors import ParameterError
+from testbed.stacks.base import Endpoint, StackConfig, path_control
+from testbed.stacks.kernel import (  # noqa: F401 (endpoint_id, plain_tcp_sockets: re-exported)
+    KernelPathControl,
+    endpoint_id,
+    plain_tcp_sockets,
+)
 from topologies.multi_ap import (
     MAX_APS,
     SERVER_ADDR,
@@ -260,16 +264,14 @@ def walk(p: MultiWifiParams) -> list[WalkStep]:
 @dataclass(frozen=True)
 class Associate:
     """The client is associated with AP `ap` again: its address becomes a `subflow` endpoint,
-    and the kernel path manager joins it on every running MPTCP connection."""
+    and the path manager joins it on every running MPTCP connection (through the client's
+    path control: `ip mptcp` for the kernel, the daemon's control socket for ours)."""
 
     ap: int
 
     def __call__(self, emu: Emulation) -> None:
-        client = emu.host("client")
-        address = client_addr(self.ap)
-        if endpoint_id(client.run(["ip", "mptcp", "endpoint", "show"]), address) is None:
-            client.run(["ip", "mptcp", "endpoint", "add", address,
-                        "dev", client_intf(self.ap), "subflow"])
+        path_control(emu, "client").add_endpoint(client_addr(self.ap), client_intf(self.ap),
+                                                 ["subflow"])
 
 
 @dataclass(frozen=True)
@@ -286,32 +288,20 @@ class Disassociate:
     ap: int
 
     def __call__(self, emu: Emulation) -> None:
-        client = emu.host("client")
-        address = client_addr(self.ap)
-        found = endpoint_id(client.run(["ip", "mptcp", "endpoint", "show"]), address)
-        # iproute2 names an endpoint by its id alone, except id 0, which needs the address.
-        argv = ["id", str(found)] if found is not None else ["id", "0", address]
-        try:
-            client.run(["ip", "mptcp", "endpoint", "delete", *argv])
-        except TestbedError:
-            if found is not None:
-                raise
-            # No connection ever used this address as its initial one (plain TCP): nothing
-            # is there to remove.
-        listing = client.run(["ss", "-tniH", "src", address])
-        for local, peer in plain_tcp_sockets(listing):
-            client.run(["ss", "-K", "-tnH", "state", "established", "src", local, "dst", peer])
+        path_control(emu, "client").withdraw_address(client_addr(self.ap))
 
 
 @dataclass(frozen=True)
 class RaiseSubflowLimit:
     """More APs in range at once than the runner's subflow limit allows: raise the client's
-    limit before the path manager needs it."""
+    limit before the path manager needs it (the kernel's; our stack has no such limit)."""
 
     subflows: int
 
     def __call__(self, emu: Emulation) -> None:
-        emu.host("client").run(["ip", "mptcp", "limits", "set", "subflows", str(self.subflows)])
+        if isinstance(path_control(emu, "client"), KernelPathControl):
+            emu.host("client").run(["ip", "mptcp", "limits", "set", "subflows",
+                                    str(self.subflows)])
 
 
 # -- metrics ----------------------------------------------------------------------------------
