@@ -99,6 +99,16 @@ class PipeCounters:
     # up (Handigol et al., CoNEXT 2012: an emulation is only trustworthy if it did).
     lateness_sum_s: float = 0.0
     lateness_max_s: float = 0.0
+    # Frames that arrived while the rate FIFO was still serving the one before them, counted
+    # when they leave the delay line: their bytes, the service time the configured rate (or
+    # trace) gave them, and the time actually elapsed since the previous frame's release.
+    # backlogged_service_s / backlogged_s is the share of the configured rate the link
+    # achieved while it was backlogged, as released by the caller's clock (frames that skip
+    # the delay for reordering are left out).
+    backlogged_frames: int = 0
+    backlogged_bytes: int = 0
+    backlogged_service_s: float = 0.0
+    backlogged_s: float = 0.0
 
 
 class _TraceServer:
@@ -176,6 +186,10 @@ class Pipe:
         self._down = False
         # (deliver_at, frame) in delivery order; deliver_at never decreases along the deque.
         self._flight: deque[tuple[float, bytes]] = deque()
+        # Beside each frame of `_flight`: its service time when it queued behind another frame
+        # in the rate FIFO, else None (see PipeCounters.backlogged_*).
+        self._flight_service: deque[float | None] = deque()
+        self._last_release: float | None = None
         # The same for reordered frames, which skip the delay and overtake `_flight`.
         self._overtaking: deque[tuple[float, bytes]] = deque()
         # Departure times from the FIFO of the frames still in it (for the tail-drop limit).
@@ -226,6 +240,8 @@ class Pipe:
         if down and not self._down:
             self.counters.dropped_down += self.in_pipe
             self._flight.clear()
+            self._flight_service.clear()
+            self._last_release = None
             self._overtaking.clear()
             self._queue_departures.clear()
             # The lost frames no longer occupy the server or the wire.
@@ -255,7 +271,8 @@ class Pipe:
         if len(queue) >= self._queue_limit:
             c.dropped_queue += 1
             return False
-        start = self._link_free_at if self._link_free_at > now else now
+        backlogged = self._link_free_at > now
+        start = self._link_free_at if backlogged else now
         if self._trace_server is not None:
             departs = self._trace_server.serve(size, start)
         elif self._bytes_per_s is not None:
@@ -285,6 +302,7 @@ class Pipe:
             deliver_at = self._last_deliver_at
         self._last_deliver_at = deliver_at
         self._flight.append((deliver_at, frame))
+        self._flight_service.append(departs - start if backlogged else None)
         return True
 
     def next_deadline(self) -> float | None:
@@ -316,6 +334,13 @@ class Pipe:
                 overtaking and overtaking[0][0] < flight[0][0]
             ):
                 deliver_at, frame = flight.popleft()
+                service = self._flight_service.popleft()
+                if service is not None and self._last_release is not None:
+                    c.backlogged_frames += 1
+                    c.backlogged_bytes += len(frame)
+                    c.backlogged_service_s += service
+                    c.backlogged_s += now - self._last_release
+                self._last_release = now
             elif overtaking and overtaking[0][0] <= limit:
                 deliver_at, frame = overtaking.popleft()
             else:
