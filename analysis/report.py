@@ -147,6 +147,7 @@ def run_row(run_dir: Path, group_keys: Sequence[str] | None = None) -> dict[str,
         "verdict": summary.get("verdict"),
         "fidelity_ok": summary.get("fidelity_ok"),
         "fidelity_notes": summary.get("fidelity_notes") or [],
+        "fidelity_links": summary.get("fidelity_links") or [],
         **extra,
     }
 
@@ -252,13 +253,26 @@ ANCHORS: dict[str, str] = {
 }
 
 
+def _links_verdicts(row: dict[str, Any]) -> str:
+    """How many shaped link directions held their rate (summary `fidelity_links`)."""
+    counts: dict[str, int] = {}
+    for link in row.get("fidelity_links") or []:
+        if isinstance(link, dict) and link.get("rate_verdict") not in (None, "unshaped"):
+            verdict = str(link["rate_verdict"])
+            counts[verdict] = counts.get(verdict, 0) + 1
+    order = ["short", "achieved", "not saturated", "not judged", "not measured"]
+    parts = [f"{counts[v]} {v}" for v in order if v in counts]
+    return f" (links: {', '.join(parts)})" if parts else ""
+
+
 def _fidelity_cell(row: dict[str, Any]) -> str:
     if row["fidelity_ok"] is None:
         return "–"
+    links = _links_verdicts(row)
     if row["fidelity_ok"]:
-        return "ok"
+        return f"ok{links}"
     notes = "; ".join(str(n) for n in row.get("fidelity_notes") or [])
-    return f"**failed**: {notes}" if notes else "**failed**"
+    return f"**failed**{links}: {notes}" if notes else f"**failed**{links}"
 
 
 def _within_cell(row: dict[str, Any]) -> str:
