@@ -98,8 +98,10 @@ def direction_fidelity(link: str, direction: str, counters: dict[str, Any]) -> d
 def link_fidelity(shaper: dict[str, Any]) -> list[dict[str, Any]]:
     """Every shaped link direction of a run's stats/shaper.json, in a stable order."""
     links = shaper.get("links") if isinstance(shaper, dict) else None
+    if not isinstance(links, dict):
+        return []
     records = []
-    for name in sorted(links) if isinstance(links, dict) else []:
+    for name in sorted(links):
         entry = links[name]
         for direction in ("a2b", "b2a"):
             counters = entry.get(direction) if isinstance(entry, dict) else None
