@@ -110,8 +110,9 @@ def link_fidelity(shaper: dict[str, Any]) -> list[dict[str, Any]]:
     return records
 
 
-def link_notes(records: list[dict[str, Any]]) -> list[str]:
-    """A sentence for every link direction that fell short of its rate or added delay."""
+def link_notes(records: list[dict[str, Any]], delays: bool = True) -> list[str]:
+    """A sentence for every link direction that fell short of its rate or, with `delays`,
+    added delay (the caller leaves those out when the shaper as a whole was already late)."""
     notes = []
     for r in records:
         where = f"{r['from']}->{r['to']}"
@@ -121,7 +122,7 @@ def link_notes(records: list[dict[str, Any]]) -> list[str]:
             notes.append(f"{where} carried {r['achieved_fraction']:.0%} of its {configured} "
                          f"while backlogged ({r['achieved_mbps']:.2f} Mbit/s over "
                          f"{r['backlogged_s']:.2f} s)")
-        if r["delay_ok"] is False:
+        if delays and r["delay_ok"] is False:
             notes.append(f"{where} released frames {r['mean_late_ms']:.2f} ms late on average "
                          f"({r['delay_ms']:g} ms configured)")
     return notes

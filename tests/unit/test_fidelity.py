@@ -65,6 +65,8 @@ def test_late_releases_are_a_delay_note() -> None:
     notes = fidelity.link_notes(fidelity.link_fidelity(shaper(late, counters())))
     assert notes == ["client-eth0->router-eth0 released frames 2.50 ms late on average "
                      "(5 ms configured)"]
+    assert fidelity.link_notes(fidelity.link_fidelity(shaper(late, counters())),
+                               delays=False) == []
 
 
 def test_what_cannot_be_judged_is_said_so() -> None:
