@@ -51,7 +51,7 @@ def plot_sequence(segments: pd.DataFrame, reinjected: pd.DataFrame, meta: dict[s
         ax.set_ylim(bottom=0)
         handles, labels = ax.get_legend_handles_labels()
         ax.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0),
-                  ncols=min(len(labels), 2), frameon=False, fontsize=8, markerscale=3)
+                  ncols=min(len(labels), 2), frameon=False, fontsize=8, markerscale=2)
         fig.suptitle(_run_title(meta, summary, "DSS mappings per subflow",
                                 where=f" (captured at {host})"))
         _mark_fidelity(fig, summary)
@@ -116,7 +116,7 @@ def plot_owd(owd: pd.DataFrame, meta: dict[str, Any], summary: dict[str, Any],
         ax.set_ylim(bottom=0)
         handles, labels = ax.get_legend_handles_labels()
         ax.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0),
-                  ncols=min(len(labels), 2), frameon=False, fontsize=8, markerscale=3)
+                  ncols=min(len(labels), 2), frameon=False, fontsize=8, markerscale=2)
         fig.suptitle(_run_title(meta, summary, "One-way delay per subflow",
                                 where=f" ({points})"))
         _mark_fidelity(fig, summary)
