@@ -241,3 +241,24 @@ def test_one_capture_point_says_what_is_missing(run: Path, tmp_path: Path) -> No
     assert "out_of_order" not in numbers and "one_way_delay" not in numbers
     assert any("receiver" in note for note in numbers["notes"])
     assert any("one host only" in note for note in numbers["notes"])
+
+
+def test_plain_tcp_has_no_data_level(tmp_path: Path) -> None:
+    cap = _Capture()
+    cap.up(0.0, SF0, ISN[SF0], 0, SYN, ())
+    cap.down(0.01, SF0, SERVER_ISN[SF0], ISN[SF0] + 1, SYN | ACK, ())
+    for n in range(3):
+        cap.up(0.05 + n * 0.001, SF0, ISN[SF0] + 1 + n * CHUNK, SERVER_ISN[SF0] + 1, ACK, (),
+               bytes(CHUNK))
+    run = tmp_path / "tcp"
+    (run / "pcap").mkdir(parents=True)
+    cap.write(run / "pcap" / "client-eth0.pcap", cap.client)
+    cap.write(run / "pcap" / "server-eth0.pcap", cap.server)
+    numbers, written = datalevel.analyze(run, {}, {}, tmp_path / "figures")
+    assert datalevel.data_segments(metrics.read_host_packets(run, "client")).empty
+    assert "reinjections" not in numbers and "out_of_order" not in numbers
+    assert any("no MPTCP data mapped" in note for note in numbers["notes"])
+    # One-way delay needs no MPTCP: the plain subflow's packets are matched too.
+    assert [p.stem for p in written] == ["owd", "owd"]
+    medians = sorted(r["median_ms"] for r in numbers["one_way_delay"]["subflows"])
+    assert medians == pytest.approx([10.0, 20.0], abs=0.01)
