@@ -184,11 +184,10 @@ class Pipe:
         self._rng = rng
         self._trace_loader = trace_loader
         self._down = False
-        # (deliver_at, frame) in delivery order; deliver_at never decreases along the deque.
-        self._flight: deque[tuple[float, bytes]] = deque()
-        # Beside each frame of `_flight`: its service time when it queued behind another frame
-        # in the rate FIFO, else None (see PipeCounters.backlogged_*).
-        self._flight_service: deque[float | None] = deque()
+        # (deliver_at, frame, service) in delivery order; deliver_at never decreases along the
+        # deque. `service` is the frame's time in the rate FIFO's server when it queued behind
+        # another frame, else -1 (see PipeCounters.backlogged_*).
+        self._flight: deque[tuple[float, bytes, float]] = deque()
         self._last_release: float | None = None
         # The same for reordered frames, which skip the delay and overtake `_flight`.
         self._overtaking: deque[tuple[float, bytes]] = deque()
@@ -240,7 +239,6 @@ class Pipe:
         if down and not self._down:
             self.counters.dropped_down += self.in_pipe
             self._flight.clear()
-            self._flight_service.clear()
             self._last_release = None
             self._overtaking.clear()
             self._queue_departures.clear()
@@ -301,8 +299,7 @@ class Pipe:
         if deliver_at < self._last_deliver_at:
             deliver_at = self._last_deliver_at
         self._last_deliver_at = deliver_at
-        self._flight.append((deliver_at, frame))
-        self._flight_service.append(departs - start if backlogged else None)
+        self._flight.append((deliver_at, frame, departs - start if backlogged else -1.0))
         return True
 
     def next_deadline(self) -> float | None:
@@ -327,20 +324,22 @@ class Pipe:
         lateness_sum = 0.0
         lateness_max = c.lateness_max_s
         nbytes = 0
+        last_release = self._last_release
+        queued_frames = queued_bytes = 0
+        queued_service = queued_time = 0.0
         while True:
             # Merge the two FIFOs by due time; on a tie the delayed frame, sent earlier, goes
             # first.
             if flight and flight[0][0] <= limit and not (
                 overtaking and overtaking[0][0] < flight[0][0]
             ):
-                deliver_at, frame = flight.popleft()
-                service = self._flight_service.popleft()
-                if service is not None and self._last_release is not None:
-                    c.backlogged_frames += 1
-                    c.backlogged_bytes += len(frame)
-                    c.backlogged_service_s += service
-                    c.backlogged_s += now - self._last_release
-                self._last_release = now
+                deliver_at, frame, service = flight.popleft()
+                if service >= 0.0 and last_release is not None:
+                    queued_frames += 1
+                    queued_bytes += len(frame)
+                    queued_service += service
+                    queued_time += now - last_release
+                last_release = now
             elif overtaking and overtaking[0][0] <= limit:
                 deliver_at, frame = overtaking.popleft()
             else:
@@ -355,6 +354,12 @@ class Pipe:
         c.bytes_out += nbytes
         c.lateness_sum_s += lateness_sum
         c.lateness_max_s = lateness_max
+        self._last_release = last_release
+        if queued_frames:
+            c.backlogged_frames += queued_frames
+            c.backlogged_bytes += queued_bytes
+            c.backlogged_service_s += queued_service
+            c.backlogged_s += queued_time
         return out
 
     def record_undeliverable(self, frame: bytes) -> None:
