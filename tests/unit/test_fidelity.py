@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +24,9 @@ def counters(rate: float | None = 10.0, *, busy_s: float | None = 2.0,
     }
     if busy_s is not None and service_s is not None:
         c.update(backlogged_s=busy_s, backlogged_service_s=service_s,
-                 backlogged_frames=frames, backlogged_bytes=round(busy_s * 1e6 / 8 * 10))
+                 backlogged_frames=frames,
+                 # What the configured rate (10 Mbit/s for a trace) serves in service_s.
+                 backlogged_bytes=round(service_s * (rate or 10.0) * 1e6 / 8))
     return c
 
 
@@ -86,3 +90,23 @@ def test_malformed_or_missing_stats_give_no_records() -> None:
     assert fidelity.link_fidelity({}) == []
     assert fidelity.link_fidelity({"links": {"x~y": "nonsense"}}) == []
     assert fidelity.link_fidelity({"links": []}) == []
+
+
+def test_the_runner_puts_links_into_the_summary_fields(tmp_path: Path) -> None:
+    from experiments.aggregate import Aggregate, AggregateParams
+    from experiments.runner import Run, RunOptions
+
+    run = Run(Aggregate(AggregateParams()), RunOptions("tcp", "tcp", out_dir=tmp_path))
+    (tmp_path / "stats").mkdir()
+    slow = counters(busy_s=2.0, service_s=1.5)
+    (tmp_path / "stats" / "shaper.json").write_text(json.dumps(shaper(slow, counters())))
+    result = run._fidelity()
+    assert [r["rate_verdict"] for r in result["fidelity_links"]] == ["short", "achieved"]
+    assert result["fidelity_ok"] is False
+    assert result["fidelity_notes"] == [
+        "client-eth0->router-eth0 carried 75% of its 10 Mbit/s while backlogged "
+        "(7.50 Mbit/s over 2.00 s)"]
+    (tmp_path / "stats" / "shaper.json").write_text(json.dumps(shaper(counters(), counters())))
+    assert run._fidelity()["fidelity_ok"] is True
+    (tmp_path / "stats" / "shaper.json").unlink()  # the netem backend writes none
+    assert run._fidelity()["fidelity_links"] == []
