@@ -444,6 +444,7 @@ def analyze(run_dir: Path, meta: dict[str, Any], summary: dict[str, Any],
             "the same packets seen at two (e.g. --set capture_on=client-eth0,client-eth1,"
             "server-eth0)")
     else:
-        result["notes"].append(f"no packet was seen at two capture points ({', '.join(hosts)})"
-                               ": no one-way delay")
+        result["notes"].append(f"no packet was seen at two capture points ({', '.join(hosts)}"
+                               "): no one-way delay (a box between them may rewrite addresses, "
+                               "ports or sequence numbers)")
     return result, written
