@@ -463,3 +463,17 @@ def test_down_forgets_the_last_release() -> None:
     # Frame 1 was lost with the link; frame 3 queued behind 2 and is the only one counted.
     assert pipe.counters.backlogged_frames == 1
     assert pipe.counters.backlogged_s == pytest.approx(0.001)
+
+
+def test_backlog_on_a_trace_is_served_at_its_opportunities(tmp_path: Path) -> None:
+    path = tmp_path / "small.trace"
+    path.write_text("1\n1\n4\n")  # two opportunities at 1 ms, one at 4 ms
+    pipe = Pipe(Shaping(trace=str(path)), random.Random(1), trace_loader=file_loader)
+    for n in range(3):
+        pipe.offer(frame(n, 1500), 0.0)
+    drain(pipe)
+    c = pipe.counters
+    # Frame 1 shares frame 0's millisecond, frame 2 waits 3 ms for the next opportunity.
+    assert c.backlogged_frames == 2
+    assert c.backlogged_service_s == pytest.approx(0.003)
+    assert c.backlogged_s == pytest.approx(0.003)
