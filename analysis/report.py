@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis import figures, metrics, tshark
+from analysis import datalevel, figures, metrics, tshark
 
 AGGREGATE, MIGRATION, MULTI_WIFI = figures.AGGREGATE, "vm-migration", "multi-wifi"
 MIDDLEBOX = "middlebox"
@@ -86,6 +86,10 @@ def analyze_run(run_dir: Path, bin_s: float = metrics.DEFAULT_BIN_S) -> dict[str
         written += figures.plot_subflow_state(series, meta, summary, out_dir / SUBFLOWS_FIGURE,
                                               host=sender)
 
+    # Sequence graph, reinjections, out-of-order and one-way delay, where captures allow.
+    result["datalevel"], drawn = datalevel.analyze(run_dir, meta, summary, out_dir)
+    written += drawn
+
     result["figures"] = [str(p.relative_to(run_dir)) for p in written]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / METRICS_FILE).write_text(json.dumps(result, indent=2, default=_json_default))
@@ -147,6 +151,7 @@ def run_row(run_dir: Path, group_keys: Sequence[str] | None = None) -> dict[str,
         "verdict": summary.get("verdict"),
         "fidelity_ok": summary.get("fidelity_ok"),
         "fidelity_notes": summary.get("fidelity_notes") or [],
+        "fidelity_links": summary.get("fidelity_links") or [],
         **extra,
     }
 
@@ -252,13 +257,26 @@ ANCHORS: dict[str, str] = {
 }
 
 
+def _links_verdicts(row: dict[str, Any]) -> str:
+    """How many shaped link directions held their rate (summary `fidelity_links`)."""
+    counts: dict[str, int] = {}
+    for link in row.get("fidelity_links") or []:
+        if isinstance(link, dict) and link.get("rate_verdict") not in (None, "unshaped"):
+            verdict = str(link["rate_verdict"])
+            counts[verdict] = counts.get(verdict, 0) + 1
+    order = ["short", "achieved", "not saturated", "not judged", "not measured"]
+    parts = [f"{counts[v]} {v}" for v in order if v in counts]
+    return f" (links: {', '.join(parts)})" if parts else ""
+
+
 def _fidelity_cell(row: dict[str, Any]) -> str:
     if row["fidelity_ok"] is None:
         return "–"
+    links = _links_verdicts(row)
     if row["fidelity_ok"]:
-        return "ok"
+        return f"ok{links}"
     notes = "; ".join(str(n) for n in row.get("fidelity_notes") or [])
-    return f"**failed**: {notes}" if notes else "**failed**"
+    return f"**failed**{links}: {notes}" if notes else f"**failed**{links}"
 
 
 def _within_cell(row: dict[str, Any]) -> str:
@@ -475,8 +493,9 @@ def write_report(run_dirs: Sequence[Path], out_path: Path, analyze: bool = True)
                     f"connection {numbers['subflows_per_connection'] or '–'}, MP_CAPABLE "
                     f"{counts['MP_CAPABLE']}, MP_JOIN {counts['MP_JOIN']}, DSS {counts['DSS']}"
                     f", malformed {numbers['malformed_packets']}")
+            lines += _datalevel_lines(result.get("datalevel") or {})
             lines.append("")
-        for figure in (THROUGHPUT_FIGURE, GOODPUT_FIGURE, SUBFLOWS_FIGURE):
+        for figure in (THROUGHPUT_FIGURE, GOODPUT_FIGURE, SUBFLOWS_FIGURE, *datalevel.FIGURES):
             png = run_dir / "figures" / f"{figure}.png"
             if png.exists():
                 lines.append(f"![{row['case']}, {row['stack']}: {figure}]"
@@ -484,6 +503,33 @@ def write_report(run_dirs: Sequence[Path], out_path: Path, analyze: bool = True)
         lines.append("")
     out_path.write_text("\n".join(lines))
     return out_path
+
+
+def _datalevel_lines(numbers: dict[str, Any]) -> list[str]:
+    """The data-level numbers of a run as report bullets (reinjections, out-of-order delay,
+    one-way delay), and what could not be measured."""
+    lines = []
+    reinjected = numbers.get("reinjections")
+    if reinjected:
+        pairs = "; ".join(f"{p['bytes']} B from {p['from']} to {p['to']}"
+                          for p in reinjected["by_pair"])
+        lines.append(f"- reinjections (at `{reinjected['captured_at']}`): "
+                     f"{reinjected['bytes']} bytes in {reinjected['ranges']} range(s)"
+                     + (f": {pairs}" if pairs else ""))
+    ooo = numbers.get("out_of_order")
+    if ooo:
+        parts = [f"{s['subflow']} {s['out_of_order_segments']} of {s['segments']} segments "
+                 f"held, median {_cell(s['median_ms'])} ms, p95 {_cell(s['p95_ms'])} ms"
+                 for s in ooo["subflows"]]
+        lines.append(f"- out-of-order delay (at `{ooo['captured_at']}`): " + "; ".join(parts))
+    owd = numbers.get("one_way_delay")
+    if owd:
+        parts = [f"{s['direction']} {_cell(s['median_ms'])} ms (min {_cell(s['min_ms'])})"
+                 for s in owd["subflows"]]
+        lines.append(f"- one-way delay `{owd['between'][0]}`↔`{owd['between'][1]}`, median: "
+                     + "; ".join(parts))
+    lines += [f"- not measured: {note}" for note in numbers.get("notes") or []]
+    return lines
 
 
 def _rel(path: Path, start: Path) -> str:

@@ -20,7 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 # Bump when COLUMNS or the derivations change, so that stale caches are not reused.
-SCHEMA_VERSION = 2  # 2: payload decoded as data (no protocol guessing)
+SCHEMA_VERSION = 3  # 2: payload decoded as data (no protocol guessing); 3: ip_id, ip_ttl,
+# frame_len, dss_dsn
 CACHE_SUFFIX = f".fields.v{SCHEMA_VERSION}.csv.gz"
 
 # tshark prints every occurrence of a repeated field joined with this character. Expert
@@ -71,6 +72,12 @@ COLUMNS: tuple[Column, ...] = (
     Column("time", "frame.time_relative", "float64", "seconds since the first frame of the file"),
     Column("ip_src", None, "str", "source address (ip.src, or ipv6.src)"),
     Column("ip_dst", None, "str", "destination address (ip.dst, or ipv6.dst)"),
+    Column("ip_id", "ip.id", "Int64", "IPv4 identification: with the addresses, ports and "
+           "sequence numbers it names one packet at every capture point it passes"),
+    Column("ip_ttl", "ip.ttl", "Int64", "IPv4 time to live: highest where the packet was "
+           "sent, one less behind each router (tells a capture's own packets from others')"),
+    Column("frame_len", "frame.len", "Int64", "frame length on the wire, bytes (not cut by "
+           "the snaplen)"),
     Column("tcp_srcport", "tcp.srcport", "Int64", "TCP source port"),
     Column("tcp_dstport", "tcp.dstport", "Int64", "TCP destination port"),
     Column("tcp_stream", "tcp.stream", "Int64", "tshark's TCP conversation index = one subflow"),
@@ -108,6 +115,9 @@ COLUMNS: tuple[Column, ...] = (
            "mapped by tshark (relative when the keys were captured, else absolute)"),
     Column("dsn_raw", "tcp.options.mptcp.rawdataseqno", "UInt64",
            "DSN field of the DSS option as on the wire (start of the mapping)"),
+    Column("dss_dsn", "mptcp.dss.dsn", "UInt64", "data sequence number where the DSS "
+           "mapping starts (relative when the keys were captured, else absolute); with "
+           "dss_ssn and dss_length it maps subflow bytes to data bytes"),
     Column("dss_ssn", "tcp.options.mptcp.subflowseqno", "Int64",
            "subflow sequence number of the DSS mapping (relative to the subflow ISN)"),
     Column("dss_length", "tcp.options.mptcp.datalvllen", "Int64", "data-level length of the "

@@ -23,6 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from experiments import fidelity
 from experiments.scenario import HostEvent, LinkEvent, RunOutcome, Scenario, TimelineEvent
 from testbed import stats
 from testbed.emu.capture import Capture, CpuMonitor, start_capture
@@ -384,10 +385,19 @@ class Run:
             result["cpu_idle_worst_pct"] = round(cpu.worst_idle_pct, 1)
             if cpu.worst_idle_pct < MIN_IDLE_PCT:
                 reasons.append(f"CPU saturated (worst second {cpu.worst_idle_pct:.1f}% idle)")
-        late = _shaper_mean_late_ms(self.run_dir / "stats" / "shaper.json")
+        shaper_path = self.run_dir / "stats" / "shaper.json"
+        late = _shaper_mean_late_ms(shaper_path)
         result["shaper_mean_late_ms"] = late
         if late is not None and late > MAX_MEAN_LATE_MS:
             reasons.append(f"shaper released frames {late:.2f} ms late on average")
+        # Per link direction: the rate achieved while backlogged and the delay added.
+        try:
+            shaper = json.loads(shaper_path.read_text())
+        except (OSError, ValueError):
+            shaper = {}
+        result["fidelity_links"] = fidelity.link_fidelity(shaper)
+        late_overall = late is not None and late > MAX_MEAN_LATE_MS
+        reasons += fidelity.link_notes(result["fidelity_links"], delays=not late_overall)
         result["fidelity_ok"] = not reasons
         result["fidelity_notes"] = reasons
         return result

@@ -70,6 +70,22 @@ def test_kernel_mptcp_aggregates_two_shaped_paths(tmp_path: Path, clean_machine:
     assert not packets["malformed"].any()
     assert packets.loc[packets["mp_join"], "pcap"].str.contains("client-eth1").all()
     assert (out / "figures" / "throughput.png").exists()
+    # Per-link fidelity from the shaper: the upload directions were kept backlogged and are
+    # judged on their rate (how close depends on the machine's load: not asserted here), the
+    # ACK directions never were.
+    links = {(r["from"], r["to"]): r for r in summary["fidelity_links"]}
+    assert len(links) == 4
+    for path in ("eth0", "eth1"):
+        upload = links[(f"client-{path}", f"router-{path}")]
+        assert upload["rate_verdict"] in ("achieved", "short")
+        assert upload["backlogged_s"] > 1.0 and 0.5 < upload["achieved_fraction"] < 1.1
+        assert links[(f"router-{path}", f"client-{path}")]["rate_verdict"] == "not saturated"
+    # The sequence graph from the client's captures; the server was not captured, so no
+    # out-of-order or one-way delay, and metrics.json says why.
+    assert (out / "figures" / "sequence.png").exists()
+    numbers = json.loads((out / "figures" / "metrics.json").read_text())["datalevel"]
+    assert numbers["reinjections"]["captured_at"] == "client"
+    assert "one_way_delay" not in numbers and len(numbers["notes"]) == 2
 
 
 def test_plain_tcp_is_the_single_path_baseline(tmp_path: Path, clean_machine: None) -> None:

@@ -798,3 +798,15 @@ def test_run_titles_fit_and_name_our_stack(tmp_path: Path,
     limit = int(7.0 * figures._TITLE_CHARS_PER_IN)
     assert all(len(line) <= limit for line in title.splitlines())
     assert "userspace MPTCP" not in title
+
+
+def test_fidelity_cell_counts_link_verdicts() -> None:
+    links = [{"rate_verdict": "achieved"}, {"rate_verdict": "not saturated"},
+             {"rate_verdict": "achieved"}, {"rate_verdict": "unshaped"}]
+    assert report._fidelity_cell({"fidelity_ok": True, "fidelity_links": links}) == \
+        "ok (links: 2 achieved, 1 not saturated)"
+    short = [{"rate_verdict": "short"}, {"rate_verdict": "achieved"}]
+    assert report._fidelity_cell({"fidelity_ok": False, "fidelity_links": short,
+                                  "fidelity_notes": ["a->b carried 80%"]}) == \
+        "**failed** (links: 1 short, 1 achieved): a->b carried 80%"
+    assert report._fidelity_cell({"fidelity_ok": True}) == "ok"

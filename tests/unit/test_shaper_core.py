@@ -422,3 +422,58 @@ def test_only_reordered_frames_overtake_and_they_skip_the_delay(
     assert reordered == sorted(reordered) and delayed == sorted(delayed)
     if reorder_pct == 0:
         assert reordered == []
+
+
+def test_backlogged_frames_measure_the_rate_achieved_while_busy() -> None:
+    # 8 Mbit/s: 1 ms per 1000-byte frame. Five frames at once: four queue behind another.
+    pipe = Pipe(Shaping(rate_mbps=8, delay_ms=10, queue_pkts=100), random.Random(1))
+    for n in range(5):
+        pipe.offer(frame(n), 0.0)
+    pipe.offer(frame(5), 0.1)  # arrives at an idle link: not backlogged
+    drain(pipe)
+    c = pipe.counters
+    assert (c.backlogged_frames, c.backlogged_bytes) == (4, 4000)
+    assert c.backlogged_service_s == pytest.approx(0.004)
+    assert c.backlogged_s == pytest.approx(0.004)
+
+
+def test_a_caller_that_falls_behind_shows_a_lower_achieved_rate() -> None:
+    pipe = Pipe(Shaping(rate_mbps=8, delay_ms=10, queue_pkts=100), random.Random(1))
+    for n in range(5):
+        pipe.offer(frame(n), 0.0)
+    # The first frame leaves on time (11 ms); the caller then stalls until 20 ms, when the
+    # other four (due at 12-15 ms) leave together: 4 ms of service took 9 ms.
+    assert pipe.pop_due(0.011) == [frame(0)]
+    assert len(pipe.pop_due(0.020)) == 4
+    c = pipe.counters
+    assert c.backlogged_s == pytest.approx(0.009)
+    assert c.backlogged_service_s / c.backlogged_s == pytest.approx(4 / 9)
+
+
+def test_down_forgets_the_last_release() -> None:
+    pipe = Pipe(Shaping(rate_mbps=8, queue_pkts=100), random.Random(1))
+    pipe.offer(frame(0), 0.0)
+    pipe.offer(frame(1), 0.0)
+    pipe.pop_due(0.001)
+    pipe.set_down(True, 0.0015)
+    pipe.set_down(False, 0.5)
+    pipe.offer(frame(2), 0.5)
+    pipe.offer(frame(3), 0.5)
+    drain(pipe)
+    # Frame 1 was lost with the link; frame 3 queued behind 2 and is the only one counted.
+    assert pipe.counters.backlogged_frames == 1
+    assert pipe.counters.backlogged_s == pytest.approx(0.001)
+
+
+def test_backlog_on_a_trace_is_served_at_its_opportunities(tmp_path: Path) -> None:
+    path = tmp_path / "small.trace"
+    path.write_text("1\n1\n4\n")  # two opportunities at 1 ms, one at 4 ms
+    pipe = Pipe(Shaping(trace=str(path)), random.Random(1), trace_loader=file_loader)
+    for n in range(3):
+        pipe.offer(frame(n, 1500), 0.0)
+    drain(pipe)
+    c = pipe.counters
+    # Frame 1 shares frame 0's millisecond, frame 2 waits 3 ms for the next opportunity.
+    assert c.backlogged_frames == 2
+    assert c.backlogged_service_s == pytest.approx(0.003)
+    assert c.backlogged_s == pytest.approx(0.003)

@@ -99,6 +99,16 @@ class PipeCounters:
     # up (Handigol et al., CoNEXT 2012: an emulation is only trustworthy if it did).
     lateness_sum_s: float = 0.0
     lateness_max_s: float = 0.0
+    # Frames that arrived while the rate FIFO was still serving the one before them, counted
+    # when they leave the delay line: their bytes, the service time the configured rate (or
+    # trace) gave them, and the time actually elapsed since the previous frame's release.
+    # backlogged_service_s / backlogged_s is the share of the configured rate the link
+    # achieved while it was backlogged, as released by the caller's clock (frames that skip
+    # the delay for reordering are left out).
+    backlogged_frames: int = 0
+    backlogged_bytes: int = 0
+    backlogged_service_s: float = 0.0
+    backlogged_s: float = 0.0
 
 
 class _TraceServer:
@@ -174,8 +184,11 @@ class Pipe:
         self._rng = rng
         self._trace_loader = trace_loader
         self._down = False
-        # (deliver_at, frame) in delivery order; deliver_at never decreases along the deque.
-        self._flight: deque[tuple[float, bytes]] = deque()
+        # (deliver_at, frame, service) in delivery order; deliver_at never decreases along the
+        # deque. `service` is the frame's time in the rate FIFO's server when it queued behind
+        # another frame, else -1 (see PipeCounters.backlogged_*).
+        self._flight: deque[tuple[float, bytes, float]] = deque()
+        self._last_release: float | None = None
         # The same for reordered frames, which skip the delay and overtake `_flight`.
         self._overtaking: deque[tuple[float, bytes]] = deque()
         # Departure times from the FIFO of the frames still in it (for the tail-drop limit).
@@ -226,6 +239,7 @@ class Pipe:
         if down and not self._down:
             self.counters.dropped_down += self.in_pipe
             self._flight.clear()
+            self._last_release = None
             self._overtaking.clear()
             self._queue_departures.clear()
             # The lost frames no longer occupy the server or the wire.
@@ -255,7 +269,8 @@ class Pipe:
         if len(queue) >= self._queue_limit:
             c.dropped_queue += 1
             return False
-        start = self._link_free_at if self._link_free_at > now else now
+        backlogged = self._link_free_at > now
+        start = self._link_free_at if backlogged else now
         if self._trace_server is not None:
             departs = self._trace_server.serve(size, start)
         elif self._bytes_per_s is not None:
@@ -284,7 +299,7 @@ class Pipe:
         if deliver_at < self._last_deliver_at:
             deliver_at = self._last_deliver_at
         self._last_deliver_at = deliver_at
-        self._flight.append((deliver_at, frame))
+        self._flight.append((deliver_at, frame, departs - start if backlogged else -1.0))
         return True
 
     def next_deadline(self) -> float | None:
@@ -309,13 +324,22 @@ class Pipe:
         lateness_sum = 0.0
         lateness_max = c.lateness_max_s
         nbytes = 0
+        last_release = self._last_release
+        queued_frames = queued_bytes = 0
+        queued_service = queued_time = 0.0
         while True:
             # Merge the two FIFOs by due time; on a tie the delayed frame, sent earlier, goes
             # first.
             if flight and flight[0][0] <= limit and not (
                 overtaking and overtaking[0][0] < flight[0][0]
             ):
-                deliver_at, frame = flight.popleft()
+                deliver_at, frame, service = flight.popleft()
+                if service >= 0.0 and last_release is not None:
+                    queued_frames += 1
+                    queued_bytes += len(frame)
+                    queued_service += service
+                    queued_time += now - last_release
+                last_release = now
             elif overtaking and overtaking[0][0] <= limit:
                 deliver_at, frame = overtaking.popleft()
             else:
@@ -330,6 +354,12 @@ class Pipe:
         c.bytes_out += nbytes
         c.lateness_sum_s += lateness_sum
         c.lateness_max_s = lateness_max
+        self._last_release = last_release
+        if queued_frames:
+            c.backlogged_frames += queued_frames
+            c.backlogged_bytes += queued_bytes
+            c.backlogged_service_s += queued_service
+            c.backlogged_s += queued_time
         return out
 
     def record_undeliverable(self, frame: bytes) -> None:
