@@ -84,6 +84,8 @@ class Run:
             path_manager=self.params.path_manager, scheduler=self.params.scheduler,
             congestion=self.params.congestion, checksum=self.params.checksum,
             opportunistic=self.params.opportunistic,
+            rcvbuf_bytes=(None if self.params.rcvbuf_kib is None
+                          else self.params.rcvbuf_kib * 1024),
         )
         if "kernel" in (options.client_stack, options.server_stack):
             check_kernel_config(self.stack_config)
