@@ -88,6 +88,17 @@ def add_verdicts(runs: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
+def in_plot_order(runs: pd.DataFrame) -> pd.DataFrame:
+    """The rows by buffer (auto-tuned last), then plain TCP, kernel MPTCP, ours, ours with
+    opportunistic retransmission."""
+    if runs.empty or "variant" not in runs:
+        return runs
+    order = {name: i for i, name in enumerate(VARIANT_ORDER)}
+    keys = [(buffer_key(b), order.get(str(v), len(order)))
+            for b, v in zip(runs["buffer_kib"], runs["variant"], strict=True)]
+    return runs.iloc[sorted(range(len(runs)), key=keys.__getitem__)]
+
+
 def curves(runs: pd.DataFrame) -> pd.DataFrame:
     """Median judged goodput and fraction of TCP per variant and buffer, long form:
     variant, buffer_kib, position (plot order of the buffer), goodput_mbps, fraction_of_tcp,

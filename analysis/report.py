@@ -393,11 +393,6 @@ def _checksum_cell(row: dict[str, Any]) -> str:
     return "no" if (row.get("params") or {}).get("checksum") else "– (off)"
 
 
-def _variant_cell(row: dict[str, Any]) -> str:
-    name = row.get("variant")
-    return _cell(rcvbuf.VARIANT_NAMES.get(str(name), name))
-
-
 def _fraction_cell(row: dict[str, Any]) -> str:
     fraction = row.get("fraction_of_tcp")
     if fraction is None or (isinstance(fraction, float) and math.isnan(fraction)):
@@ -440,8 +435,6 @@ TABLES: dict[str, list[Column]] = {
         ("positions within 15%", "---:", _within_positions_cell),
     ],
     RECEIVE_BUFFER: [
-        ("receive buffer", "---:", lambda r: rcvbuf.buffer_name(r.get("buffer_kib"))),
-        ("variant", "---", _variant_cell),
         ("goodput [Mbit/s]", "---:", lambda r: _cell(r["goodput_mbps"])),
         ("steady goodput [Mbit/s]", "---:", lambda r: _cell(r.get("steady_goodput_mbps"))),
         ("TCP at this buffer [Mbit/s]", "---:", lambda r: _cell(r.get("tcp_mbps"))),
@@ -460,6 +453,8 @@ TABLES: dict[str, list[Column]] = {
 
 def runs_table_lines(scenario: str, runs: pd.DataFrame, report_dir: Path) -> list[str]:
     """The Markdown table of a scenario's runs, with the columns its anchor is judged on."""
+    if scenario == RECEIVE_BUFFER:
+        runs = rcvbuf.in_plot_order(runs)
     columns = [*_COMMON_HEAD, *TABLES.get(scenario, TABLES[""]), *_COMMON_TAIL,
                ("run", "---", lambda r: f"`{_rel(Path(r['path']), report_dir)}`")]
     lines = ["| " + " | ".join(c[0] for c in columns) + " |",

@@ -132,7 +132,6 @@ def test_the_report_has_the_fractions_the_anchor_count_and_the_figure(tmp_path: 
     table = runs_table(dirs)
     assert list(table["anchor_met"]) == [None, None, False, None, True]
     report = write_report(dirs, tmp_path / "report.md", analyze=False).read_text()
-    assert "| 50 KiB | our MPTCP + opportunistic/penalisation | 4.50 |" in report
-    assert "**0.60**" in report  # 4.5 of 7.5, below the anchor: flagged
+    assert "| 50 KiB, opportunistic | our stack | 4.50 | 4.50 | 7.50 | **0.60** |" in report
     assert "At least best-path TCP: our stack 1 of 2 runs" in report
     assert (tmp_path / "figures" / "report-comparison.png").stat().st_size > 10_000
