@@ -14,10 +14,10 @@ route), and is the reference at the same buffer size.
 
 Sizes and durations, chosen for a shared 2-core machine: the rates total 10 Mbit/s, which
 our Python stack and the userspace link shaper carry with plenty of idle CPU (about 5% of
-a core per 10 Mbit/s for the shaper, see README "Performance"); 6 MiB is about 6 s at the
-WiFi rate and about 20 s at the worst head-of-line blocked rate, long enough for the 3G path's
-queue to fill (cubic fills 60 packets in about 2 s) and short enough for a 20-run suite to
-take a few minutes. Goodput is judged from 1 s after the receiver's first byte to its last
+a core per 10 Mbit/s for the shaper, see README "Performance"); 6 MiB is about 6.5 s at the
+WiFi rate and 24 s at the worst rate measured (Linux MPTCP at 50 KiB), several 3G RTTs even
+with its queue full, and short enough for the 20-run suite to take about eight minutes.
+Goodput is judged from 1 s after the receiver's first byte to its last
 (`steady_goodput_mbps`): the join and both slow starts happen in that first second, and what
 the paper studies is the steady state. The verdict that compares with plain TCP at the same
 buffer needs the TCP run, so the report computes it (analysis.report: `fraction_of_tcp`).

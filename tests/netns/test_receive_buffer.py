@@ -98,11 +98,11 @@ def test_small_buffer_mptcp_below_tcp_and_opportunistic_retransmission_helps(
         for host in ("client", "server"):
             assert _connection(tmp_path / name, host)["receive_buffer"] == KIB * 1024
     # Head-of-line blocking behind the 3G path: well below TCP on WiFi alone (measured
-    # 0.28 for Linux MPTCP and 0.38-0.53 for ours on this machine).
+    # 0.27-0.30 for Linux MPTCP and 0.37-0.41 for ours on this machine).
     assert steady["kernel"] < 0.8 * steady["tcp"]
     assert steady["ours"] < 0.8 * steady["tcp"]
     # The mechanisms worked: data resent on WiFi, the 3G subflow penalised, less data left
-    # on 3G (measured 3% of the bytes against 22% without), and more goodput.
+    # on 3G (measured 3-4% of the bytes against 22-35% without), and more goodput.
     sender = _connection(tmp_path / "ours-opp", "server")
     assert sender["counters"].get("MPTCPOpportunisticRetrans", 0) > 0
     assert sender["counters"].get("MPTCPPenalised", 0) > 0
