@@ -13,7 +13,7 @@ at least as well. Plain TCP takes the client's first interface, the WiFi path (i
 route), and is the reference at the same buffer size.
 
 Sizes and durations, chosen for a shared 2-core machine: the rates total 10 Mbit/s, which
-our Python stack and the userspace link shaper carry with plenty of idle CPU (about 5% of
+our Python stack and the userspace link shaper carry on an otherwise idle machine (about 5% of
 a core per 10 Mbit/s for the shaper, see README "Performance"); 6 MiB is about 6.5 s at the
 WiFi rate and 24 s at the worst rate measured (Linux MPTCP at 50 KiB), several 3G RTTs even
 with its queue full, and short enough for the 20-run suite to take about eight minutes.
