@@ -842,3 +842,60 @@ def _wifi_x(line: pd.DataFrame, axis: str) -> tuple[pd.Series, bool]:
 def _held(values: pd.Series, hold: bool) -> pd.Series:
     values = pd.to_numeric(values, errors="coerce").reset_index(drop=True)
     return pd.concat([values, values.iloc[-1:]], ignore_index=True) if hold else values
+
+
+def plot_receive_buffer(points: pd.DataFrame, runs: pd.DataFrame, base: Path,
+                        title: str = "Goodput by receive buffer") -> list[Path]:
+    """`receive-buffer`: steady-state goodput against the receive buffer, one line per stack
+    as it ran (kernel MPTCP, ours, ours with opportunistic retransmission and penalisation)
+    and plain TCP on the best path as the dashed reference; below, each MPTCP line as a
+    fraction of that TCP at the same buffer, with the anchor's 1.0. Hollow markers: a point
+    whose run failed the fidelity check. `points`: analysis.receive_buffer.curves()."""
+    from analysis import receive_buffer as rcvbuf
+
+    positions = sorted({int(p) for p in points["position"]}) if not points.empty else []
+    names = {int(r.position): rcvbuf.buffer_name(r.buffer_kib) for r in points.itertuples()}
+    variants = [v for v in rcvbuf.VARIANT_ORDER if v in set(points["variant"])]
+    variants += sorted(set(points["variant"]) - set(variants))
+    colours = {"tcp": "0.1", "kernel": _STACK_COLOURS["kernel"],
+               "userspace": _STACK_COLOURS["userspace"],
+               "userspace+opportunistic": _PALETTE[4]}
+    with sns.axes_style("whitegrid"), mpl.rc_context(_RC):
+        fig, axes = _new_figure(width=7.5, height=6.8, nrows=2)
+        top, bottom = axes
+        handles: list[Any] = []
+        for name in variants:
+            line = points[points["variant"] == name].sort_values("position")
+            colour = colours.get(name, _OTHER_COLOURS[len(handles) % len(_OTHER_COLOURS)])
+            style = {"color": colour, "linestyle": "--" if name == "tcp" else "-",
+                     "linewidth": 1.6, "marker": "o", "markersize": 6}
+            top.plot(line["position"], line["goodput_mbps"], **style)
+            bad = line[~line["fidelity_ok"].astype(bool)]
+            top.plot(bad["position"], bad["goodput_mbps"], linestyle="none", marker="o",
+                     markersize=9, markerfacecolor="white", markeredgecolor=colour)
+            if name != "tcp":
+                bottom.plot(line["position"], line["fraction_of_tcp"], **style)
+            handles.append(Line2D([], [], label=rcvbuf.VARIANT_NAMES.get(name, name), **style))
+        bottom.axhline(1.0, color="0.1", linestyle="--", linewidth=1.2)
+        for ax in axes:
+            ax.set_xticks(positions, [names[p] for p in positions])
+        top.set_ylabel("Goodput [Mbit/s]")
+        top.set_ylim(0, max([1.0, *pd.to_numeric(points["goodput_mbps"]).dropna()]) * 1.12)
+        top.set_title("Steady-state goodput (after the first second)")
+        bottom.set_ylabel("Fraction of TCP")
+        bottom.set_xlabel("Receive buffer (both hosts)")
+        bottom.set_ylim(0, max([1.2, *pd.to_numeric(points["fraction_of_tcp"]).dropna()])
+                        * 1.08)
+        bottom.set_title("MPTCP goodput / plain TCP on the best path at the same buffer")
+        if points.empty:
+            top.text(0.5, 0.5, "no runs", transform=top.transAxes, ha="center", color="0.4")
+        if not points.empty and not points["fidelity_ok"].astype(bool).all():
+            handles.append(Line2D([], [], linestyle="none", marker="o", markersize=9,
+                                  markerfacecolor="white", markeredgecolor="0.3",
+                                  label="fidelity check failed"))
+        fig.legend(handles=handles, loc="outside upper center", ncols=2, frameon=False,
+                   title=fit_title([title], 7.5), title_fontsize=12)
+        banner = fidelity_banner(runs)
+        if banner:
+            _banner(fig, banner.replace(" (hatched bars)", ""))
+        return save(fig, base)

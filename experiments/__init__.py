@@ -7,13 +7,15 @@ from experiments.handover import Handover
 from experiments.middlebox import Middlebox
 from experiments.mobility import Mobility
 from experiments.multi_wifi import MultiWifi
+from experiments.receive_buffer import ReceiveBuffer
 from experiments.scenario import Scenario
 from experiments.vm_migration import VmMigration
 from testbed.errors import ParameterError
 
 SCENARIOS: dict[str, type[Scenario]] = {cls.name: cls for cls in (Aggregate, VmMigration,
                                                                       MultiWifi, Handover,
-                                                                      Mobility, Middlebox)}
+                                                                      Mobility, Middlebox,
+                                                                      ReceiveBuffer)}
 
 
 def get_scenario(name: str) -> type[Scenario]:

@@ -86,6 +86,8 @@ class Run:
             congestion=self.params.congestion, checksum=self.params.checksum,
             opportunistic=self.params.opportunistic,
             ndiffports=self.params.ndiffports,
+            rcvbuf_bytes=(None if self.params.rcvbuf_kib is None
+                          else self.params.rcvbuf_kib * 1024),
         )
         if "kernel" in (options.client_stack, options.server_stack):
             check_kernel_config(self.stack_config)

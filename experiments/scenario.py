@@ -16,7 +16,7 @@ from mininet.topo import Topo
 
 from testbed.emu.linkparams import Shaping
 from testbed.errors import ParameterError
-from testbed.stacks.base import Endpoint
+from testbed.stacks.base import Endpoint, StackConfig
 
 if TYPE_CHECKING:
     from testbed.emu.network import Emulation
@@ -114,6 +114,10 @@ class CommonParams:
     # Our stack's opportunistic retransmission and penalisation (NSDI 2012); off by default
     # as in Linux, refused for the kernel stack.
     opportunistic: bool = False
+    # The receive buffer of both hosts' stacks in KiB, fixed (no auto-tuning); None: each
+    # stack's default, auto-tuned. Kernel and plain TCP: the namespace's net.ipv4.tcp_rmem
+    # with tcp_moderate_rcvbuf off; ours: the connection-level buffer (RFC 8684 §3.3.4).
+    rcvbuf_kib: int | None = None
     capture: bool = True
     # Interfaces to capture on, comma-separated ("client-eth0,server-eth0"); empty: the
     # scenario's own choice. The host is the part of the name before its last '-'.
@@ -135,6 +139,8 @@ class CommonParams:
             if "-" not in name.strip().strip("-"):
                 raise ParameterError(
                     f"capture_on: {name!r} is not a host interface name like client-eth0")
+        if self.rcvbuf_kib is not None:
+            StackConfig(rcvbuf_bytes=self.rcvbuf_kib * 1024)  # validates the range
         if self.sample_interval_s < 0.01:
             raise ParameterError(f"sample_interval_s must be >= 0.01, got {self.sample_interval_s}")
 

@@ -93,6 +93,22 @@ def _middlebox_cases(full: bool) -> list[Case]:
     return cases
 
 
+def _receive_buffer_cases(full: bool) -> list[Case]:
+    """Receive buffers from small to auto-tuned (NSDI 2012 §4.2): Linux MPTCP, ours and plain
+    TCP at each, and ours again with opportunistic retransmission and penalisation. In full,
+    more sizes between."""
+    sizes: list[int | None] = [50, 75, 100, 150, 200, 300, 400, None] if full else \
+        [50, 100, 200, 400, None]
+    cases = []
+    for kib in sizes:
+        label = "auto" if kib is None else f"buf{kib}k"
+        overrides = () if kib is None else (f"rcvbuf_kib={kib}",)
+        cases.append(Case("receive-buffer", label, overrides, ALL_STACKS))
+        cases.append(Case("receive-buffer", f"{label}_opportunistic",
+                          (*overrides, "opportunistic=1"), ("userspace",)))
+    return cases
+
+
 def _default_cases(full: bool) -> list[Case]:
     return _aggregate_cases(full) + _vm_migration_cases(full) + _multi_wifi_cases(full)
 
@@ -100,7 +116,7 @@ def _default_cases(full: bool) -> list[Case]:
 SUITES = {"default": _default_cases, "aggregate": _aggregate_cases,
           "vm-migration": _vm_migration_cases, "multi-wifi": _multi_wifi_cases,
           "handover": _handover_cases, "mobility": _mobility_cases,
-          "middlebox": _middlebox_cases}
+          "middlebox": _middlebox_cases, "receive-buffer": _receive_buffer_cases}
 
 
 def _complete(run_dir: Path) -> bool:

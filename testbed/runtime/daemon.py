@@ -5,8 +5,9 @@ application API on a Unix socket, and the event loop that feeds them with frames
     python -m testbed.runtime.daemon --control /run/mptcp-testbed/HOST.sock
         --iface client-eth0=10.0.1.1/24,gw=10.0.1.254 [--iface ...] [--pcap FILE] [--seed N]
         [--congestion cubic|reno|lia|olia|balia] [--scheduler NAME] [--path-manager NAME]
-        [--checksum] [--opportunistic] [--subflow ADDR [--backup ADDR]] [--announce ADDR]
-        [--fullmesh ADDR] [--ndiffports N] [--no-netlink]
+        [--checksum] [--opportunistic] [--receive-buffer BYTES]
+        [--subflow ADDR [--backup ADDR]] [--announce ADDR] [--fullmesh ADDR]
+        [--ndiffports N] [--no-netlink]
 
 The MPTCP endpoints follow `ip mptcp endpoint` flags: a client opens a subflow from every
 --subflow address (flagged backup when also given as --backup; to every address the peer
@@ -756,6 +757,12 @@ def make_stack(args: argparse.Namespace) -> MptcpStack:
         announce_addrs=tuple(addr(a).packed for a in args.announce),
         ndiffports=args.ndiffports)
     tcp_config = TcpConfig(congestion=args.congestion) if args.congestion else TcpConfig()
+    if args.receive_buffer is not None:
+        # Fixed: initial = max turns auto-tuning off; plain TCP (fallback) gets the same.
+        size = args.receive_buffer
+        config = dataclasses.replace(config, receive_buffer=size, receive_buffer_max=size)
+        tcp_config = dataclasses.replace(tcp_config, receive_buffer=size,
+                                         receive_buffer_max=size)
     stack = MptcpStack(rng=random.Random(args.seed), config=config, tcp_config=tcp_config)
     for text in args.fullmesh:
         packed = addr(text).packed
@@ -765,6 +772,19 @@ def make_stack(args: argparse.Namespace) -> MptcpStack:
         else:
             endpoint.flags = endpoint.flags | {"fullmesh"}
     return stack
+
+
+def _receive_buffer(text: str) -> int:
+    from testbed.stacks.base import RCVBUF_MAX_BYTES, RCVBUF_MIN_BYTES
+
+    try:
+        size = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of bytes: {text!r}") from None
+    if not RCVBUF_MIN_BYTES <= size <= RCVBUF_MAX_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"{size} is outside {RCVBUF_MIN_BYTES}..{RCVBUF_MAX_BYTES} bytes")
+    return size
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -783,6 +803,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--opportunistic", action="store_true",
                    help="opportunistic retransmission and penalisation of the slow subflow "
                    "when the peer's window blocks (Raiciu et al., NSDI 2012)")
+    p.add_argument("--receive-buffer", type=_receive_buffer, metavar="BYTES",
+                   help="a fixed connection-level receive buffer (no auto-tuning; plain TCP "
+                   "connections get the same); default: 128 KiB auto-tuned up to 6 MiB")
     p.add_argument("--subflow", action="append", default=[], metavar="ADDR",
                    help="client: open an MPTCP subflow from ADDR too (repeatable)")
     p.add_argument("--backup", action="append", default=[], metavar="ADDR",

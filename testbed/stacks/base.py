@@ -17,6 +17,13 @@ WorkloadProto = Literal["mptcp", "tcp", "userspace"]
 ENDPOINT_FLAGS: frozenset[str] = frozenset({"subflow", "signal", "backup", "fullmesh"})
 
 
+# A fixed receive buffer's sane range: below 8 KiB not even a few full-sized segments fit
+# (the kernel counts each packet's memory, about 2 KiB for 1448 bytes of data); above
+# 64 MiB is no longer a small-buffer experiment (Linux's default tcp_rmem max is 6 MiB).
+RCVBUF_MIN_BYTES = 8 << 10
+RCVBUF_MAX_BYTES = 64 << 20
+
+
 @runtime_checkable
 class HostExec(Protocol):
     """An emulated host that can run an argument list inside its network namespace.
@@ -79,6 +86,10 @@ class StackConfig:
     # only; the kernel has no such knob and refuses it.
     opportunistic: bool = False
     ndiffports: int = 2  # our `ndiffports` path manager: subflows over the initial pair
+    # The receive buffer in bytes, fixed (auto-tuning off); None: the stack's default,
+    # auto-tuned. Kernel and plain TCP: net.ipv4.tcp_rmem of the host's namespace with
+    # net.ipv4.tcp_moderate_rcvbuf=0; ours: the connection-level buffer (and plain TCP's).
+    rcvbuf_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.ndiffports <= 8:
@@ -91,6 +102,12 @@ class StackConfig:
         for name in ("path_manager", "scheduler", "congestion"):
             if not getattr(self, name):
                 raise ParameterError(f"StackConfig.{name} must not be empty")
+        if self.rcvbuf_bytes is not None and not (
+                RCVBUF_MIN_BYTES <= self.rcvbuf_bytes <= RCVBUF_MAX_BYTES):
+            raise ParameterError(
+                f"receive buffer {self.rcvbuf_bytes} bytes ({self.rcvbuf_bytes / 1024:g} KiB) "
+                f"is out of range: rcvbuf_kib must be within {RCVBUF_MIN_BYTES >> 10}.."
+                f"{RCVBUF_MAX_BYTES >> 10}, or none for the stack's auto-tuned default")
 
 
 @dataclass(frozen=True)

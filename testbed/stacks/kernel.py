@@ -7,6 +7,7 @@ nothing system-wide is changed.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -98,6 +99,39 @@ def set_congestion(host: HostExec, name: str, caps: KernelCapabilities) -> bool:
         return False
     write_sysctl(host, "net.ipv4.tcp_congestion_control", name)
     return True
+
+
+# tcp_rmem's first value, the floor under memory pressure: the kernel's own default.
+_RMEM_MIN = 4096
+
+
+def set_receive_buffer(host: HostExec, rcvbuf_bytes: int | None) -> list[str]:
+    """Fix the receive buffer of new sockets in `host`'s namespace (notes for the records).
+
+    Linux sizes a TCP socket's and an MPTCP connection's receive buffer from the namespace's
+    net.ipv4.tcp_rmem: sk_rcvbuf starts at its default and, while tcp_moderate_rcvbuf is on,
+    grows up to its max (tcp_rcv_space_adjust; mptcp_rcvbuf_grow for the MPTCP socket, the
+    connection-level buffer, in net/mptcp/protocol.c). Default = max = N with moderation off
+    keeps it at N. The kernel counts memory (each packet's truesize), not payload, so the
+    window it announces is a fraction of N (its scaling_ratio, about half to two thirds).
+    Both sysctls are per namespace; a host that shares the runner's namespace is refused, so
+    nothing system-wide changes."""
+    if rcvbuf_bytes is None:
+        return []
+    try:
+        theirs = host.run(["readlink", "/proc/self/ns/net"]).strip()
+    except TestbedError as exc:
+        raise EnvironmentProblem(f"{host.name}: cannot read its network namespace: {exc}") \
+            from None
+    if theirs == os.readlink("/proc/self/ns/net"):
+        raise EnvironmentProblem(
+            f"{host.name}: shares the initial network namespace; setting tcp_rmem there "
+            "would change the whole system")
+    write_sysctl(host, "net.ipv4.tcp_rmem",
+                 f"{min(_RMEM_MIN, rcvbuf_bytes)} {rcvbuf_bytes} {rcvbuf_bytes}")
+    write_sysctl(host, "net.ipv4.tcp_moderate_rcvbuf", "0")
+    return [f"receive buffer fixed at {rcvbuf_bytes} bytes (net.ipv4.tcp_rmem, "
+            "tcp_moderate_rcvbuf=0)"]
 
 
 def check_kernel_config(config: StackConfig) -> None:
@@ -217,6 +251,7 @@ class KernelMptcpStack:
                 f"{config.congestion} is not in net.ipv4.tcp_allowed_congestion_control: "
                 "selected per socket by the workload only"
             )
+        notes += set_receive_buffer(host, config.rcvbuf_bytes)
         return PreparedHost(
             host=host.name,
             stack=self.name,
@@ -251,6 +286,7 @@ class PlainTcpStack:
                 f"{config.congestion} is not in net.ipv4.tcp_allowed_congestion_control: "
                 "selected per socket by the workload only"
             )
+        notes += set_receive_buffer(host, config.rcvbuf_bytes)
         return PreparedHost(
             host=host.name,
             stack=self.name,

@@ -106,6 +106,8 @@ def daemon_choices(config: StackConfig) -> list[str]:
             "--path-manager", config.path_manager, "--ndiffports", str(config.ndiffports)]
     if config.opportunistic:
         argv.append("--opportunistic")
+    if config.rcvbuf_bytes is not None:
+        argv += ["--receive-buffer", str(config.rcvbuf_bytes)]
     return [*argv, "--checksum"] if config.checksum else argv
 
 
