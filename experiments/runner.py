@@ -303,9 +303,11 @@ class Run:
                     applied.append({**event.record(), "applied_at_s": round(started - t0, 4),
                                     "wall_time": wall,
                                     "took_s": round(time.monotonic() - started, 4)})
-                except (TestbedError, OSError) as exc:
+                except Exception as exc:  # one failed event must not end the
+                    # timeline: the events after it still run, and the run says what failed.
                     kind = "link" if isinstance(event, LinkEvent) else "host"
-                    self.errors.append(f"{kind} event at {event.at_s} s failed: {exc}")
+                    self.errors.append(f"{kind} event at {event.at_s} s failed: "
+                                       f"{type(exc).__name__}: {exc}")
         finally:
             # Written even if an action had a bug: analysis needs to know what was played.
             _write_json(self.run_dir / "stats" / "timeline.json", applied)

@@ -4,6 +4,7 @@ themselves for MPTCP measurements (no IPv6 noise, wire-size captures, per-interf
 from __future__ import annotations
 
 import ipaddress
+import socket
 import subprocess
 from collections.abc import Sequence
 from typing import Any
@@ -110,6 +111,8 @@ class TestbedHost(Host):
                 found = ns.link_lookup(ifname=name)
                 if not found or not self.intf_is_up(ns, found[0]):
                     continue
+                if not ns.get_addr(index=found[0], family=socket.AF_INET):
+                    continue  # a userspace stack holds the address (and routes) itself
                 idx = found[0]
                 if name in gateways:
                     ns.route("replace", dst="0.0.0.0/0", gateway=gateways[name], oif=idx,
