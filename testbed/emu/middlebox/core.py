@@ -324,7 +324,7 @@ def parse_transform(spec: str) -> Transform:
     named string parameters); ParameterError, naming what exists, for anything else."""
     name, _, args = spec.partition(":")
     factory = _TRANSFORMS.get(name.strip())
-    strings = getattr(factory, "string_params", frozenset())
+    strings: frozenset[str] = getattr(factory, "string_params", frozenset())
     kwargs: dict[str, object] = {}
     for item in filter(None, (part.strip() for part in args.split(","))):
         key, sep, value = item.partition("=")
