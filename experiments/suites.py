@@ -15,8 +15,8 @@ from testbed.errors import ParameterError, TestbedError
 
 # Linux MPTCP and plain TCP run every case; our stack (MPTCP over our TCP) runs the cases whose
 # mechanisms it has: aggregation, and (since its path manager follows the host's interfaces
-# and takes the connection manager's commands) handover and migration; multi-wifi and
-# mobility have not been run with it yet.
+# and takes the connection manager's commands) handover, migration and multi-wifi; mobility
+# has not been run with it yet.
 STACKS = ("kernel", "tcp")
 ALL_STACKS = ("kernel", "userspace", "tcp")
 
@@ -57,7 +57,7 @@ def _multi_wifi_cases(full: bool) -> list[Case]:
     """The default walk past three APs; in full, slower and faster walks too (a slower walk
     spends longer at each position, a faster one changes AP more often)."""
     speeds = [0.7, 1.4, 2.8] if full else [1.4]
-    return [Case("multi-wifi", f"walk{speed:g}mps", (f"walk_speed_mps={speed}",))
+    return [Case("multi-wifi", f"walk{speed:g}mps", (f"walk_speed_mps={speed}",), ALL_STACKS)
             for speed in speeds]
 
 
