@@ -15,8 +15,7 @@ from testbed.errors import ParameterError, TestbedError
 
 # Linux MPTCP and plain TCP run every case; our stack (MPTCP over our TCP) runs the cases whose
 # mechanisms it has: aggregation, and (since its path manager follows the host's interfaces
-# and takes the connection manager's commands) handover, migration and multi-wifi; mobility
-# has not been run with it yet.
+# and takes the connection manager's commands) handover, migration, multi-wifi and mobility.
 STACKS = ("kernel", "tcp")
 ALL_STACKS = ("kernel", "userspace", "tcp")
 
@@ -72,10 +71,10 @@ def _handover_cases(full: bool) -> list[Case]:
 
 def _mobility_cases(full: bool) -> list[Case]:
     """The shipped 60 s commute; in full, its delays swapped too (cellular the short one)."""
-    cases = [Case("mobility", "commute", ())]
+    cases = [Case("mobility", "commute", (), ALL_STACKS)]
     if full:
         cases.append(Case("mobility", "commute_cell-short-delay",
-                          ("wifi_delay_ms=30", "cell_delay_ms=5")))
+                          ("wifi_delay_ms=30", "cell_delay_ms=5"), ALL_STACKS))
     return cases
 
 
