@@ -16,10 +16,14 @@ from typing import Any
 
 import pandas as pd
 
-from analysis import figures, metrics, tshark
+from analysis import datacenter, figures, metrics, tshark
 
 AGGREGATE, MIGRATION, MULTI_WIFI = figures.AGGREGATE, "vm-migration", "multi-wifi"
 MIDDLEBOX = "middlebox"
+DATACENTER = datacenter.DATACENTER
+# datacenter summary fields shown in the report (experiments/datacenter.py writes them).
+DATACENTER_FIELDS = ("utilisation", "jain_index", "lowest_decile_fraction",
+                     "min_flow_fraction", "flow_count", "interval_s")
 # middlebox summary fields shown in the report (experiments/middlebox.py writes them).
 MIDDLEBOX_FIELDS = ("transforms", "on_path", "outcome", "expected_outcomes", "as_expected",
                     "box_changed_segments", "box_exercised", "checksum_detected")
@@ -124,6 +128,9 @@ def run_row(run_dir: Path, group_keys: Sequence[str] | None = None) -> dict[str,
     elif scenario == MULTI_WIFI:
         extra.update(metrics.wifi_result(summary))
         extra["anchor_met"] = extra["within_best_ap"]
+    elif scenario == DATACENTER:
+        extra.update({key: summary.get(key) for key in DATACENTER_FIELDS})
+        extra["anchor_met"] = None  # a property of the sweep: see datacenter.anchor_sentence
     elif scenario == MIDDLEBOX:
         extra.update({key: summary.get(key) for key in MIDDLEBOX_FIELDS})
         judged = summary.get("as_expected")
@@ -184,6 +191,9 @@ def compare_runs(run_dirs: Sequence[Path], out_dir: Path,
     if scenario == MIGRATION:
         return figures.plot_migration(_raw_curves(run_dirs, runs), runs, out / f"{name}-goodput",
                                       title=f"{title}: receiver goodput around the move")
+    if scenario == DATACENTER:
+        return datacenter.plot(datacenter.rows(run_dirs), out / f"{name}-utilisation",
+                               title=f"{title}: FatTree permutation utilisation")
     if scenario == MULTI_WIFI:
         return figures.plot_wifi(_wifi_positions(run_dirs, runs), runs, out / f"{name}-goodput",
                                  title=f"{title}: goodput along the walk")
@@ -249,6 +259,9 @@ ANCHORS: dict[str, str] = {
                "intact, or, where a box changes payload without DSS checksums, in what TCP "
                "would deliver (Honda et al., IMC 2011; Raiciu et al., NSDI 2012; RFC 8684 "
                "§3.7)",
+    DATACENTER: "with a permutation matrix over a FatTree with ECMP, utilisation grows with the "
+                "number of MPTCP subflows and MPTCP with 4 or more subflows beats TCP, which "
+                "loses to ECMP collisions (Raiciu et al., SIGCOMM 2011)",
 }
 
 
@@ -304,6 +317,10 @@ def anchor_line(scenario: str, runs: pd.DataFrame) -> str | None:
     """The "published anchor" sentence of a scenario and how many runs of each stack met it."""
     if scenario not in ANCHORS:
         return None
+    if scenario == DATACENTER:
+        paths = [Path(p) for p in runs["path"]] if "path" in runs else []
+        return (f"**Published anchor**: {ANCHORS[scenario]}. Measured: "
+                f"{datacenter.anchor_sentence(datacenter.rows(paths))}.")
     counts = anchor_counts(runs)
     met = "; ".join(f"{figures.stack_name(stack)} {ok} of {n} runs"
                     f"{_criterion(scenario, runs, stack)}" for stack, (ok, n) in counts.items())
@@ -407,6 +424,14 @@ TABLES: dict[str, list[Column]] = {
         ("worst position", "---:", _worst_cell),
         ("goodput [Mbit/s]", "---:", lambda r: _cell(r["goodput_mbps"])),
         ("positions within 15%", "---:", _within_positions_cell),
+    ],
+    DATACENTER: [
+        ("subflows", "---:", lambda r: _cell(r["subflows"])),
+        ("utilisation", "---:", lambda r: _cell(r.get("utilisation"))),
+        ("Jain's index", "---:", lambda r: _cell(r.get("jain_index"))),
+        ("lowest decile / rate", "---:", lambda r: _cell(r.get("lowest_decile_fraction"))),
+        ("aggregate goodput [Mbit/s]", "---:", lambda r: _cell(r["goodput_mbps"])),
+        ("interval [s]", "---:", lambda r: _cell(r.get("interval_s"))),
     ],
     MIDDLEBOX: [
         ("box", "---", _box_cell),
