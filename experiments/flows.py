@@ -57,6 +57,8 @@ class MultiFlowScenario(Scenario):
     """A scenario of several concurrent flows (see the module's docstring)."""
 
     multi_flow: ClassVar[bool] = True
+    # The stacks this scenario runs with (None: any).
+    stacks: ClassVar[tuple[str, ...] | None] = None
 
     @abstractmethod
     def flows(self) -> list[Flow]: ...
@@ -173,6 +175,10 @@ class MultiFlowRun(Run):
     def __init__(self, scenario: Scenario, options: Any) -> None:
         if not isinstance(scenario, MultiFlowScenario):
             raise ParameterError(f"scenario {scenario.name} has no flows to run")
+        for stack in (options.client_stack, options.server_stack):
+            if scenario.stacks is not None and stack not in scenario.stacks:
+                raise ParameterError(f"{scenario.name} runs with the stacks "
+                                     f"{', '.join(scenario.stacks)}, not {stack!r}")
         super().__init__(scenario, options)
         self.flows = scenario.flows()
         if not self.flows:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -223,3 +224,19 @@ def test_flow_verdicts_utilisation_over_hosts_times_rate() -> None:
     assert verdict["paths_per_flow"] == [4, 4, 2, 1]
     missing = flow_verdicts([{"goodput_mbps": None}], 5.0, [4])
     assert missing["utilisation"] is None
+
+
+def test_stacks_other_than_kernel_and_tcp_or_mixed_ends_are_refused(tmp_path: Path) -> None:
+    from experiments.runner import RunOptions
+
+    scenario = Datacenter(parse_overrides(DatacenterParams, []))
+    with pytest.raises(ParameterError, match="kernel, tcp"):
+        MultiFlowRun(scenario, RunOptions(client_stack="userspace", server_stack="userspace",
+                                          results_root=tmp_path))
+    with pytest.raises(ParameterError, match="same stack"):
+        MultiFlowRun(scenario, RunOptions(client_stack="kernel", server_stack="tcp",
+                                          results_root=tmp_path))
+    run = MultiFlowRun(scenario, RunOptions(client_stack="kernel", server_stack="kernel",
+                                            results_root=tmp_path))
+    assert len(run.flows) == 16 and run.stack_config.subflows == 0
+    assert not any(tmp_path.iterdir())  # nothing made before execute()
