@@ -240,3 +240,35 @@ def test_stacks_other_than_kernel_and_tcp_or_mixed_ends_are_refused(tmp_path: Pa
                                             results_root=tmp_path))
     assert len(run.flows) == 16 and run.stack_config.subflows == 0
     assert not any(tmp_path.iterdir())  # nothing made before execute()
+
+
+# -- the anchor over a sweep (analysis/datacenter.py) ----------------------------------------
+
+def _table(tcp: float | None, curve: dict[int, float]) -> object:
+    import pandas as pd
+
+    from analysis.datacenter import COLUMNS
+
+    rows = [{"path": f"k{n}", "stack": "kernel", "subflows": n, "permutation": 1,
+             "utilisation": u, "jain_index": 0.9, "lowest_decile_fraction": 0.4,
+             "fidelity_ok": True} for n, u in curve.items()]
+    if tcp is not None:
+        rows.append({"path": "tcp", "stack": "tcp", "subflows": 1, "permutation": 1,
+                     "utilisation": tcp, "jain_index": 0.8, "lowest_decile_fraction": 0.2,
+                     "fidelity_ok": True})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def test_anchor_holds_when_utilisation_grows_and_four_subflows_beat_tcp() -> None:
+    from analysis.datacenter import anchor_sentence, verdict
+
+    held = verdict(_table(0.45, {1: 0.45, 2: 0.6, 4: 0.7, 8: 0.69}))  # type: ignore[arg-type]
+    assert held[1]["grows"] is True and held[1]["beats_tcp"] is True
+    assert held[1]["mptcp"] == {1: 0.45, 2: 0.6, 4: 0.7, 8: 0.69}
+    falls = verdict(_table(0.45, {1: 0.45, 2: 0.6, 4: 0.5, 8: 0.7}))  # type: ignore[arg-type]
+    assert falls[1]["grows"] is False  # 0.6 -> 0.5 is more than the slack
+    loses = verdict(_table(0.65, {1: 0.45, 4: 0.7, 8: 0.6}))  # type: ignore[arg-type]
+    assert loses[1]["beats_tcp"] is False  # 8 subflows below TCP
+    alone = verdict(_table(None, {4: 0.7}))  # type: ignore[arg-type]
+    assert alone[1]["beats_tcp"] is None and alone[1]["grows"] is None
+    assert "does **not** beat TCP" in anchor_sentence(_table(0.65, {4: 0.6}))  # type: ignore[arg-type]
