@@ -80,6 +80,8 @@ class DatacenterParams(CommonParams):
     seconds: float = 12.0
     warmup_s: float = 3.0
     permutation_seed: int = 1
+    # Derives each router's own multipath hash seed; 0 leaves them all on the kernel's one
+    # shared key (topologies/fattree.py), which uses only half the core paths.
     ecmp_seed: int = 1
     # The hosts' minimum retransmission timeout (their default route's rto_min); 0 keeps
     # Linux's 200 ms, which is long against data-center round trips (see the docstring).
@@ -96,6 +98,8 @@ class DatacenterParams(CommonParams):
         if not 1 <= self.subflows <= MAX_ADDRS:
             raise ParameterError(f"subflows must be within 1..{MAX_ADDRS} (the kernel path "
                                  f"manager's endpoint limit), got {self.subflows}")
+        if self.ecmp_seed < 0:
+            raise ParameterError(f"ecmp_seed must be >= 0, got {self.ecmp_seed}")
         if self.rto_min_ms < 0:
             raise ParameterError(f"rto_min_ms must be >= 0, got {self.rto_min_ms}")
         if self.seconds <= 0:

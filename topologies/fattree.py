@@ -150,9 +150,10 @@ class FatTreeTopo(Topo):
         seeds = iter(range(1, 10_000))
 
         def router(name: str) -> str:
-            # Each router's own multipath hash seed, from the run's seed (never 0: the kernel
-            # reads 0 as "the shared random key").
-            seed = (hash_seed * 7919 + next(seeds)) % (2**32 - 1) + 1
+            # Each router's own multipath hash seed, derived from `hash_seed` (never 0, which
+            # the kernel reads as "the shared random key"); hash_seed=0 leaves every router
+            # on that shared key, to show what it does.
+            seed = (hash_seed * 7919 + next(seeds)) % (2**32 - 1) + 1 if hash_seed else None
             return str(self.addHost(name, cls=Router, routes=table[name],
                                     multipath_hash_policy=HASH_POLICY_L4,
                                     multipath_hash_seed=seed))

@@ -48,6 +48,8 @@ def test_k4_has_16_hosts_20_routers_and_48_links() -> None:
     assert {i["multipath_hash_policy"] for i in infos} == {1}
     seeds = [i["multipath_hash_seed"] for i in infos]
     assert len(set(seeds)) == 20 and 0 not in seeds
+    shared = FatTreeTopo(k=4, shaping=LinkShaping(shaping, shaping), hash_seed=0)
+    assert {shared.nodeInfo(r)["multipath_hash_seed"] for r in routers} == {None}
     # Interface names fit the kernel's 15 characters.
     names = [v for _, _, info in topo.links(withInfo=True)
              for v in (info["intfName1"], info["intfName2"])]
@@ -180,7 +182,8 @@ def test_subflows_become_extra_addresses_and_subflow_endpoints() -> None:
 
 
 @pytest.mark.parametrize("override", ["subflows=0", "subflows=9", "k=5", "warmup_s=12",
-                                      "seconds=0", "rate_mbps=0", "rto_min_ms=-1"])
+                                      "seconds=0", "rate_mbps=0", "rto_min_ms=-1",
+                                      "ecmp_seed=-1"])
 def test_bad_parameters_are_refused(override: str) -> None:
     with pytest.raises(ParameterError):
         parse_overrides(DatacenterParams, [override])
