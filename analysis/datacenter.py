@@ -118,3 +118,33 @@ def plot(table: pd.DataFrame, base: Path, title: str) -> list[Path]:
                         + ", ".join(dict.fromkeys(names))
                         + ": these numbers may not reflect the model")
     return figures.save(fig, base)
+
+
+def plot_flows(summary: dict[str, Any], base: Path) -> list[Path]:
+    """One run of many flows: each flow's goodput over the common interval, against the host
+    rate, coloured by how many equal-cost paths its hosts have."""
+    flows = summary.get("flows") or []
+    fig, (ax,) = figures._new_figure(width=8.0, height=3.6)
+    rate = summary.get("host_rate_mbps")
+    paths = summary.get("paths_per_flow") or [None] * len(flows)
+    palette = {1: "#999999", 2: "#e69f00", 4: "#0072b2"}
+    for i, (flow, n) in enumerate(zip(flows, paths, strict=False)):
+        value = flow.get("goodput_mbps")
+        ax.bar(i, value if value is not None else 0.0, color=palette.get(n, "#56b4e9"),
+               label=f"{n} path{'s' if n != 1 else ''}" if n is not None else None)
+    if rate:
+        ax.axhline(rate, color="0.3", linestyle=":", label="host rate")
+        ax.set_ylim(0, rate * 1.45)  # room for the legend above the bars
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=False))
+    ax.legend(unique.values(), unique.keys(), loc="upper right", fontsize=8)
+    ax.set_xticks(range(len(flows)),
+                  labels=[f"{f.get('client')}\n→{f.get('server')}" for f in flows],
+                  rotation=90, fontsize=7)
+    ax.set_ylabel("goodput [Mbit/s]")
+    stack = figures.stack_name(str(summary.get("stack", "")))
+    fig.suptitle(f"{stack}, {summary.get('subflows')} subflow(s): utilisation "
+                 f"{summary.get('utilisation')}, Jain's index {summary.get('jain_index')}")
+    if summary.get("fidelity_ok") is False:
+        figures._banner(fig, figures.FIDELITY_WARNING)
+    return figures.save(fig, base)

@@ -79,7 +79,9 @@ def analyze_run(run_dir: Path, bin_s: float = metrics.DEFAULT_BIN_S) -> dict[str
 
     report = metrics.load_workload_report(run_dir)
     goodput = metrics.goodput_series(report)
-    if not goodput.empty or report:
+    if summary.get("flows"):  # many flows (experiments/flows.py): one bar each, not one series
+        written += datacenter.plot_flows(summary, out_dir / GOODPUT_FIGURE)
+    elif not goodput.empty or report:
         written += figures.plot_goodput(goodput, meta, summary, out_dir / GOODPUT_FIGURE)
 
     samples = metrics.load_socket_samples(run_dir)

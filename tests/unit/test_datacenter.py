@@ -275,3 +275,15 @@ def test_anchor_holds_when_utilisation_grows_and_four_subflows_beat_tcp() -> Non
     alone = verdict(_table(None, {4: 0.7}))  # type: ignore[arg-type]
     assert alone[1]["beats_tcp"] is None and alone[1]["grows"] is None
     assert "does **not** beat TCP" in anchor_sentence(_table(0.65, {4: 0.6}))  # type: ignore[arg-type]
+
+
+def test_a_run_of_many_flows_gets_one_bar_per_flow(tmp_path: Path) -> None:
+    from analysis.datacenter import plot_flows
+
+    summary = {"stack": "kernel", "subflows": 4, "utilisation": 0.7, "jain_index": 0.95,
+               "host_rate_mbps": 5.0, "paths_per_flow": [4, 1], "fidelity_ok": True,
+               "flows": [{"client": "p0e0h0", "server": "p1e0h0", "goodput_mbps": 3.5},
+                         {"client": "p0e0h1", "server": "p0e0h0", "goodput_mbps": None}]}
+    written = plot_flows(summary, tmp_path / "goodput")
+    assert [p.name for p in written] == ["goodput.png", "goodput.pdf"]
+    assert all(p.stat().st_size > 1000 for p in written)
