@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis import datalevel, figures, metrics, tshark
+from analysis import datacenter, datalevel, figures, metrics, tshark
 from analysis import receive_buffer as rcvbuf
 
 AGGREGATE, MIGRATION, MULTI_WIFI = figures.AGGREGATE, "vm-migration", "multi-wifi"
@@ -24,6 +24,10 @@ MIDDLEBOX = "middlebox"
 RECEIVE_BUFFER = rcvbuf.SCENARIO
 # receive-buffer summary fields shown in the report (experiments/receive_buffer.py).
 RECEIVE_BUFFER_FIELDS = ("rcvbuf_kib", "opportunistic", "steady_goodput_mbps")
+DATACENTER = datacenter.DATACENTER
+# datacenter summary fields shown in the report (experiments/datacenter.py writes them).
+DATACENTER_FIELDS = ("utilisation", "jain_index", "lowest_decile_fraction",
+                     "min_flow_fraction", "flow_count", "interval_s")
 # middlebox summary fields shown in the report (experiments/middlebox.py writes them).
 MIDDLEBOX_FIELDS = ("transforms", "on_path", "outcome", "expected_outcomes", "as_expected",
                     "box_changed_segments", "box_exercised", "checksum_detected")
@@ -79,7 +83,9 @@ def analyze_run(run_dir: Path, bin_s: float = metrics.DEFAULT_BIN_S) -> dict[str
 
     report = metrics.load_workload_report(run_dir)
     goodput = metrics.goodput_series(report)
-    if not goodput.empty or report:
+    if summary.get("flows"):  # many flows (experiments/flows.py): one bar each, not one series
+        written += datacenter.plot_flows(summary, out_dir / GOODPUT_FIGURE)
+    elif not goodput.empty or report:
         written += figures.plot_goodput(goodput, meta, summary, out_dir / GOODPUT_FIGURE)
 
     samples = metrics.load_socket_samples(run_dir)
@@ -132,6 +138,9 @@ def run_row(run_dir: Path, group_keys: Sequence[str] | None = None) -> dict[str,
     elif scenario == MULTI_WIFI:
         extra.update(metrics.wifi_result(summary))
         extra["anchor_met"] = extra["within_best_ap"]
+    elif scenario == DATACENTER:
+        extra.update({key: summary.get(key) for key in DATACENTER_FIELDS})
+        extra["anchor_met"] = None  # a property of the sweep: see datacenter.anchor_sentence
     elif scenario == MIDDLEBOX:
         extra.update({key: summary.get(key) for key in MIDDLEBOX_FIELDS})
         judged = summary.get("as_expected")
@@ -200,6 +209,9 @@ def compare_runs(run_dirs: Sequence[Path], out_dir: Path,
     if scenario == RECEIVE_BUFFER:
         return figures.plot_receive_buffer(rcvbuf.curves(runs), runs, out / name,
                                            title=f"{title}: goodput by receive buffer")
+    if scenario == DATACENTER:
+        return datacenter.plot(datacenter.rows(run_dirs), out / f"{name}-utilisation",
+                               title=f"{title}: FatTree permutation utilisation")
     if scenario == MULTI_WIFI:
         return figures.plot_wifi(_wifi_positions(run_dirs, runs), runs, out / f"{name}-goodput",
                                  title=f"{title}: goodput along the walk")
@@ -271,6 +283,9 @@ ANCHORS: dict[str, str] = {
                     f"`opportunistic=1` (at least {rcvbuf.AT_LEAST_TCP:g} of plain TCP on the "
                     "WiFi path at the same buffer, steady-state goodput); Linux MPTCP and ours "
                     "without it are shown, not judged",
+    DATACENTER: "with a permutation matrix over a FatTree with ECMP, utilisation grows with the "
+                "number of MPTCP subflows and MPTCP with 4 or more subflows beats TCP, which "
+                "loses to ECMP collisions (Raiciu et al., SIGCOMM 2011)",
 }
 
 
@@ -340,6 +355,10 @@ def anchor_line(scenario: str, runs: pd.DataFrame) -> str | None:
     """The "published anchor" sentence of a scenario and how many runs of each stack met it."""
     if scenario not in ANCHORS:
         return None
+    if scenario == DATACENTER:
+        paths = [Path(p) for p in runs["path"]] if "path" in runs else []
+        return (f"**Published anchor**: {ANCHORS[scenario]}. Measured: "
+                f"{datacenter.anchor_sentence(datacenter.rows(paths))}.")
     counts = anchor_counts(runs)
     met = "; ".join(f"{figures.stack_name(stack)} {ok} of {n} runs"
                     f"{_criterion(scenario, runs, stack)}" for stack, (ok, n) in counts.items())
@@ -458,6 +477,14 @@ TABLES: dict[str, list[Column]] = {
         ("TCP at this buffer [Mbit/s]", "---:", lambda r: _cell(r.get("tcp_mbps"))),
         ("fraction of TCP", "---:", _fraction_cell),
         ("subflows", "---:", lambda r: _cell(r["subflows"])),
+    ],
+    DATACENTER: [
+        ("subflows", "---:", lambda r: _cell(r["subflows"])),
+        ("utilisation", "---:", lambda r: _cell(r.get("utilisation"))),
+        ("Jain's index", "---:", lambda r: _cell(r.get("jain_index"))),
+        ("lowest decile / rate", "---:", lambda r: _cell(r.get("lowest_decile_fraction"))),
+        ("aggregate goodput [Mbit/s]", "---:", lambda r: _cell(r["goodput_mbps"])),
+        ("interval [s]", "---:", lambda r: _cell(r.get("interval_s"))),
     ],
     MIDDLEBOX: [
         ("box", "---", _box_cell),

@@ -108,6 +108,19 @@ def _receive_buffer_cases(full: bool) -> list[Case]:
     return cases
 
 
+def _datacenter_cases(full: bool) -> list[Case]:
+    """The FatTree permutation with Linux MPTCP at 1, 2, 4 and 8 subflows and plain TCP, all
+    on the same permutation; in full, three permutations."""
+    cases = []
+    for perm in (1, 2, 3) if full else (1,):
+        cases.append(Case("datacenter", f"perm{perm}_tcp", (f"permutation_seed={perm}",),
+                          ("tcp",)))
+        cases += [Case("datacenter", f"perm{perm}_subflows{n}",
+                       (f"permutation_seed={perm}", f"subflows={n}"), ("kernel",))
+                  for n in (1, 2, 4, 8)]
+    return cases
+
+
 def _default_cases(full: bool) -> list[Case]:
     return _aggregate_cases(full) + _vm_migration_cases(full) + _multi_wifi_cases(full)
 
@@ -115,7 +128,8 @@ def _default_cases(full: bool) -> list[Case]:
 SUITES = {"default": _default_cases, "aggregate": _aggregate_cases,
           "vm-migration": _vm_migration_cases, "multi-wifi": _multi_wifi_cases,
           "handover": _handover_cases, "mobility": _mobility_cases,
-          "middlebox": _middlebox_cases, "receive-buffer": _receive_buffer_cases}
+          "middlebox": _middlebox_cases, "receive-buffer": _receive_buffer_cases,
+          "datacenter": _datacenter_cases}
 
 
 def _complete(run_dir: Path) -> bool:

@@ -56,10 +56,12 @@ def run_one(scenario_name: str, overrides: Sequence[str], client_stack: str, ser
 
     cls = get_scenario(scenario_name)
     scenario = cls(parse_overrides(cls.params_type, overrides))
-    run = Run(scenario, RunOptions(client_stack=client_stack, server_stack=server_stack,
-                                   link_backend=link_backend, seed=seed, out_dir=out,
-                                   results_root=results_root,
-                                   progress=_progress(quiet)))  # type: ignore[arg-type]
+    # A scenario of many concurrent flows (experiments/flows.py) brings its own run.
+    run_type = getattr(scenario, "runner", Run)
+    run = run_type(scenario, RunOptions(client_stack=client_stack, server_stack=server_stack,
+                                        link_backend=link_backend, seed=seed, out_dir=out,
+                                        results_root=results_root,
+                                        progress=_progress(quiet)))  # type: ignore[arg-type]
     if not quiet:
         print(f"{run.run_id}", file=sys.stderr)
     run_dir = run.execute()

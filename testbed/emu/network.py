@@ -98,7 +98,9 @@ class Emulation:
         for host in self.hosts():
             host.prepare_interfaces()
         for host in self.hosts():
-            if not isinstance(host, Router):
+            if isinstance(host, Router):
+                host.install_routes()
+            else:
                 host.setup_routing(self.gateways(host))
         net.start()
         for host in self.hosts():

@@ -137,7 +137,18 @@ class TestbedHost(Host):
 
 
 class Router(TestbedHost):
-    """A host that forwards IPv4 between its interfaces (Mininet's linuxrouter example)."""
+    """A host that forwards IPv4 between its interfaces (Mininet's linuxrouter example).
+
+    Node parameters a topology may give (`addHost(name, cls=Router, routes=..., ...)`):
+    `routes`, static routes as (prefix, (gateway, ...)) pairs, several gateways making one
+    equal-cost multipath route (installed by the emulation once the links are up:
+    install_routes); `multipath_hash_policy`, the kernel's net.ipv4.fib_multipath_hash_policy
+    (0: addresses only, 1: addresses, protocol and ports); `multipath_hash_seed`, this
+    router's net.ipv4.fib_multipath_hash_seed. Without a seed of its own every namespace
+    hashes with the same boot-time random key, so routers in series would make correlated
+    choices (a flow sent to the lower half of one router's next hops goes to the lower half
+    at the next router as well, and half the paths stay unused).
+    """
 
     def config(self, **params: Any) -> Any:  # type: ignore[override]
         result = super().config(**params)
@@ -146,7 +157,38 @@ class Router(TestbedHost):
         # dropped because the source looks spoofed from another interface.
         self.sysctl("net.ipv4.conf.all.rp_filter", 0)
         self.sysctl("net.ipv4.conf.default.rp_filter", 0)
+        policy = self.params.get("multipath_hash_policy")
+        if policy is not None:
+            self.sysctl("net.ipv4.fib_multipath_hash_policy", int(policy))
+        seed = self.params.get("multipath_hash_seed")
+        if seed is not None:
+            self.sysctl("net.ipv4.fib_multipath_hash_seed", int(seed))
         return result
+
+    def static_routes(self) -> list[tuple[str, tuple[str, ...]]]:
+        routes = [(str(prefix), tuple(gateways))
+                  for prefix, gateways in self.params.get("routes", ())]
+        for prefix, gateways in routes:
+            if not gateways:
+                raise ParameterError(f"router {self.name}: route to {prefix} has no gateway")
+        return routes
+
+    def install_routes(self) -> None:
+        """The topology's static routes, ECMP where a prefix has several gateways."""
+        routes = self.static_routes()
+        if not routes:
+            return
+        with netlink(self.netns_path) as ns:
+            for prefix, gateways in routes:
+                try:
+                    if len(gateways) == 1:
+                        ns.route("replace", dst=prefix, gateway=gateways[0])
+                    else:
+                        ns.route("replace", dst=prefix,
+                                 multipath=[{"gateway": gw} for gw in gateways])
+                except Exception as exc:  # pyroute2 raises NetlinkError (an OSError) or its own
+                    raise TestbedError(f"router {self.name}: route to {prefix} via "
+                                       f"{', '.join(gateways)}: {exc}") from exc
 
 
 class MiddleboxHost(TestbedHost):
