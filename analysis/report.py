@@ -19,6 +19,11 @@ import pandas as pd
 from analysis import figures, metrics, tshark
 
 AGGREGATE, MIGRATION, MULTI_WIFI = figures.AGGREGATE, "vm-migration", "multi-wifi"
+FAIRNESS = figures.FAIRNESS
+# fairness summary fields shown in the report (experiments/fairness.py writes them).
+FAIRNESS_FIELDS = ("mode", "expected", "mptcp_mbps", "tcp_mbps", "ratio", "anchor_low",
+                   "anchor_high", "within_anchor", "path2_share", "fraction_of_capacity_left",
+                   "shifted")
 # vm-migration summary fields shown in the report (experiments/vm_migration.py writes them).
 MIGRATION_FIELDS = ("survived", "survived_reason", "gap_s", "gap_start_s", "expected_gap_s",
                     "goodput_before_mbps", "goodput_after_mbps", "bytes_after_move",
@@ -120,6 +125,11 @@ def run_row(run_dir: Path, group_keys: Sequence[str] | None = None) -> dict[str,
     elif scenario == MULTI_WIFI:
         extra.update(metrics.wifi_result(summary))
         extra["anchor_met"] = extra["within_best_ap"]
+    elif scenario == FAIRNESS:
+        extra.update({key: summary.get(key) for key in FAIRNESS_FIELDS})
+        extra["congestion"] = params.get("congestion")
+        extra["anchor_met"] = summary.get("within_anchor") if summary.get("mode") == "shared" \
+            else summary.get("shifted")
     return {
         "run": Path(run_dir).name,
         "path": str(run_dir),
@@ -178,6 +188,8 @@ def compare_runs(run_dirs: Sequence[Path], out_dir: Path,
     if scenario == MULTI_WIFI:
         return figures.plot_wifi(_wifi_positions(run_dirs, runs), runs, out / f"{name}-goodput",
                                  title=f"{title}: goodput along the walk")
+    if scenario == FAIRNESS:
+        return figures.plot_fairness(runs, out / name, title=f"{title}: MPTCP against one TCP")
     sizes = {p.get("size_mib") for p in runs["params"] if isinstance(p, dict)}
     if len(sizes) == 1 and None not in sizes:
         title += f", {next(iter(sizes)):g} MiB transfer"
@@ -236,6 +248,10 @@ ANCHORS: dict[str, str] = {
                "time plus one RTT of the new path; plain TCP dies (Le & Nahum, INFOCOM 2019)",
     MULTI_WIFI: "MPTCP within about 15% of the best AP at every position (Croitoru et al., "
                 "NSDI 2015)",
+    FAIRNESS: "RFC 6356 (LIA), Khalili et al. CoNEXT 2012 (OLIA), Peng et al. (BALIA): at a "
+              "shared bottleneck coupled MPTCP takes 1 +- 0.15 of a Reno TCP's goodput, "
+              "uncoupled subflows about 2 (at least 1.6); with cross traffic on path 1 a coupled "
+              "MPTCP carries more than an uncoupled one's 2/3 of its bytes on path 2",
 }
 
 
@@ -283,7 +299,9 @@ def _criterion(scenario: str, runs: pd.DataFrame, stack: str) -> str:
 
 
 _MET_WORDS = {AGGREGATE: "Within the bound", MIGRATION: "Met",
-              MULTI_WIFI: "Within 15% of the best AP at every position"}
+              MULTI_WIFI: "Within 15% of the best AP at every position",
+              FAIRNESS: "Met (shared: ratio in the band its controller expects; cross: shifted "
+                        "to path 2)"}
 
 
 def anchor_line(scenario: str, runs: pd.DataFrame) -> str | None:
@@ -345,6 +363,17 @@ def _within_positions_cell(row: dict[str, Any]) -> str:
     return f"{row.get('positions_within')} of {judged}"
 
 
+def _fairness_anchor_cell(row: dict[str, Any]) -> str:
+    if row.get("mode") == "cross":
+        return "path-2 share > 0.67" if row.get("expected") != "single-path" else "–"
+    low, high = row.get("anchor_low"), row.get("anchor_high")
+    if low is None or (isinstance(low, float) and math.isnan(low)):
+        return "–"
+    if high is None or (isinstance(high, float) and math.isnan(high)):
+        return f">= {low:g}"
+    return f"{low:g}–{high:g}"
+
+
 _COMMON_HEAD: list[Column] = [("case", "---", lambda r: _cell(r["case"])),
                               ("stack", "---", _stack_cell)]
 _COMMON_TAIL: list[Column] = [("sha256 match", "---", lambda r: _cell(r["sha256_match"])),
@@ -364,6 +393,18 @@ TABLES: dict[str, list[Column]] = {
         ("goodput before [Mbit/s]", "---:", lambda r: _cell(r.get("goodput_before_mbps"))),
         ("goodput after [Mbit/s]", "---:", lambda r: _cell(r.get("goodput_after_mbps"))),
         ("joined new address", "---", _joined_cell),
+    ],
+    FAIRNESS: [
+        ("mode", "---", lambda r: _cell(r.get("mode"))),
+        ("congestion", "---", lambda r: _cell(r.get("congestion"))),
+        ("expected", "---", lambda r: _cell(r.get("expected"))),
+        ("MPTCP [Mbit/s]", "---:", lambda r: _cell(r.get("mptcp_mbps"))),
+        ("TCP [Mbit/s]", "---:", lambda r: _cell(r.get("tcp_mbps"))),
+        ("ratio", "---:", lambda r: _cell(r.get("ratio"))),
+        ("anchor", "---", _fairness_anchor_cell),
+        ("path-2 share", "---:", lambda r: _cell(r.get("path2_share"))),
+        ("of capacity left", "---:", lambda r: _cell(r.get("fraction_of_capacity_left"))),
+        ("met", "---", lambda r: _cell(metrics.flag(r.get("anchor_met")))),
     ],
     MULTI_WIFI: [
         ("fraction of best AP (mean)", "---:", lambda r: _cell(r.get("fraction_of_best_ap"))),

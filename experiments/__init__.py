@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from experiments.aggregate import Aggregate
+from experiments.fairness import Fairness
 from experiments.handover import Handover
 from experiments.mobility import Mobility
 from experiments.multi_wifi import MultiWifi
@@ -12,7 +13,7 @@ from testbed.errors import ParameterError
 
 SCENARIOS: dict[str, type[Scenario]] = {cls.name: cls for cls in (Aggregate, VmMigration,
                                                                       MultiWifi, Handover,
-                                                                      Mobility)}
+                                                                      Mobility, Fairness)}
 
 
 def get_scenario(name: str) -> type[Scenario]:
