@@ -84,8 +84,14 @@ class FairnessParams(CommonParams):
     seconds: float = 40.0
     warmup_s: float = 10.0
     competitor_congestion: str = "reno"
+    # The competitor's stack: plain Linux TCP, or ours ("userspace": our TCP under a
+    # one-subflow MPTCP, which behaves as that TCP), to compare controllers within one stack.
+    competitor_stack: str = "tcp"
     # False: MPTCP alone on the same topology (a calibration of what the paths carry).
     competitor: bool = True
+    # 1: the client uses its first interface only (one subflow), which compares the stack's
+    # single-path congestion control with the competitor's: the calibration of the ratio.
+    paths: int = 2
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -101,6 +107,11 @@ class FairnessParams(CommonParams):
                                  f"got {self.warmup_s}")
         if not self.competitor_congestion:
             raise ParameterError("competitor_congestion must not be empty")
+        if self.competitor_stack not in ("tcp", "userspace"):
+            raise ParameterError(f"competitor_stack must be tcp or userspace, got "
+                                 f"{self.competitor_stack!r}")
+        if self.paths not in (1, 2):
+            raise ParameterError(f"paths must be 1 or 2, got {self.paths}")
 
     def link(self) -> Shaping:
         """Each shaped link: the whole RTT on it, half in each direction."""
@@ -108,10 +119,10 @@ class FairnessParams(CommonParams):
                        queue_pkts=self.queue_pkts)
 
 
-def expectation(congestion: str, client_stack: str) -> str:
-    """What a case is expected to show: "coupled", "uncoupled", or "single-path" (plain TCP
-    as the measured flow: one TCP against one TCP)."""
-    if client_stack == "tcp":
+def expectation(congestion: str, client_stack: str, paths: int = 2) -> str:
+    """What a case is expected to show: "coupled", "uncoupled", or "single-path" (plain TCP,
+    or MPTCP held to one path, as the measured flow: one TCP against one TCP)."""
+    if client_stack == "tcp" or paths == 1:
         return "single-path"
     return "coupled" if congestion in COUPLED else "uncoupled"
 
@@ -203,6 +214,8 @@ class Fairness(Scenario):
         return SERVER_ADDR
 
     def client_endpoints(self) -> list[Endpoint]:
+        if self.params.paths == 1:
+            return []
         return [Endpoint(addr=CLIENT_ADDRS[1], dev="client-eth1", flags=frozenset({"subflow"}))]
 
     def workload(self) -> Workload:
@@ -212,7 +225,8 @@ class Fairness(Scenario):
         if not self.params.competitor:
             return []
         return [CompetingFlow(COMPETITOR, "tcpclient", "tcpserver", TCP_SERVER_ADDR,
-                              stack="tcp", congestion=self.params.competitor_congestion)]
+                              stack=self.params.competitor_stack,
+                              congestion=self.params.competitor_congestion)]
 
     def default_capture_points(self) -> list[tuple[str, str]]:
         return [("client", "client-eth0"), ("client", "client-eth1")]
@@ -220,8 +234,11 @@ class Fairness(Scenario):
     def label(self) -> str:
         p = self.params
         where = "shared bottleneck" if p.mode == "shared" else "cross traffic on path 1"
-        against = f" vs {p.competitor_congestion}" if p.competitor else " alone"
-        return f"{where}, {p.congestion}{against}, {p.rate_mbps:g} Mbit/s, {p.rtt_ms:g} ms"
+        ours = " (ours)" if p.competitor_stack == "userspace" else ""
+        against = f" vs {p.competitor_congestion}{ours}" if p.competitor else " alone"
+        one = ", 1 path" if p.paths == 1 else ""
+        return (f"{where}, {p.congestion}{against}{one}, {p.rate_mbps:g} Mbit/s, "
+                f"{p.rtt_ms:g} ms")
 
     def configured_rates(self) -> dict[str, float]:
         if self.params.mode == "shared":
@@ -230,7 +247,7 @@ class Fairness(Scenario):
 
     def evaluate_run(self, outcome: RunOutcome) -> dict[str, Any]:
         p = self.params
-        expected = expectation(p.congestion, str(outcome.summary.get("client_stack")))
+        expected = expectation(p.congestion, str(outcome.summary.get("client_stack")), p.paths)
         result: dict[str, Any] = {"mode": p.mode, "expected": expected}
         competitor = outcome.flows.get(COMPETITOR, {}).get("receiver")
         reports = [outcome.receiver] + ([competitor] if competitor is not None else [])

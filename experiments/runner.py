@@ -207,7 +207,9 @@ class Run:
         client_prep, server_prep = self._prepare(emu)
         self.prepared = {"client": asdict(client_prep), "server": asdict(server_prep)}
         endpoints = (self.scenario.client, self.scenario.server)
-        for name in endpoints:
+        counted = list(dict.fromkeys([*endpoints, *(host for flow in self.flows
+                                                    for host in (flow.client, flow.server))]))
+        for name in counted:
             _write_json(stats_dir / f"nstat-{name}-before.json",
                         stats.nstat_snapshot(emu.host(name)))
         prepared = dict(zip(endpoints, (client_prep, server_prep), strict=True))
@@ -220,6 +222,17 @@ class Run:
                       f"sampler {name}", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for name in endpoints
         ]
+        # Each competing flow's sender too (its window, RTT and retransmissions).
+        for flow in self.flows:
+            sender = 0 if flow.direction == "upload" else 1
+            host = (flow.client, flow.server)[sender]
+            samplers.append(emu.popen(
+                emu.host(host),
+                stats.sampler_argv(stats_dir / f"subflows-{flow.name}-{host}.csv",
+                                   self.params.sample_interval_s, flow.port)
+                + _stack_control_args(self.flow_prepared[flow.name][sender]),
+                f"sampler {flow.name} {host}", stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL))
         captures: list[Capture] = []
         cpu = CpuMonitor()
         try:
@@ -237,7 +250,7 @@ class Run:
                 capture.stop()
             for proc in samplers:
                 stats.stop_sampler(proc)
-            for name in endpoints:
+            for name in counted:
                 with contextlib.suppress(TestbedError):
                     _write_json(stats_dir / f"nstat-{name}-after.json",
                                 stats.nstat_snapshot(emu.host(name)))

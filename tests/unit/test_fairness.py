@@ -48,6 +48,8 @@ def test_defaults_and_overrides() -> None:
     ("seconds=0", "seconds must be positive"),
     ("warmup_s=40", "warmup_s must be within"),
     ("competitor_congestion=", "competitor_congestion must not be empty"),
+    ("competitor_stack=kernel", "competitor_stack must be tcp or userspace"),
+    ("paths=3", "paths must be 1 or 2"),
 ])
 def test_bad_values_are_refused(override: str, message: str) -> None:
     with pytest.raises(ParameterError, match=message):
@@ -86,6 +88,12 @@ def test_the_competitor_is_reno_tcp_and_can_be_left_out() -> None:
     assert (flow.stack, flow.congestion, flow.client, flow.server) == (
         "tcp", "reno", "tcpclient", "tcpserver")
     assert Fairness(parse_overrides(FairnessParams, ["competitor=off"])).competing_flows() == []
+    (ours,) = Fairness(parse_overrides(FairnessParams, ["competitor_stack=userspace"])
+                       ).competing_flows()
+    assert ours.stack == "userspace"
+    # One path: no second subflow endpoint for the client.
+    assert Fairness(FairnessParams()).client_endpoints()[0].addr == "10.0.2.1"
+    assert Fairness(parse_overrides(FairnessParams, ["paths=1"])).client_endpoints() == []
     assert Aggregate(AggregateParams()).competing_flows() == []
 
 
@@ -176,6 +184,7 @@ def test_expectations_and_anchor_bands() -> None:
     assert expectation("reno", "kernel") == "uncoupled"
     assert expectation("cubic", "userspace") == "uncoupled"
     assert expectation("reno", "tcp") == "single-path"
+    assert expectation("lia", "userspace", paths=1) == "single-path"
     assert ratio_anchor("coupled") == COUPLED_BAND == (0.85, 1.15)
     assert ratio_anchor("single-path") == COUPLED_BAND
     assert ratio_anchor("uncoupled") == (UNCOUPLED_MIN_RATIO, None)
