@@ -81,6 +81,9 @@ class FairnessParams(CommonParams):
     rate_mbps: float = 10.0
     rtt_ms: float = 30.0
     queue_pkts: int | None = 50
+    # Random delay (uniform in 0..2x this, never reordering) on the senders' access links,
+    # taken off the shaped link's delay so the mean RTT stays rtt_ms; 0: plain veths.
+    access_jitter_ms: float = 0.0
     seconds: float = 40.0
     warmup_s: float = 10.0
     competitor_congestion: str = "reno"
@@ -99,6 +102,9 @@ class FairnessParams(CommonParams):
             raise ParameterError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.rtt_ms <= 0:
             raise ParameterError(f"rtt_ms must be positive, got {self.rtt_ms}")
+        if not 0 <= self.access_jitter_ms <= self.rtt_ms / 2:
+            raise ParameterError(f"access_jitter_ms must be within 0..rtt_ms/2 "
+                                 f"({self.rtt_ms / 2:g}), got {self.access_jitter_ms}")
         self.link()  # validates rate and queue
         if self.seconds <= 0:
             raise ParameterError(f"seconds must be positive, got {self.seconds}")
@@ -114,9 +120,18 @@ class FairnessParams(CommonParams):
             raise ParameterError(f"paths must be 1 or 2, got {self.paths}")
 
     def link(self) -> Shaping:
-        """Each shaped link: the whole RTT on it, half in each direction."""
-        return Shaping(rate_mbps=self.rate_mbps, delay_ms=self.rtt_ms / 2,
+        """Each shaped link: the whole RTT on it, half in each direction, less the access
+        links' mean delay."""
+        return Shaping(rate_mbps=self.rate_mbps,
+                       delay_ms=self.rtt_ms / 2 - self.access_jitter_ms,
                        queue_pkts=self.queue_pkts)
+
+    def access(self) -> Shaping | None:
+        """The senders' access links: no rate limit, a delay of access_jitter_ms with as much
+        jitter (0 to twice that), or None (plain veths)."""
+        if not self.access_jitter_ms:
+            return None
+        return Shaping(delay_ms=self.access_jitter_ms, jitter_ms=self.access_jitter_ms)
 
 
 def expectation(congestion: str, client_stack: str, paths: int = 2) -> str:
@@ -206,9 +221,12 @@ class Fairness(Scenario):
 
     def topology(self) -> Topo:
         link = LinkShaping.symmetric(**self.params.link().to_dict())
+        access_shaping = self.params.access()
+        access = None if access_shaping is None else LinkShaping.symmetric(
+            **access_shaping.to_dict())
         if self.params.mode == "shared":
-            return SharedBottleneckTopo(bottleneck=link)
-        return DisjointPathsTopo(path1=link, path2=link)
+            return SharedBottleneckTopo(bottleneck=link, access=access)
+        return DisjointPathsTopo(path1=link, path2=link, access=access)
 
     def server_address(self) -> str:
         return SERVER_ADDR

@@ -19,9 +19,10 @@ crosses: every flow has the same path, the same RTT and the same queue.
 
 The competitor crosses path 1 only, so it is cross traffic on one of MPTCP's two paths.
 
-Access and server links are plain veths; only the named links are shaped (a2b of each shaped
-link is left to right, the direction of an upload). The routers learn each other's subnets
-from the emulation (testbed.emu.network.router_routes).
+Server links are plain veths; the named links are shaped (a2b of each shaped link is left to
+right, the direction of an upload), and the senders' access links carry an optional `access`
+shaping (the scenario's jitter, to break drop-tail phase effects; plain veths without it).
+The routers learn each other's subnets from the emulation (testbed.emu.network.router_routes).
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ def _gateway(addr: str) -> str:
     return addr.rsplit(".", 1)[0] + ".254"
 
 
-def _access(topo: Topo, host: str, intf: str, addr: str, router: str, router_intf: str) -> None:
-    topo.addLink(host, router, link_name=f"{intf}", shaping=None,
+def _access(topo: Topo, host: str, intf: str, addr: str, router: str, router_intf: str,
+            shaping: LinkShaping | None = None) -> None:
+    topo.addLink(host, router, link_name=f"{intf}", shaping=shaping,
                  intfName1=intf, intfName2=router_intf,
                  params1={"ip": f"{addr}/{PREFIX_LEN}"},
                  params2={"ip": f"{_gateway(addr)}/{PREFIX_LEN}"})
@@ -64,12 +66,14 @@ def _right(topo: Topo, first_intf: int) -> None:
 
 
 class SharedBottleneckTopo(Topo):
-    def build(self, bottleneck: LinkShaping) -> None:  # type: ignore[override]
+    def build(self, bottleneck: LinkShaping,  # type: ignore[override]
+              access: LinkShaping | None = None) -> None:
         _hosts(self)
         self.addHost("left", cls=Router)
-        _access(self, "client", "client-eth0", CLIENT_ADDRS[0], "left", "left-eth0")
-        _access(self, "client", "client-eth1", CLIENT_ADDRS[1], "left", "left-eth1")
-        _access(self, "tcpclient", "tcpclient-eth0", TCP_CLIENT_ADDR, "left", "left-eth2")
+        _access(self, "client", "client-eth0", CLIENT_ADDRS[0], "left", "left-eth0", access)
+        _access(self, "client", "client-eth1", CLIENT_ADDRS[1], "left", "left-eth1", access)
+        _access(self, "tcpclient", "tcpclient-eth0", TCP_CLIENT_ADDR, "left", "left-eth2",
+                access)
         _right(self, 1)
         self.addLink("left", "right", link_name="bottleneck", shaping=bottleneck,
                      intfName1="left-eth3", intfName2="right-eth0",
@@ -78,13 +82,15 @@ class SharedBottleneckTopo(Topo):
 
 
 class DisjointPathsTopo(Topo):
-    def build(self, path1: LinkShaping, path2: LinkShaping) -> None:  # type: ignore[override]
+    def build(self, path1: LinkShaping, path2: LinkShaping,  # type: ignore[override]
+              access: LinkShaping | None = None) -> None:
         _hosts(self)
         self.addHost("left1", cls=Router)
         self.addHost("left2", cls=Router)
-        _access(self, "client", "client-eth0", CLIENT_ADDRS[0], "left1", "left1-eth0")
-        _access(self, "tcpclient", "tcpclient-eth0", TCP_CLIENT_ADDR, "left1", "left1-eth1")
-        _access(self, "client", "client-eth1", CLIENT_ADDRS[1], "left2", "left2-eth0")
+        _access(self, "client", "client-eth0", CLIENT_ADDRS[0], "left1", "left1-eth0", access)
+        _access(self, "tcpclient", "tcpclient-eth0", TCP_CLIENT_ADDR, "left1", "left1-eth1",
+                access)
+        _access(self, "client", "client-eth1", CLIENT_ADDRS[1], "left2", "left2-eth0", access)
         _right(self, 2)
         for number, (left, shaping) in enumerate((("left1", path1), ("left2", path2)), 1):
             self.addLink(left, "right", link_name=f"path{number}", shaping=shaping,

@@ -50,6 +50,7 @@ def test_defaults_and_overrides() -> None:
     ("competitor_congestion=", "competitor_congestion must not be empty"),
     ("competitor_stack=kernel", "competitor_stack must be tcp or userspace"),
     ("paths=3", "paths must be 1 or 2"),
+    ("access_jitter_ms=16", "access_jitter_ms must be within 0..rtt_ms/2"),
 ])
 def test_bad_values_are_refused(override: str, message: str) -> None:
     with pytest.raises(ParameterError, match=message):
@@ -73,6 +74,16 @@ def test_shared_topology_has_one_shaped_bottleneck_for_all_flows() -> None:
         assert "left" in (links[intf]["node1"], links[intf]["node2"])
     assert all(len(info["intfName1"]) <= 15 and len(info["intfName2"]) <= 15
                for info in links.values())
+
+
+def test_access_jitter_shapes_the_senders_links_and_keeps_the_mean_rtt() -> None:
+    scenario = Fairness(parse_overrides(FairnessParams, ["access_jitter_ms=2"]))
+    links = _links(scenario.topology())
+    for intf in ("client-eth0", "client-eth1", "tcpclient-eth0"):
+        a2b = links[intf]["shaping"].a2b
+        assert (a2b.rate_mbps, a2b.delay_ms, a2b.jitter_ms) == (None, 2.0, 2.0)
+    assert links["bottleneck"]["shaping"].a2b.delay_ms == 13.0  # 15 - 2: mean RTT still 30
+    assert links["server-eth0"]["shaping"] is None
 
 
 def test_cross_topology_loads_path1_only() -> None:
