@@ -356,11 +356,15 @@ def test_report_rows_and_figure(tmp_path: Path) -> None:
                   {"mode": "cross", "expected": "coupled", "path2_share": 0.91,
                    "shifted": True, "fraction_of_capacity_left": 0.93}),
     ]
+    runs.append(_fake_run(tmp_path, "d", "kernel", "reno",
+                          {"mode": "cross", "expected": "uncoupled", "path2_share": 0.7,
+                           "shifted": True, "fraction_of_capacity_left": 0.9}))
     report = write_report(runs, tmp_path / "out" / "report.md", analyze=False)
     text = report.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| shared") or
             line.startswith("| cross")]
-    assert len(rows) == 3
+    assert len(rows) == 4
+    assert rows[3].endswith("| – | 0.70 | 0.90 | – | yes | ok | `../d` |")  # not judged
     assert "| 0.97 | 0.85–1.15 | – | – | yes |" in rows[0]
     assert "| 1.30 | >= 1.6 |" in rows[1] and "**NO**" in rows[1]
     assert "| 0.91 | 0.93 | yes |" in rows[2] and "path-2 share > 0.67" in rows[2]
