@@ -37,7 +37,8 @@ def test_defaults_and_overrides() -> None:
     params = parse_overrides(FairnessParams, ["mode=cross", "rtt_ms=40", "congestion=lia"])
     assert (params.mode, params.rtt_ms, params.congestion) == ("cross", 40.0, "lia")
     link = params.link()
-    assert (link.rate_mbps, link.delay_ms, link.queue_pkts) == (10.0, 20.0, 50)
+    assert (link.rate_mbps, link.delay_ms, link.queue_pkts) == (10.0, 20.0, 25)
+    assert parse_overrides(FairnessParams, ["loss_pct=0.5"]).link().loss_pct == 0.5
     assert get_scenario("fairness") is Fairness
 
 
@@ -50,7 +51,8 @@ def test_defaults_and_overrides() -> None:
     ("competitor_congestion=", "competitor_congestion must not be empty"),
     ("competitor_stack=kernel", "competitor_stack must be tcp or userspace"),
     ("paths=3", "paths must be 1 or 2"),
-    ("access_jitter_ms=16", "access_jitter_ms must be within 0..rtt_ms/2"),
+    ("access_jitter_ms=11", "access_jitter_ms must be within 0..rtt_ms/2"),
+    ("loss_pct=101", "loss_pct must be within 0..100"),
 ])
 def test_bad_values_are_refused(override: str, message: str) -> None:
     with pytest.raises(ParameterError, match=message):
@@ -68,7 +70,7 @@ def test_shared_topology_has_one_shaped_bottleneck_for_all_flows() -> None:
     links = _links(topo)
     shaped = {name for name, info in links.items() if info["shaping"]}
     assert shaped == {"bottleneck"}
-    assert links["bottleneck"]["shaping"].a2b.delay_ms == 15.0
+    assert links["bottleneck"]["shaping"].a2b.delay_ms == 10.0
     # The client's two interfaces and the TCP client all hang off the bottleneck's left end.
     for intf in ("client-eth0", "client-eth1", "tcpclient-eth0"):
         assert "left" in (links[intf]["node1"], links[intf]["node2"])
@@ -82,7 +84,7 @@ def test_access_jitter_shapes_the_senders_links_and_keeps_the_mean_rtt() -> None
     for intf in ("client-eth0", "client-eth1", "tcpclient-eth0"):
         a2b = links[intf]["shaping"].a2b
         assert (a2b.rate_mbps, a2b.delay_ms, a2b.jitter_ms) == (None, 2.0, 2.0)
-    assert links["bottleneck"]["shaping"].a2b.delay_ms == 13.0  # 15 - 2: mean RTT still 30
+    assert links["bottleneck"]["shaping"].a2b.delay_ms == 8.0  # 10 - 2: mean RTT still 20
     assert links["server-eth0"]["shaping"] is None
 
 
