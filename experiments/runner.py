@@ -504,6 +504,10 @@ def _check_flows(flows: list[CompetingFlow], workload: Workload, scenario: Scena
     hosts = set(scenario.topology().hosts())
     names: set[str] = set()
     listening: set[tuple[str, int]] = set()
+    stacks_on: dict[str, set[str]] = {}
+    for flow in flows:
+        for host in (flow.client, flow.server):
+            stacks_on.setdefault(host, set()).add(flow.stack)
     for flow in flows:
         if flow.name in names:
             raise ParameterError(f"two competing flows are named {flow.name!r}")
@@ -515,6 +519,13 @@ def _check_flows(flows: list[CompetingFlow], workload: Workload, scenario: Scena
             if host in (scenario.client, scenario.server):
                 raise ParameterError(f"competing flow {flow.name}: {host!r} carries the measured "
                                      "flow; a competing flow needs hosts of its own")
+        for host in (flow.client, flow.server):
+            # Our stack's daemon takes the host's addresses: one per host, shared by flows of
+            # that stack only (each prepare would start another).
+            if "userspace" in stacks_on[host] and sum(
+                    host in (f.client, f.server) for f in flows) > 1:
+                raise ParameterError(f"competing flow {flow.name}: {host!r} runs our stack for "
+                                     "one flow and cannot carry another")
         if (flow.server, flow.port) in listening:
             raise ParameterError(f"competing flow {flow.name}: port {flow.port} on "
                                  f"{flow.server} is taken by another flow")

@@ -149,6 +149,13 @@ def test_competing_flows_are_checked_against_the_topology() -> None:
             _check_flows(flows, workload, scenario)
     with pytest.raises(ParameterError, match="own `seconds`"):
         _check_flows([ok], Workload(bytes=1000), scenario)
+    # Two kernel flows may share a host; our stack's daemon may not.
+    _check_flows([ok, CompetingFlow("u", "tcpclient", "tcpserver", "x", port=6000)],
+                 workload, scenario)
+    with pytest.raises(ParameterError, match="runs our stack for one flow"):
+        _check_flows([CompetingFlow("ours", "tcpclient", "tcpserver", "x", stack="userspace"),
+                      CompetingFlow("u", "tcpclient", "tcpserver", "x", port=6000)],
+                     workload, scenario)
 
 
 def test_flow_summary_reports_goodput_and_integrity() -> None:
