@@ -899,3 +899,97 @@ def plot_receive_buffer(points: pd.DataFrame, runs: pd.DataFrame, base: Path,
         if banner:
             _banner(fig, banner.replace(" (hatched bars)", ""))
         return save(fig, base)
+
+
+# -- fairness ---------------------------------------------------------------------------------
+
+FAIRNESS = "fairness"
+ANCHOR_BAND_COLOUR = "#dfe8d8"
+# The controllers in the order the figure shows them: coupled first, then uncoupled.
+CONTROLLER_ORDER: tuple[str, ...] = ("lia", "olia", "balia", "reno", "cubic")
+
+
+def fairness_table(runs: pd.DataFrame, value: str) -> pd.DataFrame:
+    """`runs` of one fairness mode with `case` replaced by the congestion controller of the
+    measured flow (plain TCP as "TCP (<cc>)"), in CONTROLLER_ORDER, for `bar_table`."""
+    if runs.empty:
+        return runs.assign(case=[])
+    frame = runs.copy()
+    names = []
+    for row in frame.itertuples():
+        cc = str(row.congestion)
+        names.append(f"TCP ({cc})" if getattr(row, "expected", "") == "single-path" else cc)
+    frame["case"] = names
+    rank = {name: i for i, name in enumerate(CONTROLLER_ORDER)}
+    frame["_rank"] = [rank.get(n, len(rank)) for n in names]
+    frame = frame.sort_values(["_rank", "case"], kind="stable").drop(columns="_rank")
+    frame[value] = pd.to_numeric(frame.get(value), errors="coerce")
+    return frame
+
+
+def plot_fairness(runs: pd.DataFrame, base: Path, title: str = "fairness") -> list[Path]:
+    """Per mode, one panel with a bar per (controller, stack), kernel MPTCP and ours side by
+    side: `shared`, the MPTCP/TCP goodput ratio against the coupled band 1 +- 0.15 and the
+    uncoupled expectation 2 (at least 1.6); `cross`, the share of MPTCP's bytes on the free
+    path 2 against an uncoupled flow's 2/3.
+
+    `runs`: the runs table with mode, congestion, expected, ratio, path2_share, fidelity_ok
+    (see `analysis.report.run_row`)."""
+    modes = [m for m in ("shared", "cross") if "mode" in runs and runs["mode"].eq(m).any()]
+    stacks = ordered_stacks([str(s) for s in runs["stack"]]) if not runs.empty else []
+    colours = _stack_colours(stacks)
+    panels = modes or ["shared"]
+    slots = max([1] + [len(fairness_table(runs[runs["mode"] == m], "ratio")["case"].unique())
+                       for m in modes])
+    width = min(18.0, max(8.5, 1.6 + 1.1 * slots * len(panels)))
+    with sns.axes_style("whitegrid"), mpl.rc_context(_RC):
+        fig, axes = _new_figure(width=width, height=4.6, ncols=len(panels))
+        handles: list[Any] = [Patch(color=colours[s], label=stack_name(s)) for s in stacks]
+        for ax, mode in zip(axes, panels, strict=True):
+            part = runs[runs["mode"] == mode] if modes else runs[:0]
+            value = "ratio" if mode == "shared" else "path2_share"
+            table = fairness_table(part, value)
+            bars = bar_table(table, value) if not table.empty else bar_table(
+                pd.DataFrame(columns=["case", "stack", value]), value)
+            cases = case_order(table) if not table.empty else []
+            _draw_bars(ax, bars, colours)
+            if mode == "shared":
+                ax.axhspan(0.85, 1.15, color=ANCHOR_BAND_COLOUR, zorder=0)
+                ax.axhline(2.0, color="0.3", linestyle="--", linewidth=1.4, zorder=3)
+                ax.axhline(1.6, color="0.3", linestyle=":", linewidth=1.2, zorder=3)
+                ax.set_ylabel("MPTCP / TCP goodput")
+                ax.set_title("Shared bottleneck")
+                top = max([2.3, *bars["value"].dropna()]) * 1.1
+            else:
+                ax.axhline(2 / 3, color="0.3", linestyle="--", linewidth=1.4, zorder=3)
+                ax.set_ylabel("Share of MPTCP bytes on path 2")
+                ax.set_title("Cross traffic on path 1")
+                top = 1.1
+            for row in bars.itertuples():
+                if not math.isnan(row.value):
+                    ax.annotate(f"{row.value:.2f}", (row.x, row.value), xytext=(0, 3),
+                                textcoords="offset points", ha="center", va="bottom",
+                                fontsize=8, zorder=5)
+            _case_ticks(ax, cases)
+            ax.set_ylim(0, top)
+            if not cases:
+                ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", color="0.4")
+        if "shared" in panels:
+            handles += [Patch(color=ANCHOR_BAND_COLOUR, label="coupled: 1 ± 0.15 (RFC 6356)"),
+                        Line2D([], [], color="0.3", linestyle="--", linewidth=1.4,
+                               label="uncoupled: about 2"),
+                        Line2D([], [], color="0.3", linestyle=":", linewidth=1.2,
+                               label="uncoupled: at least 1.6")]
+        if "cross" in panels:
+            handles.append(Line2D([], [], color="0.3", linestyle="--", linewidth=1.4,
+                                  label="uncoupled share on path 2 (2/3)"))
+        if runs.get("fidelity_ok", pd.Series(dtype=object)).eq(False).any():
+            handles.append(Patch(facecolor="white", edgecolor="0.15", hatch="///",
+                                 label="fidelity check failed"))
+        fig.legend(handles=handles, loc="outside upper center",
+                   ncols=min(len(handles), 3 if len(panels) == 1 else 4),
+                   frameon=False, title=fit_title([title], width), title_fontsize=12)
+        banner = fidelity_banner(runs)
+        if banner:
+            _banner(fig, banner)
+        return save(fig, base)

@@ -31,6 +31,11 @@ DATACENTER_FIELDS = ("utilisation", "jain_index", "lowest_decile_fraction",
 # middlebox summary fields shown in the report (experiments/middlebox.py writes them).
 MIDDLEBOX_FIELDS = ("transforms", "on_path", "outcome", "expected_outcomes", "as_expected",
                     "box_changed_segments", "box_exercised", "checksum_detected")
+FAIRNESS = figures.FAIRNESS
+# fairness summary fields shown in the report (experiments/fairness.py writes them).
+FAIRNESS_FIELDS = ("mode", "expected", "mptcp_mbps", "tcp_mbps", "ratio", "anchor_low",
+                   "anchor_high", "within_anchor", "path2_share", "fraction_of_capacity_left",
+                   "shifted")
 # vm-migration summary fields shown in the report (experiments/vm_migration.py writes them).
 MIGRATION_FIELDS = ("survived", "survived_reason", "gap_s", "gap_start_s", "expected_gap_s",
                     "goodput_before_mbps", "goodput_after_mbps", "bytes_after_move",
@@ -150,6 +155,12 @@ def run_row(run_dir: Path, group_keys: Sequence[str] | None = None) -> dict[str,
         # Judged against the plain TCP run at the same buffer: rcvbuf.add_verdicts.
         extra.update({key: summary.get(key) for key in RECEIVE_BUFFER_FIELDS})
         extra["anchor_met"] = None
+    elif scenario == FAIRNESS:
+        extra.update({key: summary.get(key) for key in FAIRNESS_FIELDS})
+        extra["congestion"] = params.get("congestion")
+        # cross: only a coupled MPTCP is judged (an uncoupled one is the reference, 2/3).
+        extra["anchor_met"] = summary.get("within_anchor") if summary.get("mode") == "shared" \
+            else summary.get("shifted") if summary.get("expected") == "coupled" else None
     return {
         "run": Path(run_dir).name,
         "path": str(run_dir),
@@ -215,6 +226,8 @@ def compare_runs(run_dirs: Sequence[Path], out_dir: Path,
     if scenario == MULTI_WIFI:
         return figures.plot_wifi(_wifi_positions(run_dirs, runs), runs, out / f"{name}-goodput",
                                  title=f"{title}: goodput along the walk")
+    if scenario == FAIRNESS:
+        return figures.plot_fairness(runs, out / name, title=f"{title}: MPTCP against one TCP")
     sizes = {p.get("size_mib") for p in runs["params"] if isinstance(p, dict)}
     if len(sizes) == 1 and None not in sizes:
         title += f", {next(iter(sizes)):g} MiB transfer"
@@ -286,6 +299,10 @@ ANCHORS: dict[str, str] = {
     DATACENTER: "with a permutation matrix over a FatTree with ECMP, utilisation grows with the "
                 "number of MPTCP subflows and MPTCP with 4 or more subflows beats TCP, which "
                 "loses to ECMP collisions (Raiciu et al., SIGCOMM 2011)",
+    FAIRNESS: "RFC 6356 (LIA), Khalili et al. CoNEXT 2012 (OLIA), Peng et al. (BALIA): at a "
+              "shared bottleneck coupled MPTCP takes 1 +- 0.15 of a Reno TCP's goodput, "
+              "uncoupled subflows about 2 (at least 1.6); with cross traffic on path 1 a coupled "
+              "MPTCP carries more than an uncoupled one's 2/3 of its bytes on path 2",
 }
 
 
@@ -348,7 +365,10 @@ def _criterion(scenario: str, runs: pd.DataFrame, stack: str) -> str:
 _MET_WORDS = {AGGREGATE: "Within the bound", MIGRATION: "Met",
               MULTI_WIFI: "Within 15% of the best AP at every position",
               MIDDLEBOX: "Outcome as expected, box exercised",
-              RECEIVE_BUFFER: "At least best-path TCP"}
+              RECEIVE_BUFFER: "At least best-path TCP",
+
+              FAIRNESS: "Met (shared: ratio in the band its controller expects; cross, coupled "
+                        "controllers only: more than 2/3 on path 2)"}
 
 
 def anchor_line(scenario: str, runs: pd.DataFrame) -> str | None:
@@ -445,6 +465,17 @@ def _within_positions_cell(row: dict[str, Any]) -> str:
     return f"{row.get('positions_within')} of {judged}"
 
 
+def _fairness_anchor_cell(row: dict[str, Any]) -> str:
+    if row.get("mode") == "cross":
+        return "path-2 share > 0.67" if row.get("expected") == "coupled" else "–"
+    low, high = row.get("anchor_low"), row.get("anchor_high")
+    if low is None or (isinstance(low, float) and math.isnan(low)):
+        return "–"
+    if high is None or (isinstance(high, float) and math.isnan(high)):
+        return f">= {low:g}"
+    return f"{low:g}–{high:g}"
+
+
 _COMMON_HEAD: list[Column] = [("case", "---", lambda r: _cell(r["case"])),
                               ("stack", "---", _stack_cell)]
 _COMMON_TAIL: list[Column] = [("sha256 match", "---", lambda r: _cell(r["sha256_match"])),
@@ -464,6 +495,18 @@ TABLES: dict[str, list[Column]] = {
         ("goodput before [Mbit/s]", "---:", lambda r: _cell(r.get("goodput_before_mbps"))),
         ("goodput after [Mbit/s]", "---:", lambda r: _cell(r.get("goodput_after_mbps"))),
         ("joined new address", "---", _joined_cell),
+    ],
+    FAIRNESS: [
+        ("mode", "---", lambda r: _cell(r.get("mode"))),
+        ("congestion", "---", lambda r: _cell(r.get("congestion"))),
+        ("expected", "---", lambda r: _cell(r.get("expected"))),
+        ("MPTCP [Mbit/s]", "---:", lambda r: _cell(r.get("mptcp_mbps"))),
+        ("TCP [Mbit/s]", "---:", lambda r: _cell(r.get("tcp_mbps"))),
+        ("ratio", "---:", lambda r: _cell(r.get("ratio"))),
+        ("anchor", "---", _fairness_anchor_cell),
+        ("path-2 share", "---:", lambda r: _cell(r.get("path2_share"))),
+        ("of capacity left", "---:", lambda r: _cell(r.get("fraction_of_capacity_left"))),
+        ("met", "---", lambda r: _cell(metrics.flag(r.get("anchor_met")))),
     ],
     MULTI_WIFI: [
         ("fraction of best AP (mean)", "---:", lambda r: _cell(r.get("fraction_of_best_ap"))),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from experiments.aggregate import Aggregate
 from experiments.datacenter import Datacenter
+from experiments.fairness import Fairness
 from experiments.handover import Handover
 from experiments.middlebox import Middlebox
 from experiments.mobility import Mobility
@@ -16,7 +17,8 @@ from testbed.errors import ParameterError
 SCENARIOS: dict[str, type[Scenario]] = {cls.name: cls for cls in (Aggregate, VmMigration,
                                                                       MultiWifi, Handover,
                                                                       Mobility, Middlebox,
-                                                                      ReceiveBuffer, Datacenter)}
+                                                                      ReceiveBuffer, Datacenter,
+                                                                      Fairness)}
 
 
 def get_scenario(name: str) -> type[Scenario]:

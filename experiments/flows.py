@@ -180,14 +180,15 @@ class MultiFlowRun(Run):
                 raise ParameterError(f"{scenario.name} runs with the stacks "
                                      f"{', '.join(scenario.stacks)}, not {stack!r}")
         super().__init__(scenario, options)
-        self.flows = scenario.flows()
-        if not self.flows:
+        # Not `flows`: the base Run keeps a scenario's competing flows under that name.
+        self.run_flows = scenario.flows()
+        if not self.run_flows:
             raise ParameterError(f"scenario {scenario.name}: no flows")
-        names = [flow.name for flow in self.flows]
+        names = [flow.name for flow in self.run_flows]
         if len(set(names)) != len(names):
             raise ParameterError(f"scenario {scenario.name}: flow names repeat: {names}")
-        clients = {flow.client for flow in self.flows}
-        servers = {flow.server for flow in self.flows}
+        clients = {flow.client for flow in self.run_flows}
+        servers = {flow.server for flow in self.run_flows}
         if clients & servers and options.client_stack != options.server_stack:
             raise ParameterError(
                 f"{scenario.name}: hosts are clients of one flow and servers of another, so "
@@ -198,12 +199,12 @@ class MultiFlowRun(Run):
             raise ParameterError(f"{scenario.name}: flows are uploads (the client sends)")
 
     def _hosts(self) -> list[str]:
-        return list(dict.fromkeys(h for f in self.flows for h in (f.client, f.server)))
+        return list(dict.fromkeys(h for f in self.run_flows for h in (f.client, f.server)))
 
     def _run_in(self, emu: Emulation) -> None:
         stats_dir = self.run_dir / "stats"
         self.scenario.setup_hosts(emu)
-        clients = {f.client for f in self.flows}
+        clients = {f.client for f in self.run_flows}
         prepared: dict[str, PreparedHost] = {}
         for name in self._hosts():
             driver = self.client_driver if name in clients else self.server_driver
@@ -238,7 +239,7 @@ class MultiFlowRun(Run):
             self._release(emu, prepared)
 
     def _release(self, emu: Emulation, prepared: dict[str, PreparedHost]) -> None:
-        clients = {f.client for f in self.flows}
+        clients = {f.client for f in self.run_flows}
         for name, prep in prepared.items():
             driver = self.client_driver if name in clients else self.server_driver
             release = getattr(driver, "release", None)
@@ -264,20 +265,20 @@ class MultiFlowRun(Run):
         procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         try:
             servers = []
-            for flow in self.flows:
+            for flow in self.run_flows:
                 proc = emu.popen(emu.host(flow.server),
                                  self._flow_argv(flow, "server", prepared[flow.server]),
                                  f"workload server {flow.name}", stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE)
                 procs.append((f"server {flow.name}", proc))
                 servers.append(proc)
-            for flow, proc in zip(self.flows, servers, strict=True):
+            for flow, proc in zip(self.run_flows, servers, strict=True):
                 assert proc.stdout is not None
                 line = _readline_with_timeout(proc.stdout, SERVER_READY_TIMEOUT_S)
                 if b"LISTENING" not in line:
                     raise TestbedError(f"workload server of flow {flow.name} did not start")
-            self._say(f"{len(self.flows)} flows running")
-            for flow in self.flows:
+            self._say(f"{len(self.run_flows)} flows running")
+            for flow in self.run_flows:
                 procs.append((f"client {flow.name}", emu.popen(
                     emu.host(flow.client), self._flow_argv(flow, "client", prepared[flow.client]),
                     f"workload client {flow.name}", stdout=subprocess.DEVNULL,
@@ -318,12 +319,12 @@ class MultiFlowRun(Run):
             return {}
 
     def _finish(self, backend: str, interrupted: bool, wall_s: float) -> None:
-        senders = [self._flow_report(f, "client") for f in self.flows]
-        receivers = [self._flow_report(f, "server") for f in self.flows]
+        senders = [self._flow_report(f, "client") for f in self.run_flows]
+        receivers = [self._flow_report(f, "server") for f in self.run_flows]
         measured = interval_goodputs(receivers, self.scenario.warmup_s())
-        rates, length = measured if measured is not None else ([None] * len(self.flows), None)
+        rates, length = measured if measured is not None else ([None] * len(self.run_flows), None)
         flows: list[dict[str, Any]] = []
-        for flow, sender, receiver, rate in zip(self.flows, senders, receivers, rates,
+        for flow, sender, receiver, rate in zip(self.run_flows, senders, receivers, rates,
                                                 strict=True):
             subflows = [s for s in (sender.get("mptcp_subflows"),
                                     receiver.get("mptcp_subflows")) if s is not None]

@@ -24,13 +24,21 @@ from pathlib import Path
 from typing import Any
 
 from experiments import fidelity
-from experiments.scenario import HostEvent, LinkEvent, RunOutcome, Scenario, TimelineEvent
+from experiments.scenario import (
+    CompetingFlow,
+    HostEvent,
+    LinkEvent,
+    RunOutcome,
+    Scenario,
+    TimelineEvent,
+    Workload,
+)
 from testbed import stats
 from testbed.emu.capture import Capture, CpuMonitor, start_capture
 from testbed.emu.cleanup import ProcessRecord, RunRecord, signals_as_keyboard_interrupt
 from testbed.emu.links import resolve_backend
 from testbed.emu.network import Emulation, require_root, require_tools
-from testbed.errors import TestbedError
+from testbed.errors import ParameterError, TestbedError
 from testbed.stacks.base import PreparedHost, StackConfig, StackDriver, get_stack
 from testbed.stacks.kernel import check_kernel_config
 
@@ -93,6 +101,9 @@ class Run:
             check_kernel_config(self.stack_config)
         self.workload = scenario.workload()
         self.timeline = sorted(scenario.timeline(), key=lambda event: event.at_s)
+        self.flows = scenario.competing_flows()
+        self.flow_drivers = {flow.name: get_stack(flow.stack) for flow in self.flows}
+        _check_flows(self.flows, self.workload, scenario)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         self.run_id = f"{scenario.name}-{self.stack_label}-{stamp}-{secrets.token_hex(2)}"
         self.run_dir = options.out_dir or options.results_root / scenario.name / self.run_id
@@ -127,6 +138,7 @@ class Run:
             "link_backend": backend,
             "link_backend_requested": self.options.link_backend,
             "timeline": [event.record() for event in self.timeline],
+            "competing_flows": [flow.record() for flow in self.flows],
             "configured_rates_mbps": self.scenario.configured_rates(),
             "versions": _versions(),
             "kernel": platform.release(),
@@ -166,16 +178,38 @@ class Run:
                                             self.scenario.server_endpoints(), self.stack_config)
         return client, server
 
-    def _workload_argv(self, mode: str, prepared: PreparedHost, report: Path) -> list[str]:
+    def _workload_argv(self, mode: str, prepared: PreparedHost, report: Path,
+                       flow: CompetingFlow | None = None) -> list[str]:
         w = self.workload
+        port = flow.port if flow else self.params.port
+        direction = flow.direction if flow else w.direction
+        # A competing flow sends other bytes than the measured one (its own seed).
+        seed = self.options.seed + 1 + self.flows.index(flow) if flow else self.options.seed
         argv = [sys.executable, "-m", "testbed.workload", mode, *prepared.workload_args(),
-                "--port", str(self.params.port), "--direction", w.direction,
-                "--seed", str(self.options.seed), "--report", str(report),
+                "--port", str(port), "--direction", direction,
+                "--seed", str(seed), "--report", str(report),
                 "--timeout", str(self.params.timeout_s)]
-        argv += ["--listen", "0.0.0.0"] if mode == "server" else \
-                ["--connect", self.scenario.server_address()]
-        argv += ["--bytes", str(w.bytes)] if w.bytes is not None else ["--seconds", str(w.seconds)]
+        server_address = flow.server_address if flow else self.scenario.server_address()
+        argv += ["--listen", "0.0.0.0"] if mode == "server" else ["--connect", server_address]
+        if flow is not None:
+            argv += ["--seconds", str(flow.duration_s(w))]
+        elif w.bytes is not None:
+            argv += ["--bytes", str(w.bytes)]
+        else:
+            argv += ["--seconds", str(w.seconds)]
         return argv
+
+    def _start_server(self, emu: Emulation, host: str, argv: list[str],
+                      what: str) -> subprocess.Popen[bytes]:
+        server = emu.popen(emu.host(host), argv, what, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+        assert server.stdout is not None
+        line = _readline_with_timeout(server.stdout, SERVER_READY_TIMEOUT_S)
+        if b"LISTENING" not in line:
+            server.kill()
+            _, err = server.communicate()
+            raise TestbedError(f"{what} did not start: {err.decode(errors='replace')}")
+        return server
 
     def _run_in(self, emu: Emulation) -> None:
         stats_dir = self.run_dir / "stats"
@@ -188,10 +222,13 @@ class Run:
             self.scenario.server: self.server_driver.path_control(
                 emu.host(self.scenario.server), server_prep)}
         endpoints = (self.scenario.client, self.scenario.server)
-        for name in endpoints:
+        counted = list(dict.fromkeys([*endpoints, *(host for flow in self.flows
+                                                    for host in (flow.client, flow.server))]))
+        for name in counted:
             _write_json(stats_dir / f"nstat-{name}-before.json",
                         stats.nstat_snapshot(emu.host(name)))
         prepared = dict(zip(endpoints, (client_prep, server_prep), strict=True))
+        self.flow_prepared = self._prepare_flows(emu)
         samplers = [
             emu.popen(emu.host(name),
                       stats.sampler_argv(stats_dir / f"subflows-{name}.csv",
@@ -200,6 +237,17 @@ class Run:
                       f"sampler {name}", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for name in endpoints
         ]
+        # Each competing flow's sender too (its window, RTT and retransmissions).
+        for flow in self.flows:
+            sender = 0 if flow.direction == "upload" else 1
+            host = (flow.client, flow.server)[sender]
+            samplers.append(emu.popen(
+                emu.host(host),
+                stats.sampler_argv(stats_dir / f"subflows-{flow.name}-{host}.csv",
+                                   self.params.sample_interval_s, flow.port)
+                + _stack_control_args(self.flow_prepared[flow.name][sender]),
+                f"sampler {flow.name} {host}", stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL))
         captures: list[Capture] = []
         cpu = CpuMonitor()
         try:
@@ -217,13 +265,37 @@ class Run:
                 capture.stop()
             for proc in samplers:
                 stats.stop_sampler(proc)
-            for name in endpoints:
+            for name in counted:
                 with contextlib.suppress(TestbedError):
                     _write_json(stats_dir / f"nstat-{name}-after.json",
                                 stats.nstat_snapshot(emu.host(name)))
             with contextlib.suppress(TestbedError):
                 _write_json(stats_dir / "shaper.json", emu.shaper_stats())
             self._release(emu, prepared)
+            self._release_flows(emu)
+
+    def _prepare_flows(self, emu: Emulation) -> dict[str, tuple[PreparedHost, PreparedHost]]:
+        """Each competing flow's two hosts, set up by the flow's own stack and congestion
+        control (the measured flow's parameters do not apply to them)."""
+        result = {}
+        for flow in self.flows:
+            driver = self.flow_drivers[flow.name]
+            config = StackConfig(congestion=flow.congestion)
+            result[flow.name] = (driver.prepare(emu.recorded(flow.client), [], config),
+                                 driver.prepare(emu.recorded(flow.server), [], config))
+        return result
+
+    def _release_flows(self, emu: Emulation) -> None:
+        for flow in self.flows:
+            release = getattr(self.flow_drivers[flow.name], "release", None)
+            if release is None or flow.name not in getattr(self, "flow_prepared", {}):
+                continue
+            for host, prep in zip((flow.client, flow.server), self.flow_prepared[flow.name],
+                                  strict=True):
+                try:
+                    release(emu.recorded(host), prep)
+                except TestbedError as exc:
+                    self.errors.append(f"releasing the stack of {host} ({flow.name}): {exc}")
 
     def _release(self, emu: Emulation, prepared: dict[str, PreparedHost]) -> None:
         """Counters of stacks that keep their own (ours), then let drivers undo their set-up."""
@@ -251,37 +323,52 @@ class Run:
     def _transfer(self, emu: Emulation, client_prep: PreparedHost,
                   server_prep: PreparedHost) -> None:
         stats_dir = self.run_dir / "stats"
-        server = emu.popen(
-            emu.host(self.scenario.server),
-            self._workload_argv("server", server_prep, stats_dir / "workload-server.json"),
-            "workload server", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert server.stdout is not None
-        line = _readline_with_timeout(server.stdout, SERVER_READY_TIMEOUT_S)
-        if b"LISTENING" not in line:
-            server.kill()
-            _, err = server.communicate()
-            raise TestbedError(f"workload server did not start: {err.decode(errors='replace')}")
-        self._say("workload running")
-        client = emu.popen(
-            emu.host(self.scenario.client),
-            self._workload_argv("client", client_prep, stats_dir / "workload-client.json"),
-            "workload client", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # (label, process) of every workload process, for the wait and the clean-up below.
+        procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        pending: list[CompetingFlow] = []
         t0 = time.monotonic()
-        timeline = threading.Thread(target=self._play_timeline, args=(emu, t0), daemon=True)
+        timeline: threading.Thread | None = None
         self._timeline_stop = threading.Event()
-        timeline.start()
-        deadline = t0 + self.params.timeout_s + 10
         try:
-            while client.poll() is None or server.poll() is None:
-                if time.monotonic() > deadline:
+            # Competitors' servers first, so that every client can start at once.
+            for flow in self.flows:
+                argv = self._workload_argv("server", self.flow_prepared[flow.name][1],
+                                           stats_dir / f"workload-{flow.name}-server.json", flow)
+                procs.append((f"{flow.name} server", self._start_server(
+                    emu, flow.server, argv, f"workload server of {flow.name}")))
+            server = self._start_server(
+                emu, self.scenario.server,
+                self._workload_argv("server", server_prep, stats_dir / "workload-server.json"),
+                "workload server")
+            procs.append(("server", server))
+            self._say("workload running")
+            pending = sorted(self.flows, key=lambda flow: flow.start_s)
+            t0 = time.monotonic()
+            pending = self._start_flow_clients(emu, pending, t0, procs)
+            client = emu.popen(
+                emu.host(self.scenario.client),
+                self._workload_argv("client", client_prep, stats_dir / "workload-client.json"),
+                "workload client", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            procs.append(("client", client))
+            timeline = threading.Thread(target=self._play_timeline, args=(emu, t0), daemon=True)
+            timeline.start()
+            last_flow_end = max((flow.start_s + flow.duration_s(self.workload)
+                                 for flow in self.flows), default=0.0)
+            deadline = t0 + max(self.params.timeout_s, last_flow_end) + 10
+            while pending or any(proc.poll() is None for _, proc in procs):
+                now = time.monotonic()
+                if now > deadline:
                     self.errors.append(f"workload did not finish within {self.params.timeout_s} s")
                     break
-                self._say(f"running: {time.monotonic() - t0:5.1f} s")
-                time.sleep(0.5)
+                pending = self._start_flow_clients(emu, pending, t0, procs)
+                self._say(f"running: {now - t0:5.1f} s")
+                next_start = pending[0].start_s + t0 - now if pending else 0.5
+                time.sleep(max(0.01, min(0.5, next_start)))
         finally:
             self._timeline_stop.set()
-            timeline.join()
-            for name, proc in (("client", client), ("server", server)):
+            if timeline is not None:
+                timeline.join()
+            for name, proc in procs:
                 if proc.poll() is None:
                     proc.kill()
                 _, err = proc.communicate()
@@ -289,6 +376,20 @@ class Run:
                     message = err.decode(errors="replace").strip().splitlines()
                     self.errors.append(f"workload {name} exited with {proc.returncode}"
                                        + (f": {message[-1]}" if message else ""))
+
+    def _start_flow_clients(self, emu: Emulation, pending: list[CompetingFlow], t0: float,
+                            procs: list[tuple[str, subprocess.Popen[bytes]]]
+                            ) -> list[CompetingFlow]:
+        """Start the clients of the competing flows whose time has come; the rest stay."""
+        stats_dir = self.run_dir / "stats"
+        while pending and pending[0].start_s <= time.monotonic() - t0:
+            flow = pending.pop(0)
+            argv = self._workload_argv("client", self.flow_prepared[flow.name][0],
+                                       stats_dir / f"workload-{flow.name}-client.json", flow)
+            procs.append((f"{flow.name} client", emu.popen(
+                emu.host(flow.client), argv, f"workload client of {flow.name}",
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
+        return pending
 
     def _play_timeline(self, emu: Emulation, t0: float) -> None:
         applied = []
@@ -326,8 +427,9 @@ class Run:
 
     # -- results ----------------------------------------------------------------------------
 
-    def _read_report(self, side: str) -> dict[str, Any]:
-        path = self.run_dir / "stats" / f"workload-{side}.json"
+    def _read_report(self, side: str, flow: str | None = None) -> dict[str, Any]:
+        name = f"workload-{flow}-{side}.json" if flow else f"workload-{side}.json"
+        path = self.run_dir / "stats" / name
         try:
             return dict(json.loads(path.read_text()))
         except (OSError, ValueError):
@@ -373,10 +475,22 @@ class Run:
             "errors": self.errors + [e for e in (sender.get("error"), receiver.get("error")) if e],
             "prepared": getattr(self, "prepared", None),
         }
+        flows: dict[str, dict[str, Any]] = {}
+        if self.flows:
+            summary["flows"] = {}
+        for flow in self.flows:
+            f_client = self._read_report("client", flow.name)
+            f_server = self._read_report("server", flow.name)
+            f_sender, f_receiver = (f_client, f_server) if flow.direction == "upload" \
+                else (f_server, f_client)
+            flows[flow.name] = {"sender": f_sender, "receiver": f_receiver}
+            summary["flows"][flow.name] = flow_summary(flow, f_sender, f_receiver)
+            summary["errors"] += [f"{flow.name}: {e}"
+                                  for e in (f_sender.get("error"), f_receiver.get("error")) if e]
         summary.update(self._fidelity())
         summary.update(self.scenario.evaluate_run(RunOutcome(
             summary=summary, sender=sender, receiver=receiver,
-            timeline=self._read_timeline(), run_dir=self.run_dir)))
+            timeline=self._read_timeline(), run_dir=self.run_dir, flows=flows)))
         self.summary = summary
         _write_json(self.run_dir / "summary.json", summary)
 
@@ -405,6 +519,59 @@ class Run:
         result["fidelity_ok"] = not reasons
         result["fidelity_notes"] = reasons
         return result
+
+
+def _check_flows(flows: list[CompetingFlow], workload: Workload, scenario: Scenario) -> None:
+    """Competing flows are refused before anything starts: unknown hosts, a host of the
+    measured flow (its stack owns that host), two flows with one name or one server port on
+    one host, a duration that cannot be known."""
+    if not flows:
+        return
+    hosts = set(scenario.topology().hosts())
+    names: set[str] = set()
+    listening: set[tuple[str, int]] = set()
+    stacks_on: dict[str, set[str]] = {}
+    for flow in flows:
+        for host in (flow.client, flow.server):
+            stacks_on.setdefault(host, set()).add(flow.stack)
+    for flow in flows:
+        if flow.name in names:
+            raise ParameterError(f"two competing flows are named {flow.name!r}")
+        names.add(flow.name)
+        for host in (flow.client, flow.server):
+            if host not in hosts:
+                raise ParameterError(f"competing flow {flow.name}: no host {host!r} in this "
+                                     f"topology; hosts are {', '.join(sorted(hosts))}")
+            if host in (scenario.client, scenario.server):
+                raise ParameterError(f"competing flow {flow.name}: {host!r} carries the measured "
+                                     "flow; a competing flow needs hosts of its own")
+        for host in (flow.client, flow.server):
+            # Our stack's daemon takes the host's addresses: one per host, shared by flows of
+            # that stack only (each prepare would start another).
+            if "userspace" in stacks_on[host] and sum(
+                    host in (f.client, f.server) for f in flows) > 1:
+                raise ParameterError(f"competing flow {flow.name}: {host!r} runs our stack for "
+                                     "one flow and cannot carry another")
+        if (flow.server, flow.port) in listening:
+            raise ParameterError(f"competing flow {flow.name}: port {flow.port} on "
+                                 f"{flow.server} is taken by another flow")
+        listening.add((flow.server, flow.port))
+        flow.duration_s(workload)
+
+
+def flow_summary(flow: CompetingFlow, sender: dict[str, Any],
+                 receiver: dict[str, Any]) -> dict[str, Any]:
+    """What summary.json keeps of a competing flow."""
+    return {
+        "client": flow.client, "server": flow.server, "stack": flow.stack,
+        "congestion": sender.get("congestion") or flow.congestion,
+        "goodput_mbps": receiver.get("goodput_mbps"),
+        "bytes_sent": sender.get("bytes"),
+        "bytes_received": receiver.get("bytes"),
+        "sha256_match": bool(sender.get("sha256")) and sender.get("sha256") ==
+        receiver.get("sha256") and sender.get("bytes") == receiver.get("bytes"),
+        "duration_s": receiver.get("duration_s"),
+    }
 
 
 def _stack_control_args(prepared: PreparedHost) -> list[str]:

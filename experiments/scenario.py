@@ -70,6 +70,64 @@ TimelineEvent = LinkEvent | HostEvent
 
 
 @dataclass(frozen=True)
+class CompetingFlow:
+    """A flow that runs at the same time as the measured one, between two other hosts of the
+    topology, on its own stack (plain Linux TCP by default: a competitor sharing a bottleneck,
+    or cross traffic loading a path). It is started with the measured flow (after `start_s`
+    seconds) and sends for `seconds`, or, when None, for as long as the measured workload does
+    (which must then be a timed one). Its workload reports go to
+    stats/workload-<name>-{client,server}.json and its goodput into summary.json's `flows`.
+
+    `congestion` is set per socket (Reno where the question is fairness to Reno-like TCP, as
+    RFC 6356 defines it); the measured flow's own parameters do not apply to it."""
+
+    name: str
+    client: str
+    server: str
+    server_address: str
+    stack: str = "tcp"
+    congestion: str = "reno"
+    port: int = 5301
+    direction: str = "upload"
+    start_s: float = 0.0
+    seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise ParameterError(
+                f"competing flow name {self.name!r}: letters, digits, '-' and '_' only "
+                "(it names the flow's files in stats/)")
+        if self.client == self.server:
+            raise ParameterError(f"competing flow {self.name}: client and server are both "
+                                 f"{self.client!r}")
+        if not 1 <= self.port <= 65535:
+            raise ParameterError(f"competing flow {self.name}: port must be within 1..65535, "
+                                 f"got {self.port}")
+        if self.direction not in ("upload", "download"):
+            raise ParameterError(f"competing flow {self.name}: direction must be upload or "
+                                 f"download, got {self.direction!r}")
+        if self.start_s < 0:
+            raise ParameterError(f"competing flow {self.name}: start_s must be >= 0, "
+                                 f"got {self.start_s}")
+        if self.seconds is not None and self.seconds <= 0:
+            raise ParameterError(f"competing flow {self.name}: seconds must be positive, "
+                                 f"got {self.seconds}")
+
+    def duration_s(self, measured: Workload) -> float:
+        """How long this flow sends, given the measured workload."""
+        if self.seconds is not None:
+            return self.seconds
+        if measured.seconds is None:
+            raise ParameterError(
+                f"competing flow {self.name} runs as long as the measured flow, which sends a "
+                "number of bytes: give the competing flow its own `seconds`")
+        return measured.seconds
+
+    def record(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
 class RunOutcome:
     """What a finished run produced, for a scenario's own verdicts (`Scenario.evaluate_run`).
 
@@ -83,6 +141,8 @@ class RunOutcome:
     receiver: dict[str, Any]
     timeline: list[dict[str, Any]]
     run_dir: Path
+    # Competing flows: name -> {"sender": report, "receiver": report} (CompetingFlow).
+    flows: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -218,6 +278,10 @@ class Scenario(ABC):
     def workload(self) -> Workload: ...
 
     def timeline(self) -> list[TimelineEvent]:
+        return []
+
+    def competing_flows(self) -> list[CompetingFlow]:
+        """Flows between other hosts that run alongside the measured one (none by default)."""
         return []
 
     def capture_points(self) -> list[tuple[str, str]]:

@@ -121,6 +121,25 @@ def _datacenter_cases(full: bool) -> list[Case]:
     return cases
 
 
+def _fairness_cases(full: bool) -> list[Case]:
+    """Both modes with our coupled controllers (lia, olia, balia), the uncoupled ones on our
+    stack and on Linux MPTCP (reno, the negative control, and cubic; this kernel offers no
+    coupled controller), and plain TCP with Reno as the single-path reference. In full, three
+    repetitions of each (the shares of competing flows vary from run to run)."""
+    repetitions = 3 if full else 1
+    cases = []
+    for mode in ("shared", "cross"):
+        for congestion, stacks in (("lia", ("userspace",)), ("olia", ("userspace",)),
+                                   ("balia", ("userspace",)),
+                                   ("reno", ("kernel", "userspace", "tcp")),
+                                   ("cubic", ("kernel", "userspace"))):
+            for rep in range(1, repetitions + 1):
+                label = f"{mode}_{congestion}" + (f"_rep{rep}" if full else "")
+                cases.append(Case("fairness", label,
+                                  (f"mode={mode}", f"congestion={congestion}"), stacks))
+    return cases
+
+
 def _default_cases(full: bool) -> list[Case]:
     return _aggregate_cases(full) + _vm_migration_cases(full) + _multi_wifi_cases(full)
 
@@ -129,7 +148,7 @@ SUITES = {"default": _default_cases, "aggregate": _aggregate_cases,
           "vm-migration": _vm_migration_cases, "multi-wifi": _multi_wifi_cases,
           "handover": _handover_cases, "mobility": _mobility_cases,
           "middlebox": _middlebox_cases, "receive-buffer": _receive_buffer_cases,
-          "datacenter": _datacenter_cases}
+          "datacenter": _datacenter_cases, "fairness": _fairness_cases}
 
 
 def _complete(run_dir: Path) -> bool:

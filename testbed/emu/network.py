@@ -3,12 +3,14 @@ MPTCP measurements, every process recorded for cleanup, and a stop that leaves n
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import select
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from mininet.topo import Topo
 
 from testbed.emu.cleanup import RunRecord, sweep
 from testbed.emu.links import LinkBackend, ShapedLink, make_backend
+from testbed.emu.netns import netlink
 from testbed.emu.nodes import MiddleboxHost, Router, TestbedHost
 from testbed.errors import EnvironmentProblem, ParameterError, TestbedError
 
@@ -102,6 +105,7 @@ class Emulation:
                 host.install_routes()
             else:
                 host.setup_routing(self.gateways(host))
+        self._route_between_routers()
         net.start()
         for host in self.hosts():
             if isinstance(host, MiddleboxHost):
@@ -138,6 +142,26 @@ class Emulation:
                 proc.kill()
                 proc.wait()
         self.middleboxes.clear()
+
+    def _route_between_routers(self) -> None:
+        """Static routes where a topology has several routers (see router_routes), unless
+        the topology gives its routers their routes itself (`Router` parameter `routes`, as
+        the FatTree's ECMP routes): routes along the fewest hops would replace those."""
+        routers = [host for host in self.hosts() if isinstance(host, Router)]
+        if len(routers) < 2 or any(router.static_routes() for router in routers):
+            return
+        subnets = {r.name: [str(iface.network) for _, iface in r.addresses()] for r in routers}
+        neighbours: dict[str, list[tuple[str, str]]] = {r.name: [] for r in routers}
+        for link in self.links():
+            a, b = link.intf1, link.intf2
+            if isinstance(a.node, Router) and isinstance(b.node, Router) and a.IP() and b.IP():
+                neighbours[a.node.name].append((b.node.name, b.IP()))
+                neighbours[b.node.name].append((a.node.name, a.IP()))
+        for router in routers:
+            routes = router_routes(router.name, subnets, neighbours)
+            with netlink(router.netns_path) as ns:
+                for dst, gateway in routes:
+                    ns.route("replace", dst=dst, gateway=gateway)
 
     def hosts(self) -> list[TestbedHost]:
         assert self.net is not None
@@ -213,6 +237,36 @@ class Emulation:
             self.backend.close()
             sweep(self.record)
 
+
+
+def router_routes(router: str, subnets: Mapping[str, Sequence[str]],
+                  neighbours: Mapping[str, Sequence[tuple[str, str]]]) -> list[tuple[str, str]]:
+    """(subnet, gateway) routes of `router` to every subnet it is not attached to, through the
+    first hop of a shortest path over router-to-router links (fewest hops; ties go to the
+    neighbour listed first, i.e. the link added first). `subnets`: router -> the networks of
+    its interfaces; `neighbours`: router -> (neighbouring router, its address on the shared
+    link). A topology with one router needs none: it joins its own subnets."""
+    own = {str(ipaddress.ip_network(net, strict=False)) for net in subnets[router]}
+    first_hop: dict[str, str] = {}
+    queue: deque[str] = deque()
+    for neighbour, address in neighbours.get(router, ()):
+        if neighbour != router and neighbour not in first_hop:
+            first_hop[neighbour] = address
+            queue.append(neighbour)
+    routes: list[tuple[str, str]] = []
+    routed = set(own)
+    while queue:
+        current = queue.popleft()
+        for net in subnets.get(current, ()):
+            net = str(ipaddress.ip_network(net, strict=False))
+            if net not in routed:
+                routed.add(net)
+                routes.append((net, first_hop[current]))
+        for neighbour, _ in neighbours.get(current, ()):
+            if neighbour != router and neighbour not in first_hop:
+                first_hop[neighbour] = first_hop[current]
+                queue.append(neighbour)
+    return routes
 
 
 class RecordedHost:

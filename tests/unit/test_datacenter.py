@@ -241,7 +241,7 @@ def test_stacks_other_than_kernel_and_tcp_or_mixed_ends_are_refused(tmp_path: Pa
                                           results_root=tmp_path))
     run = MultiFlowRun(scenario, RunOptions(client_stack="kernel", server_stack="kernel",
                                             results_root=tmp_path))
-    assert len(run.flows) == 16 and run.stack_config.subflows == 0
+    assert len(run.run_flows) == 16 and run.stack_config.subflows == 0
     assert not any(tmp_path.iterdir())  # nothing made before execute()
 
 

@@ -549,6 +549,21 @@ def test_receive_window_limited_sender_does_not_grow_cwnd() -> None:
     assert conn.cc.cwnd == IW + 2 * MSS
 
 
+def test_a_flight_that_fills_cwnd_exactly_is_cwnd_limited() -> None:
+    # An MPTCP subflow's scheduler hands it exactly what its window takes: nothing waits in
+    # the subflow, yet cwnd is what limits it (Linux: in_flight >= cwnd). In congestion
+    # avoidance cwnd must still grow by about one MSS per round.
+    conn = established()
+    conn.cc.ssthresh = IW
+    now = 0.1
+    for _ in range(10):
+        window = conn.cc.cwnd
+        out = _round(conn, now, window)
+        assert sum(len(s.payload) for s in out) == window
+        now += 0.1
+    assert conn.cc.cwnd >= IW + 8 * MSS
+
+
 def test_cwnd_limited_sender_grows_and_slow_start_covers_twice_the_flight() -> None:
     conn = established()
     conn.send(bytes(20 * MSS), 0.1)

@@ -974,11 +974,14 @@ class TcpConnection:
     def _validate_cwnd(self, pipe: int, cwnd: int, payload_mss: int, sent_any: bool) -> None:
         """Remember whether cwnd limited what we sent, per window of data (Linux's
         tcp_cwnd_validate; RFC 7661 §4.2): limited when data waits (new or to be
-        retransmitted) and cwnd has no room for its next segment."""
+        retransmitted) and cwnd has no room for its next segment, or when the flight fills
+        cwnd (Linux's tcp_write_xmit: in_flight >= cwnd). The second case is an MPTCP
+        subflow's: its scheduler hands it exactly what its window takes, so no data ever
+        waits in the subflow itself although the connection has plenty."""
         unsent = len(self._snd_buf) - sq.diff(self.snd_nxt, self._snd_buf_seq)
         next_size = min(payload_mss, unsent) if unsent > 0 else \
             (self.eff_mss if self._sb.has_lost() else 0)
-        limited = next_size > 0 and cwnd - pipe < next_size
+        limited = (next_size > 0 and cwnd - pipe < next_size) or pipe >= cwnd
         if not (sent_any or limited):
             return
         if (sq.ge(self.snd_una, self._cwnd_usage_seq) or limited

@@ -1,0 +1,70 @@
+"""fairness end to end through `testbed run`, with the scenario's defaults (10 Mbit/s, 20 ms,
+25-packet queue, 40 s judged after 10 s): our MPTCP (two subflows) against one plain Linux TCP
+with Reno at a shared bottleneck, and with that TCP as cross traffic on the first of two
+disjoint paths.
+
+- OLIA takes 1 +- 0.15 of the TCP's goodput (RFC 6356's goal; measured 1.06-1.08 here);
+- uncoupled Reno subflows take about two TCP shares, at least 1.6 (the negative control: it
+  fails if the coupling leaked into Reno or the second subflow carried nothing; measured
+  2.2-2.4);
+- with cross traffic, BALIA puts clearly more of its bytes on the free path than uncoupled
+  Reno (measured 0.80-0.82 against 0.64).
+
+LIA is asserted in neither: at this drop-tail bottleneck its ratio measured above the band in
+three runs of four (1.25-1.38), and with cross traffic it kept 0.67-0.76 on the free path,
+close to uncoupled Reno's 0.64 (README, "Measured", says what we found). Each run takes about
+a minute; the competing flow, its statistics files and the leftovers are checked in each.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tests.netns.nsutil import left_behind, run_experiment
+
+ARGS = ["--link-backend", "userspace", "--seed", "3", "--no-analyze", "--set", "capture=off"]
+
+
+def run_case(out: Path, congestion: str, mode: str) -> dict[str, Any]:
+    result = run_experiment("fairness", "userspace", out, *ARGS,
+                            sets=[f"congestion={congestion}", f"mode={mode}"])
+    assert result.returncode == 0, result.stderr
+    summary: dict[str, Any] = json.loads((out / "summary.json").read_text())
+    run_id = json.loads((out / "meta.json").read_text())["run_id"]
+    assert left_behind(out, run_id) == []
+    assert summary["sha256_match"] is True and summary["errors"] == []
+    assert summary["subflows"] == 2
+    flow = summary["flows"]["tcp"]
+    assert flow["sha256_match"] is True and flow["congestion"] == "reno"
+    assert flow["goodput_mbps"] > 0
+    for name in ("workload-tcp-client.json", "workload-tcp-server.json",
+                 "subflows-tcp-tcpclient.csv"):
+        assert (out / "stats" / name).stat().st_size > 0
+    return summary
+
+
+def test_coupled_olia_takes_about_one_tcp_share(tmp_path: Path) -> None:
+    summary = run_case(tmp_path / "olia", "olia", "shared")
+    assert summary["expected"] == "coupled"
+    assert 0.85 <= summary["ratio"] <= 1.15, summary
+    assert summary["within_anchor"] is True
+
+
+def test_uncoupled_reno_subflows_take_about_two_tcp_shares(tmp_path: Path) -> None:
+    summary = run_case(tmp_path / "reno", "reno", "shared")
+    assert summary["expected"] == "uncoupled"
+    assert summary["ratio"] >= 1.6, summary
+    assert summary["within_anchor"] is True
+
+
+def test_coupled_mptcp_moves_more_of_its_traffic_off_the_loaded_path(tmp_path: Path) -> None:
+    coupled = run_case(tmp_path / "balia", "balia", "cross")
+    uncoupled = run_case(tmp_path / "reno", "reno", "cross")
+    assert coupled["expected"] == "coupled" and uncoupled["expected"] == "uncoupled"
+    assert coupled["path2_share"] >= uncoupled["path2_share"] + 0.08, (coupled, uncoupled)
+    assert coupled["path2_share"] > 2 / 3
+    # Both use most of the capacity the TCP leaves them (measured 0.83-0.98 of it).
+    for summary in (coupled, uncoupled):
+        assert summary["mptcp_mbps"] > 0.6 * summary["capacity_left_mbps"], summary
