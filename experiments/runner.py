@@ -91,6 +91,7 @@ class Run:
         )
         if "kernel" in (options.client_stack, options.server_stack):
             check_kernel_config(self.stack_config)
+        scenario.use_stacks(options.client_stack, options.server_stack)
         self.workload = scenario.workload()
         self.timeline = sorted(scenario.timeline(), key=lambda event: event.at_s)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -175,6 +176,8 @@ class Run:
         argv += ["--listen", "0.0.0.0"] if mode == "server" else \
                 ["--connect", self.scenario.server_address()]
         argv += ["--bytes", str(w.bytes)] if w.bytes is not None else ["--seconds", str(w.seconds)]
+        if w.reconnect:
+            argv.append("--reconnect")
         return argv
 
     def _run_in(self, emu: Emulation) -> None:
