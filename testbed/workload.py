@@ -10,8 +10,11 @@ as an interactive application (voice, a game) does; each message starts with its
 the time it was due, and the receiver reports every message's delay from due to arrival (both
 ends share the host's clock: the emulated hosts are namespaces of one machine).
 
-The server accepts exactly one connection and exits; it prints `LISTENING` (flushed) once the
-socket listens so a runner knows when to start the client.
+The server accepts exactly one connection (with `--reconnect`, one after another, see below) and
+exits; it prints `LISTENING` (flushed) once the socket listens so a runner knows when to start
+the client. `--direction upload` means the client sends. Network errors never end in a
+traceback: the report carries `error` and the exit status is 1 (2 for bad arguments, as
+argparse does).
 
 `--reconnect` (both sides, bulk mode, kernel sockets) makes the transfer survive a broken
 connection: the client connects again, retrying until `--timeout` passes without a connection,
@@ -21,9 +24,10 @@ Every connection starts with the receiver telling the sender how many bytes it h
 (RESUME_HEADER); the sender regenerates the deterministic stream from there, so the sha256 of
 the whole stream checks end to end. The report keeps one goodput series across connections,
 counts the connections and lists every outage: when the connection broke, when a new one was
-up, when data flowed again (seconds since t_start). `--direction upload` means the
-client sends. Network errors never end in a traceback: the report carries `error` and the
-exit status is 1 (2 for bad arguments, as argparse does).
+up, when data flowed again (seconds since t_start). With `--seconds`, a side stops waiting for
+a new connection RECONNECT_GRACE_S after the transfer's time: a transfer whose time runs out
+during an outage ends there (`ended_in_outage`; the sender's last bytes were never confirmed,
+so the two sha256 differ, while the receiver's `stream_intact` still checks what it has).
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ RESUME_MAGIC = b"RSM1"
 RESUME_HEADER = struct.Struct("!4sQ")
 RECONNECT_RETRY_S = 0.1  # pause between connection attempts that failed at once
 CONNECT_ATTEMPT_S = 1.0  # one attempt's limit: a SYN lost on a dead path is not waited out
+# --seconds: past the transfer's end, this long is left for a reconnection to close it cleanly.
+RECONNECT_GRACE_S = 2.0
 
 Role = Literal["sender", "receiver"]
 Side = Literal["client", "server"]
@@ -112,6 +118,11 @@ class Report:
     # on it (`data_s`, the receiver only) and where the stream resumed (`offset`).
     connections: int = 0
     outages: list[dict[str, Any]] = field(default_factory=list)
+    # --reconnect with --seconds: the transfer's time ran out while there was no connection
+    # (the stream ends where it broke: the sender's last bytes were never confirmed).
+    ended_in_outage: bool = False
+    # --reconnect, the receiver: its bytes are the first `bytes` of the seed's stream.
+    stream_intact: bool | None = None
     error: str | None = None
 
 
@@ -357,6 +368,10 @@ class _Superseded(Exception):
     """A new connection arrived at the server while it still held the old one."""
 
 
+class _TransferOver(Exception):
+    """--seconds: the transfer's time (and its grace) ran out while waiting for a connection."""
+
+
 class _Link:
     """Where --reconnect's connections come from: the client connects (retrying), the server
     accepts; `conn` is the current one. Sockets are non-blocking and waited on with select,
@@ -369,6 +384,9 @@ class _Link:
         self.listener: socket.socket | None = None
         self.conn: socket.socket | None = None
         self.peer: Any = None
+        # Set once the transfer runs with --seconds: no reconnection is waited for past this
+        # (monotonic) time.
+        self.give_up_at: float | None = None
         if side == "server":
             listener = make_socket(args.proto, _family(self.addr))
             self.listener = listener
@@ -383,11 +401,17 @@ class _Link:
         """The next connection; WorkloadError when none comes within --timeout."""
         self.drop()
         deadline = time.monotonic() + self.timeout
+        if self.give_up_at is not None and self.give_up_at < deadline:
+            deadline = self.give_up_at
         if self.listener is not None:
-            self.listener.settimeout(self.timeout)
             try:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self.listener.settimeout(left)
                 conn, self.peer = self.listener.accept()
             except TimeoutError:
+                self._out_of_time(deadline)
                 raise WorkloadError(f"no connection within {self.timeout} s") from None
         else:
             conn = self._connect(deadline)
@@ -402,6 +426,7 @@ class _Link:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
+                self._out_of_time(deadline)
                 raise WorkloadError(f"no connection within {self.timeout} s "
                                     f"(last attempt: {last})")
             sock = make_socket(self.args.proto, _family(self.addr))
@@ -417,6 +442,10 @@ class _Link:
                 last = f"{type(exc).__name__}: {exc.strerror or exc}"
             if time.monotonic() - started < RECONNECT_RETRY_S:
                 time.sleep(RECONNECT_RETRY_S)
+
+    def _out_of_time(self, deadline: float) -> None:
+        if self.give_up_at is not None and deadline == self.give_up_at:
+            raise _TransferOver()
 
     def drop(self) -> None:
         """Close the current connection with a reset: its peer may be unreachable, and a
@@ -502,6 +531,9 @@ def send_resumable(link: _Link, report: Report, seed: int, total: int | None,
     connection. `report.bytes` and `sha256` are those of the stream up to where the last
     connection ended, which the receiver confirmed by closing."""
     deadline = None if seconds is None else established_mono + seconds
+    if deadline is not None:
+        link.give_up_at = deadline + RECONNECT_GRACE_S
+    h = hashlib.sha256()
     while True:
         outage = report.outages[-1] if report.outages else None
         try:
@@ -537,7 +569,13 @@ def send_resumable(link: _Link, report: Report, seed: int, total: int | None,
         except TimeoutError:
             raise
         except (_Superseded, OSError) as exc:
-            _reconnect(link, report, exc)
+            report.sha256 = h.hexdigest()
+            try:
+                _reconnect(link, report, exc)
+            except _TransferOver:
+                report.ended_in_outage = True
+                report.t_end = time.time()
+                return
 
 
 def _reconnect(link: _Link, report: Report, exc: BaseException) -> dict[str, Any]:
@@ -550,7 +588,8 @@ def _reconnect(link: _Link, report: Report, exc: BaseException) -> dict[str, Any
     return outage
 
 
-def receive_resumable(link: _Link, report: Report, start_mono: float) -> None:
+def receive_resumable(link: _Link, report: Report, start_mono: float,
+                      seed: int, seconds: float | None) -> None:
     """The bulk receiver over as many connections as it takes: on each it first names the
     offset it has (RESUME_HEADER), then reads until the sender's clean end (EOF)."""
     h = hashlib.sha256()
@@ -560,6 +599,8 @@ def receive_resumable(link: _Link, report: Report, start_mono: float) -> None:
     received = 0
     last_data_mono = start_mono
     outage: dict[str, Any] | None = None
+    if seconds is not None:
+        link.give_up_at = start_mono + seconds + RECONNECT_GRACE_S
     try:
         while True:
             try:
@@ -583,7 +624,11 @@ def receive_resumable(link: _Link, report: Report, start_mono: float) -> None:
             except TimeoutError:
                 raise
             except (_Superseded, OSError) as exc:
-                outage = _reconnect(link, report, exc)
+                try:
+                    outage = _reconnect(link, report, exc)
+                except _TransferOver:
+                    report.ended_in_outage = True
+                    return
                 outage["offset"] = received
     finally:
         report.t_end = time.time()
@@ -591,6 +636,7 @@ def receive_resumable(link: _Link, report: Report, start_mono: float) -> None:
         report.t_last_data = report.t_start + (last_data_mono - start_mono)
         report.sha256 = h.hexdigest()
         report.series = [[round(i * BIN_S, 3), b] for i, b in enumerate(bins)]
+        report.stream_intact = report.sha256 == payload_sha256(seed, received)
         if link.conn is not None:
             _mptcp_info(link.conn, report)
 
@@ -702,7 +748,7 @@ def run(args: argparse.Namespace) -> Report:
             send_resumable(link, report, args.seed, args.bytes, args.seconds, args.close_delay,
                            established)
         elif link is not None:
-            receive_resumable(link, report, established)
+            receive_resumable(link, report, established, args.seed, args.seconds)
         elif sender and args.messages:
             send_messages(conn, report, args.seed, args.messages, interval_s, args.bytes,
                           args.seconds, established)

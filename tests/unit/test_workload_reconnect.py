@@ -31,8 +31,9 @@ class BreakingRelay:
     went through (either direction). `silent`: only the client's side is reset, the server's
     side is left open and nothing more is sent on it."""
 
-    def __init__(self, upstream: int, after: int, silent: bool) -> None:
-        self.upstream, self.after, self.silent = upstream, after, silent
+    def __init__(self, upstream: int, after: int, silent: bool, refuse: bool = False) -> None:
+        # refuse: no connection is relayed after the cut (the listener closes).
+        self.upstream, self.after, self.silent, self.refuse = upstream, after, silent, refuse
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.listener.getsockname()[1])
         self.connections = 0
@@ -84,6 +85,9 @@ class BreakingRelay:
             sock.close()
         if self.silent:
             self.held.append(up)  # open, and silent from now on
+        if self.refuse:  # shutdown, not only close: it wakes the accepting thread (Linux)
+            self.listener.shutdown(socket.SHUT_RDWR)
+            self.listener.close()
 
     def close(self) -> None:
         self.listener.close()
@@ -91,8 +95,8 @@ class BreakingRelay:
             sock.close()
 
 
-def transfer_through_relay(direction: str, after: int, silent: bool,
-                           *amount: str) -> tuple[Report, Report, BreakingRelay]:
+def transfer_through_relay(direction: str, after: int, silent: bool, *amount: str,
+                           refuse: bool = False) -> tuple[Report, Report, BreakingRelay]:
     port = free_port()
     common = ["--proto", "tcp", "--direction", direction, "--timeout", "10",
               "--close-delay", "0", "--reconnect", *amount]  # fmt: skip
@@ -100,7 +104,7 @@ def transfer_through_relay(direction: str, after: int, silent: bool,
     result: dict[str, Report] = {}
     server = threading.Thread(target=lambda: result.setdefault("server", run(server_args)))
     server.start()
-    relay = BreakingRelay(port, after, silent)
+    relay = BreakingRelay(port, after, silent, refuse)
     try:
         client_args = parse_args(["client", "--connect", "127.0.0.1", "--port",
                                   str(relay.port), *common])
@@ -132,6 +136,7 @@ def test_a_broken_connection_resumes_and_the_stream_checks(direction: str,
     sender, receiver = (client, server) if direction == "upload" else (server, client)
     assert receiver.bytes == sender.bytes == total
     assert receiver.sha256 == sender.sha256 == payload_sha256(1, total)
+    assert receiver.stream_intact is True and not receiver.ended_in_outage
     assert client.connections == 2 and server.connections == 2
     # The receiver resumed from where it was, inside the stream, not from 0 nor the end.
     (outage,) = receiver.outages
@@ -152,6 +157,24 @@ def test_seconds_mode_resumes_and_ends_at_one_deadline() -> None:
     assert relay.connections == 2
     assert client.bytes == server.bytes > 2 * CHUNK
     assert client.sha256 == server.sha256 == payload_sha256(1, client.bytes)
+
+
+@pytest.mark.parametrize("direction", ["upload", "download"])
+def test_a_transfer_whose_time_runs_out_during_an_outage_ends_there(direction: str) -> None:
+    client, server, relay = transfer_through_relay(direction, 2 * CHUNK, False,
+                                                   "--seconds", "0.3", refuse=True)
+    assert relay.broken.is_set() and relay.connections == 1
+    # Both sides stopped waiting for a connection 2 s after the 0.3 s transfer, not after the
+    # 10 s timeout, and say so without an error.
+    assert client.error is None and server.error is None, (client.error, server.error)
+    assert client.ended_in_outage and server.ended_in_outage
+    assert client.connections == server.connections == 1
+    sender, receiver = (client, server) if direction == "upload" else (server, client)
+    assert sender.bytes >= receiver.bytes > 0
+    # What the receiver has is the stream's beginning, intact.
+    assert receiver.stream_intact is True
+    assert receiver.sha256 == payload_sha256(1, receiver.bytes)
+    assert sender.sha256 == payload_sha256(1, sender.bytes)
 
 
 def test_without_a_server_the_client_gives_up_after_the_timeout() -> None:
