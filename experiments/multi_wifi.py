@@ -612,6 +612,10 @@ class MultiWifi(Scenario):
             "associations": [a.record() for a in self.associations()] if bbm else None,
             "connections": receiver.get("connections"),
             "outages": outages,
+            # A reconnecting run whose walk ended during an outage: the sender's last bytes
+            # were never confirmed (sha256_match is false), what arrived is still checked.
+            "ended_in_outage": receiver.get("ended_in_outage"),
+            "receiver_stream_intact": receiver.get("stream_intact"),
             "fraction_of_best_ap": None if fraction is None else round(fraction, 3),
             "worst_step_fraction_of_best_ap": None if worst is None else round(worst, 3),
             "steps_within_15pct_of_best_ap": within,

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -44,6 +45,7 @@ import socket
 import struct
 import sys
 import tempfile
+import termios
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -472,12 +474,28 @@ class _Link:
         readers: list[socket.socket] = [] if write else [self.conn]
         if self.listener is not None:
             readers.append(self.listener)
-        readable, writable, _ = select.select(readers, [self.conn] if write else [], [],
-                                              self.timeout)
-        if self.listener is not None and self.listener in readable:
-            raise _Superseded("a new connection replaced this one")
-        if not readable and not writable:
-            raise TimeoutError
+        started = time.monotonic()
+        queued: int | None = None
+        while True:
+            now = time.monotonic()
+            left = self.timeout - (now - started)
+            if left <= 0:
+                raise TimeoutError
+            if self.give_up_at is not None:
+                left = min(left, max(self.give_up_at - now, RECONNECT_GRACE_S))
+            readable, writable, _ = select.select(readers, [self.conn] if write else [], [],
+                                                  left)
+            if self.listener is not None and self.listener in readable:
+                raise _Superseded("a new connection replaced this one")
+            if readable or writable:
+                return
+            if self.give_up_at is not None and time.monotonic() >= self.give_up_at:
+                # Past the transfer's time and its grace, nothing to read or write: unless
+                # data still leaves (the send queue shrinks: a slow link draining the last
+                # bytes), the peer is gone, as when its address went with its AP.
+                before, queued = queued, _send_queue(self.conn)
+                if queued is None or queued == before:
+                    raise _TransferOver()
 
     def send_all(self, data: bytes) -> None:
         assert self.conn is not None
@@ -508,6 +526,15 @@ class _Link:
                 raise ConnectionResetError(0, "closed before the resume header")
             data += chunk[:n]
         return bytes(data)
+
+
+def _send_queue(sock: socket.socket) -> int | None:
+    """Bytes sent and not yet acknowledged, or not yet sent (SIOCOUTQ); None if unknown."""
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
+    except OSError:
+        return None
+    return int(struct.unpack("i", raw)[0])
 
 
 def _broken(exc: BaseException) -> str:
@@ -568,6 +595,11 @@ def send_resumable(link: _Link, report: Report, seed: int, total: int | None,
             return
         except TimeoutError:
             raise
+        except _TransferOver:  # the connection went silent past the transfer's time
+            report.sha256 = h.hexdigest()
+            report.ended_in_outage = True
+            report.t_end = time.time()
+            return
         except (_Superseded, OSError) as exc:
             report.sha256 = h.hexdigest()
             try:
@@ -623,6 +655,9 @@ def receive_resumable(link: _Link, report: Report, start_mono: float,
                     report.bytes = received
             except TimeoutError:
                 raise
+            except _TransferOver:
+                report.ended_in_outage = True
+                return
             except (_Superseded, OSError) as exc:
                 try:
                     outage = _reconnect(link, report, exc)

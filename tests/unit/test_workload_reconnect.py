@@ -79,15 +79,16 @@ class BreakingRelay:
             return
 
     def _cut(self, down: socket.socket, up: socket.socket) -> None:
+        if self.refuse:  # first, so that no reconnection slips in before it closes; shutdown,
+            # not only close: it wakes the accepting thread (Linux)
+            self.listener.shutdown(socket.SHUT_RDWR)
+            self.listener.close()
         cut = [down] if self.silent else [down, up]
         for sock in cut:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.close()
         if self.silent:
             self.held.append(up)  # open, and silent from now on
-        if self.refuse:  # shutdown, not only close: it wakes the accepting thread (Linux)
-            self.listener.shutdown(socket.SHUT_RDWR)
-            self.listener.close()
 
     def close(self) -> None:
         self.listener.close()
