@@ -16,6 +16,8 @@ import pytest
 from testbed.workload import (
     CHUNK,
     Report,
+    WorkloadError,
+    make_socket,
     parse_args,
     payload_chunks,
     payload_from,
@@ -31,10 +33,14 @@ class BreakingRelay:
     went through (either direction). `silent`: only the client's side is reset, the server's
     side is left open and nothing more is sent on it."""
 
-    def __init__(self, upstream: int, after: int, silent: bool, refuse: bool = False) -> None:
+    def __init__(self, upstream: int, after: int, silent: bool, refuse: bool = False,
+                 proto: str = "tcp") -> None:
         # refuse: no connection is relayed after the cut (the listener closes).
         self.upstream, self.after, self.silent, self.refuse = upstream, after, silent, refuse
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.proto = proto
+        self.listener = make_socket(proto, socket.AF_INET)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(4)
         self.port = int(self.listener.getsockname()[1])
         self.connections = 0
         self.broken = threading.Event()
@@ -47,7 +53,8 @@ class BreakingRelay:
                 down, _ = self.listener.accept()
             except OSError:
                 return
-            up = socket.create_connection(("127.0.0.1", self.upstream))
+            up = make_socket(self.proto, socket.AF_INET)
+            up.connect(("127.0.0.1", self.upstream))
             self.connections += 1
             threading.Thread(target=self._pump, args=(down, up, self.connections == 1),
                              daemon=True).start()
@@ -97,15 +104,16 @@ class BreakingRelay:
 
 
 def transfer_through_relay(direction: str, after: int, silent: bool, *amount: str,
-                           refuse: bool = False) -> tuple[Report, Report, BreakingRelay]:
+                           refuse: bool = False, proto: str = "tcp",
+                           ) -> tuple[Report, Report, BreakingRelay]:
     port = free_port()
-    common = ["--proto", "tcp", "--direction", direction, "--timeout", "10",
+    common = ["--proto", proto, "--direction", direction, "--timeout", "10",
               "--close-delay", "0", "--reconnect", *amount]  # fmt: skip
     server_args = parse_args(["server", "--listen", "127.0.0.1", "--port", str(port), *common])
     result: dict[str, Report] = {}
     server = threading.Thread(target=lambda: result.setdefault("server", run(server_args)))
     server.start()
-    relay = BreakingRelay(port, after, silent, refuse)
+    relay = BreakingRelay(port, after, silent, refuse, proto)
     try:
         client_args = parse_args(["client", "--connect", "127.0.0.1", "--port",
                                   str(relay.port), *common])
@@ -149,6 +157,21 @@ def test_a_broken_connection_resumes_and_the_stream_checks(direction: str,
         assert server.outages[0]["error"] == "a new connection replaced this one"
     # One goodput series across both connections, holding every byte.
     assert sum(count for _, count in receiver.series) == total
+
+
+def test_mptcp_sockets_resume_the_same_way() -> None:
+    try:
+        make_socket("mptcp", socket.AF_INET).close()
+    except WorkloadError as exc:
+        pytest.skip(str(exc))
+    total = 8 * CHUNK
+    client, server, relay = transfer_through_relay("download", 3 * CHUNK, True,
+                                                   "--bytes", str(total), proto="mptcp")
+    assert client.error is None and server.error is None, (client.error, server.error)
+    assert relay.connections == 2 and client.connections == server.connections == 2
+    assert client.bytes == server.bytes == total
+    assert client.sha256 == server.sha256 == payload_sha256(1, total)
+    assert client.proto == "mptcp" and client.mptcp_fallback is False
 
 
 def test_seconds_mode_resumes_and_ends_at_one_deadline() -> None:
