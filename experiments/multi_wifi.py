@@ -30,12 +30,20 @@ its data are reinjected on the others), when it comes back into range its addres
 as a `subflow` endpoint, which makes the path manager join it on the running connection.
 Association itself is modelled as instant: the client is associated with every AP in range.
 
-Plain TCP (`--stack tcp`) is the break-before-make baseline at its simplest: the connection is
-bound to AP1, the best AP at the start, and breaks when AP1 goes out of range: the client's
-connection manager destroys the sockets of the lost address (see Disassociate). A baseline that
-reassociates and reconnects would need a workload that opens a new connection on the next AP
-and joins the byte streams; that is left for later (the paper's 5-10 s per AP change would then
-be a parameter of the model, not something this emulation measures).
+Plain TCP (`--stack tcp`) is break-before-make (`tcp_handover=break-before-make`, the default):
+the client is associated with one AP at a time, the best in range at the start (it must be AP1,
+where both models start), and sticks to it while it stays in range, as clients do; the links of
+the APs it is not associated with are down. When it leaves its AP's range, its sockets there are
+destroyed (see Disassociate) and it picks the best AP in range at that moment (or waits for one
+to come into range); `association_delay_s` later (association and DHCP) that AP's link comes up
+and the client's default route moves to it, unless the AP left the range meanwhile (the client
+then picks again, paying the delay again). The workload runs with `--reconnect`: the client
+connects again once it has a route and the transfer resumes where the receiver got to, so what
+the emulation measures on top of the delay is TCP's own reconnection (handshake, slow start).
+The default delay, 5 s, is the low end of the paper's 5-10 s per AP change, which also counts
+the TCP reconnection measured here. `tcp_handover=bound-to-ap1` keeps the simplest baseline: the
+client is associated as for MPTCP, the connection is bound to AP1 and breaks for good when AP1
+goes out of range.
 """
 
 from __future__ import annotations
@@ -77,8 +85,10 @@ from topologies.multi_ap import (
     ap_link,
     client_addr,
     client_intf,
+    router_addr,
 )
 
+TCP_HANDOVERS = ("break-before-make", "bound-to-ap1")
 # The paper's criterion: MPTCP within about 15% of the best AP at every position.
 CRITERION_FRACTION = 0.85
 # Kernel counters that show the path manager at work: joins opened, addresses removed.
@@ -199,6 +209,10 @@ class MultiWifiParams(CommonParams):
     # Also how long a side waits without progress before giving up, i.e. how long the stalled
     # TCP baseline takes to be declared dead.
     timeout_s: float = 30.0
+    # Plain TCP only (see the module's docstring): how the client changes APs, and how long
+    # association and DHCP take before it can use the next AP.
+    tcp_handover: str = "break-before-make"
+    association_delay_s: float = 5.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -213,6 +227,12 @@ class MultiWifiParams(CommonParams):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ParameterError(f"{name} must be >= 0, got {value!r}")
+        if self.tcp_handover not in TCP_HANDOVERS:
+            raise ParameterError(f"tcp_handover must be one of {', '.join(TCP_HANDOVERS)}, "
+                                 f"got {self.tcp_handover!r}")
+        if not (self.association_delay_s > 0 and math.isfinite(self.association_delay_s)):
+            raise ParameterError("association_delay_s must be a positive number, got "
+                                 f"{self.association_delay_s!r}")
         if not math.isfinite(self.start_m):
             raise ParameterError(f"start_m must be a number, got {self.start_m!r}")
         self.shaping(ApLink(mcs=7, rate_mbps=self.peak_rate_mbps, loss_pct=self.edge_loss_pct))
@@ -260,6 +280,85 @@ def walk(p: MultiWifiParams) -> list[WalkStep]:
 
 
 # -- the client's connection manager (host actions of the timeline) ---------------------------
+
+@dataclass(frozen=True)
+class Association:
+    """Break-before-make: the client's time with one AP, from when it picked the AP (it lost
+    the previous one, or the walk starts) to when it left the AP's range."""
+
+    ap: int
+    chosen_s: float
+    associated_s: float  # chosen_s + the association delay; 0 for the first AP
+    lost_s: float | None  # None: still in range when the walk ends
+
+    def record(self) -> dict[str, Any]:
+        return {"ap": self.ap, "chosen_s": round(self.chosen_s, 4),
+                "associated_s": round(self.associated_s, 4),
+                "lost_s": None if self.lost_s is None else round(self.lost_s, 4)}
+
+
+def step_at(steps: Sequence[WalkStep], t_s: float) -> WalkStep | None:
+    """The step the walk is in at `t_s`; None once the walk is over."""
+    return next((step for step in steps if step.t_start_s <= t_s < step.t_end_s), None)
+
+
+def best_ap(step: WalkStep) -> int | None:
+    """The AP in range with the highest rate (the lowest-numbered among equals); None when no
+    AP is in range."""
+    return max(step.in_range, key=lambda ap: (step.aps[ap - 1].rate_mbps, -ap), default=None)
+
+
+def break_before_make(steps: Sequence[WalkStep], delay_s: float) -> list[Association]:
+    """The break-before-make client's associations along the walk (see the module's docstring):
+    it keeps its AP while in range; when it leaves, it picks the best AP in range then (or the
+    best of the first step where one is), and can use it `delay_s` later if that AP is still in
+    range; otherwise it picks again at that moment. An association that would complete after
+    the walk's end is not listed."""
+    if delay_s <= 0:
+        raise ParameterError(f"the association delay must be positive, got {delay_s}")
+    first = best_ap(steps[0])
+    if first is None:
+        return []
+    associations = []
+    ap, chosen, associated = first, 0.0, 0.0
+    while True:
+        start = step_at(steps, associated)
+        assert start is not None
+        lost = next((step.t_start_s for step in steps[start.step + 1:]
+                     if not step.aps[ap - 1].in_range), None)
+        associations.append(Association(ap, chosen, associated, lost))
+        if lost is None:
+            return associations
+        t = lost
+        while True:
+            step = step_at(steps, t)
+            if step is None:
+                return associations
+            pick = best_ap(step)
+            if pick is None:  # nothing in range: scan again when something comes
+                t = next((s.t_start_s for s in steps[step.step + 1:] if s.in_range),
+                         steps[-1].t_end_s)
+                continue
+            done = step_at(steps, t + delay_s)
+            if done is None:
+                return associations
+            if done.aps[pick - 1].in_range:
+                ap, chosen, associated = pick, t, t + delay_s
+                break
+            t += delay_s
+
+
+@dataclass(frozen=True)
+class RouteThrough:
+    """Break-before-make: the client is associated with AP `ap` and has its address (DHCP):
+    its default route moves to that AP's interface."""
+
+    ap: int
+
+    def __call__(self, emu: Emulation) -> None:
+        emu.host("client").run(["ip", "route", "replace", "default", "via", router_addr(self.ap),
+                                "dev", client_intf(self.ap)])
+
 
 @dataclass(frozen=True)
 class Associate:
@@ -381,10 +480,20 @@ class MultiWifi(Scenario):
         return [Endpoint(addr=client_addr(ap), dev=client_intf(ap), flags=frozenset({"subflow"}))
                 for ap in self.steps()[0].in_range if ap != 1]
 
+    def break_before_make(self) -> bool:
+        """Whether this run is the plain-TCP break-before-make baseline."""
+        return self.client_stack == "tcp" and self.params.tcp_handover == "break-before-make"
+
+    def associations(self) -> list[Association]:
+        return break_before_make(self.steps(), self.params.association_delay_s)
+
     def workload(self) -> Workload:
-        return Workload(direction=self.params.direction, seconds=self.params.duration_s)
+        return Workload(direction=self.params.direction, seconds=self.params.duration_s,
+                        reconnect=self.break_before_make())
 
     def timeline(self) -> list[TimelineEvent]:
+        if self.break_before_make():
+            return self.break_before_make_timeline()
         p = self.params
         steps = self.steps()
         links: list[TimelineEvent] = []
@@ -417,6 +526,46 @@ class MultiWifi(Scenario):
         # Links before hosts at the same time: a subflow is joined over a link that is up.
         return links + hosts
 
+    def break_before_make_timeline(self) -> list[TimelineEvent]:
+        """One AP's link up at a time: the associated one, following the walk's rates."""
+        p = self.params
+        steps = self.steps()
+        associations = self.associations()
+        if not associations or associations[0].ap != 1:
+            raise ParameterError(
+                "break-before-make starts associated with the best AP at the start, which must "
+                f"be AP1 (where the connection starts); here it is AP{associations[0].ap}"
+                if associations else "no AP in range at the start")
+        links: list[TimelineEvent] = [LinkEvent(0.0, ap_link(number), "down")
+                                      for number in range(2, p.n_aps + 1)]
+        hosts: list[TimelineEvent] = []
+        previous: Association | None = None
+        for a in associations:
+            link = ap_link(a.ap)
+            first = step_at(steps, a.associated_s)
+            assert first is not None
+            if previous is not None:
+                links += [LinkEvent(a.associated_s, link, "set",
+                                    shaping=p.shaping(first.aps[a.ap - 1])),
+                          LinkEvent(a.associated_s, link, "up")]
+                hosts.append(HostEvent(
+                    a.associated_s, f"client associated with AP{a.ap} "
+                    f"{a.associated_s - a.chosen_s:g} s after choosing it: default route "
+                    "through it", RouteThrough(a.ap)))
+            end = p.duration_s if a.lost_s is None else a.lost_s
+            for before, step in zip(steps[first.step:], steps[first.step + 1:], strict=False):
+                if step.t_start_s >= end:
+                    break
+                if step.aps[a.ap - 1] != before.aps[a.ap - 1]:
+                    links.append(LinkEvent(step.t_start_s, link, "set",
+                                           shaping=p.shaping(step.aps[a.ap - 1])))
+            if a.lost_s is not None:
+                links.append(LinkEvent(a.lost_s, link, "down"))
+                hosts.append(HostEvent(a.lost_s, f"client leaves AP{a.ap}'s range: its sockets "
+                                       "there destroyed", Disassociate(a.ap)))
+            previous = a
+        return links + hosts
+
     def default_capture_points(self) -> list[tuple[str, str]]:
         # The server's port sees every subflow; the client's ports go down as APs leave range,
         # which would end a capture on them.
@@ -445,7 +594,28 @@ class MultiWifi(Scenario):
         if ap1_lost is not None and offset is not None:
             bytes_after = round(sum(count for start, count in receiver.get("series", [])
                                     if start >= ap1_lost + offset))
+        bbm = self.break_before_make()
+        outages = []
+        for outage in receiver.get("outages", []):
+            record = dict(outage)
+            if offset is not None:  # on the walk's clock, as the positions and associations
+                for key in ("broke_s", "connected_s", "data_s"):
+                    if key in outage:
+                        record[f"{key[:-2]}_walk_s"] = round(outage[key] - offset, 4)
+            if "data_s" in outage:
+                record["gap_s"] = round(outage["data_s"] - outage["broke_s"], 4)
+            outages.append(record)
         return {
+            "tcp_handover": (self.params.tcp_handover if self.client_stack == "tcp"
+                             else None),
+            "association_delay_s": self.params.association_delay_s if bbm else None,
+            "associations": [a.record() for a in self.associations()] if bbm else None,
+            "connections": receiver.get("connections"),
+            "outages": outages,
+            # A reconnecting run whose walk ended during an outage: the sender's last bytes
+            # were never confirmed (sha256_match is false), what arrived is still checked.
+            "ended_in_outage": receiver.get("ended_in_outage"),
+            "receiver_stream_intact": receiver.get("stream_intact"),
             "fraction_of_best_ap": None if fraction is None else round(fraction, 3),
             "worst_step_fraction_of_best_ap": None if worst is None else round(worst, 3),
             "steps_within_15pct_of_best_ap": within,

@@ -99,6 +99,7 @@ class Run:
         )
         if "kernel" in (options.client_stack, options.server_stack):
             check_kernel_config(self.stack_config)
+        scenario.use_stacks(options.client_stack, options.server_stack)
         self.workload = scenario.workload()
         self.timeline = sorted(scenario.timeline(), key=lambda event: event.at_s)
         self.flows = scenario.competing_flows()
@@ -197,6 +198,8 @@ class Run:
             argv += ["--bytes", str(w.bytes)]
         else:
             argv += ["--seconds", str(w.seconds)]
+        if w.reconnect and flow is None:
+            argv.append("--reconnect")
         return argv
 
     def _start_server(self, emu: Emulation, host: str, argv: list[str],

@@ -150,6 +150,8 @@ class Workload:
     direction: str = "upload"  # upload: the client sends
     bytes: int | None = None
     seconds: float | None = None
+    # Both sides run with --reconnect: a broken connection is replaced and the stream resumes.
+    reconnect: bool = False
 
     def __post_init__(self) -> None:
         if self.direction not in ("upload", "download"):
@@ -260,6 +262,14 @@ class Scenario(ABC):
     params: Any
     client: str = field(default="client", init=False)
     server: str = field(default="server", init=False)
+    # The stacks of the run (set by use_stacks before workload() and timeline() are asked).
+    client_stack: str | None = field(default=None, init=False)
+    server_stack: str | None = field(default=None, init=False)
+
+    def use_stacks(self, client: str, server: str) -> None:
+        """The runner says which stacks run, before asking for the workload and timeline:
+        a scenario whose plain-TCP baseline behaves differently (multi-wifi) reads them."""
+        self.client_stack, self.server_stack = client, server
 
     @abstractmethod
     def topology(self) -> Topo: ...

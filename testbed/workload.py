@@ -10,25 +10,42 @@ as an interactive application (voice, a game) does; each message starts with its
 the time it was due, and the receiver reports every message's delay from due to arrival (both
 ends share the host's clock: the emulated hosts are namespaces of one machine).
 
-The server accepts exactly one connection and exits; it prints `LISTENING` (flushed) once the
-socket listens so a runner knows when to start the client. `--direction upload` means the
-client sends. Network errors never end in a traceback: the report carries `error` and the
-exit status is 1 (2 for bad arguments, as argparse does).
+The server accepts exactly one connection (with `--reconnect`, one after another, see below) and
+exits; it prints `LISTENING` (flushed) once the socket listens so a runner knows when to start
+the client. `--direction upload` means the client sends. Network errors never end in a
+traceback: the report carries `error` and the exit status is 1 (2 for bad arguments, as
+argparse does).
+
+`--reconnect` (both sides, bulk mode, kernel sockets) makes the transfer survive a broken
+connection: the client connects again, retrying until `--timeout` passes without a connection,
+and the server accepts it; a new connection arriving while the server still holds the old one
+replaces it (the old one's peer address may be gone, so its end may never hear of the break).
+Every connection starts with the receiver telling the sender how many bytes it has
+(RESUME_HEADER); the sender regenerates the deterministic stream from there, so the sha256 of
+the whole stream checks end to end. The report keeps one goodput series across connections,
+counts the connections and lists every outage: when the connection broke, when a new one was
+up, when data flowed again (seconds since t_start). With `--seconds`, a side stops waiting for
+a new connection RECONNECT_GRACE_S after the transfer's time: a transfer whose time runs out
+during an outage ends there (`ended_in_outage`; the sender's last bytes were never confirmed,
+so the two sha256 differ, while the receiver's `stream_intact` still checks what it has).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import random
+import select
 import signal
 import socket
 import struct
 import sys
 import tempfile
+import termios
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -49,6 +66,13 @@ RECV_BUF = 1 << 20
 BIN_S = 0.1  # width of the receiver's goodput time series bins
 # A message's header: its number and the time.time() at which the application produced it.
 MESSAGE_HEADER = struct.Struct("!Qd")
+# --reconnect: the receiver's first bytes on every connection, the stream offset it has.
+RESUME_MAGIC = b"RSM1"
+RESUME_HEADER = struct.Struct("!4sQ")
+RECONNECT_RETRY_S = 0.1  # pause between connection attempts that failed at once
+CONNECT_ATTEMPT_S = 1.0  # one attempt's limit: a SYN lost on a dead path is not waited out
+# --seconds: past the transfer's end, this long is left for a reconnection to close it cleanly.
+RECONNECT_GRACE_S = 2.0
 
 Role = Literal["sender", "receiver"]
 Side = Literal["client", "server"]
@@ -91,6 +115,16 @@ class Report:
     mptcp_subflows: int | None = None  # extra subflows (not counting the first), MPTCP_INFO
     mptcp_token: str | None = None
     mptcp_fallback: bool | None = None
+    # --reconnect: connections used, and every outage as seconds since t_start: the break
+    # (`broke_s`, with its error), the next connection (`connected_s`), the first data byte
+    # on it (`data_s`, the receiver only) and where the stream resumed (`offset`).
+    connections: int = 0
+    outages: list[dict[str, Any]] = field(default_factory=list)
+    # --reconnect with --seconds: the transfer's time ran out while there was no connection
+    # (the stream ends where it broke: the sender's last bytes were never confirmed).
+    ended_in_outage: bool = False
+    # --reconnect, the receiver: its bytes are the first `bytes` of the seed's stream.
+    stream_intact: bool | None = None
     error: str | None = None
 
 
@@ -104,6 +138,18 @@ def payload_chunks(seed: int, total: int | None = None) -> Iterator[bytes]:
         chunk = rng.randbytes(CHUNK)
         yield chunk if n == CHUNK else chunk[:n]
         sent += n
+
+
+def payload_from(seed: int, offset: int, total: int | None = None) -> Iterator[bytes]:
+    """The stream for `seed` from byte `offset` on (up to `total`): the chunks before it
+    are generated and dropped, so the bytes are the same as payload_chunks' from there."""
+    skipped = 0
+    for chunk in payload_chunks(seed, total):
+        if skipped + len(chunk) <= offset:
+            skipped += len(chunk)
+            continue
+        yield chunk[offset - skipped:] if offset > skipped else chunk
+        skipped = offset
 
 
 def payload_sha256(seed: int, total: int) -> str:
@@ -318,6 +364,318 @@ def receive_stream(sock: socket.socket, report: Report, start_mono: float,
     _mptcp_info(sock, report)
 
 
+# -- --reconnect: a transfer that outlives its connections -------------------------------------
+
+class _Superseded(Exception):
+    """A new connection arrived at the server while it still held the old one."""
+
+
+class _TransferOver(Exception):
+    """--seconds: the transfer's time (and its grace) ran out while waiting for a connection."""
+
+
+class _Link:
+    """Where --reconnect's connections come from: the client connects (retrying), the server
+    accepts; `conn` is the current one. Sockets are non-blocking and waited on with select,
+    so that a server busy on a connection whose peer is gone still sees the new one."""
+
+    def __init__(self, args: argparse.Namespace, side: Side, report: Report) -> None:
+        self.args, self.side, self.report = args, side, report
+        self.timeout: float = args.timeout
+        self.addr: str = args.listen if side == "server" else args.connect
+        self.listener: socket.socket | None = None
+        self.conn: socket.socket | None = None
+        self.peer: Any = None
+        # Set once the transfer runs with --seconds: no reconnection is waited for past this
+        # (monotonic) time.
+        self.give_up_at: float | None = None
+        if side == "server":
+            listener = make_socket(args.proto, _family(self.addr))
+            self.listener = listener
+            if args.congestion:
+                set_congestion(listener, args.congestion)  # accepted sockets inherit it
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((self.addr, args.port))
+            listener.listen(4)
+            print("LISTENING", flush=True)
+
+    def open(self) -> socket.socket:
+        """The next connection; WorkloadError when none comes within --timeout."""
+        self.drop()
+        deadline = time.monotonic() + self.timeout
+        if self.give_up_at is not None and self.give_up_at < deadline:
+            deadline = self.give_up_at
+        if self.listener is not None:
+            try:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self.listener.settimeout(left)
+                conn, self.peer = self.listener.accept()
+            except TimeoutError:
+                self._out_of_time(deadline)
+                raise WorkloadError(f"no connection within {self.timeout} s") from None
+        else:
+            conn = self._connect(deadline)
+            self.peer = conn.getpeername()
+        conn.setblocking(False)
+        self.conn = conn
+        self.report.connections += 1
+        return conn
+
+    def _connect(self, deadline: float) -> socket.socket:
+        last = "none made"
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._out_of_time(deadline)
+                raise WorkloadError(f"no connection within {self.timeout} s "
+                                    f"(last attempt: {last})")
+            sock = make_socket(self.args.proto, _family(self.addr))
+            if self.args.congestion:
+                set_congestion(sock, self.args.congestion)
+            sock.settimeout(min(CONNECT_ATTEMPT_S, left))
+            started = time.monotonic()
+            try:
+                sock.connect((self.addr, self.args.port))
+                return sock
+            except OSError as exc:  # unreachable while no route, refused, a lost SYN
+                sock.close()
+                last = f"{type(exc).__name__}: {exc.strerror or exc}"
+            if time.monotonic() - started < RECONNECT_RETRY_S:
+                time.sleep(RECONNECT_RETRY_S)
+
+    def _out_of_time(self, deadline: float) -> None:
+        if self.give_up_at is not None and deadline == self.give_up_at:
+            raise _TransferOver()
+
+    def drop(self) -> None:
+        """Close the current connection with a reset: its peer may be unreachable, and a
+        FIN retransmitted to it for minutes helps nobody."""
+        if self.conn is None:
+            return
+        with contextlib.suppress(OSError):
+            self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.conn.close()
+        self.conn = None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+
+    def wait(self, write: bool) -> None:
+        """Until the connection can be written (or read); _Superseded when a new connection
+        is waiting at the server first; TimeoutError after --timeout without either."""
+        assert self.conn is not None
+        readers: list[socket.socket] = [] if write else [self.conn]
+        if self.listener is not None:
+            readers.append(self.listener)
+        started = time.monotonic()
+        queued: int | None = None
+        while True:
+            now = time.monotonic()
+            left = self.timeout - (now - started)
+            if left <= 0:
+                raise TimeoutError
+            if self.give_up_at is not None:
+                left = min(left, max(self.give_up_at - now, RECONNECT_GRACE_S))
+            readable, writable, _ = select.select(readers, [self.conn] if write else [], [],
+                                                  left)
+            if self.listener is not None and self.listener in readable:
+                raise _Superseded("a new connection replaced this one")
+            if readable or writable:
+                return
+            if self.give_up_at is not None and time.monotonic() >= self.give_up_at:
+                # Past the transfer's time and its grace, nothing to read or write: unless
+                # data still leaves (the send queue shrinks: a slow link draining the last
+                # bytes), the peer is gone, as when its address went with its AP.
+                before, queued = queued, _send_queue(self.conn)
+                if queued is None or queued == before:
+                    raise _TransferOver()
+
+    def send_all(self, data: bytes) -> None:
+        assert self.conn is not None
+        view = memoryview(data)
+        while view:
+            self.wait(write=True)
+            try:
+                n = self.conn.send(view)
+            except BlockingIOError:
+                continue
+            view = view[n:]
+
+    def recv_into(self, buf: bytearray | memoryview) -> int:
+        assert self.conn is not None
+        while True:
+            self.wait(write=False)
+            try:
+                return self.conn.recv_into(buf)
+            except BlockingIOError:
+                continue
+
+    def read_exactly(self, size: int) -> bytes:
+        data = bytearray()
+        while len(data) < size:
+            chunk = bytearray(size - len(data))
+            n = self.recv_into(chunk)
+            if n == 0:
+                raise ConnectionResetError(0, "closed before the resume header")
+            data += chunk[:n]
+        return bytes(data)
+
+
+def _send_queue(sock: socket.socket) -> int | None:
+    """Bytes sent and not yet acknowledged, or not yet sent (SIOCOUTQ); None if unknown."""
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
+    except OSError:
+        return None
+    return int(struct.unpack("i", raw)[0])
+
+
+def _broken(exc: BaseException) -> str:
+    if isinstance(exc, _Superseded):
+        return str(exc)
+    assert isinstance(exc, OSError)
+    return f"{type(exc).__name__}: {exc.strerror or exc}"
+
+
+def _prefix_hash(seed: int, offset: int) -> Any:
+    h = hashlib.sha256()
+    for chunk in payload_chunks(seed, offset):
+        h.update(chunk)
+    return h
+
+
+def send_resumable(link: _Link, report: Report, seed: int, total: int | None,
+                   seconds: float | None, close_delay: float, established_mono: float) -> None:
+    """The bulk sender over as many connections as it takes: each starts at the offset the
+    receiver names, and the stream ends at the deadline (or `total`) counted from the first
+    connection. `report.bytes` and `sha256` are those of the stream up to where the last
+    connection ended, which the receiver confirmed by closing."""
+    deadline = None if seconds is None else established_mono + seconds
+    if deadline is not None:
+        link.give_up_at = deadline + RECONNECT_GRACE_S
+    h = hashlib.sha256()
+    while True:
+        outage = report.outages[-1] if report.outages else None
+        try:
+            magic, offset = RESUME_HEADER.unpack(link.read_exactly(RESUME_HEADER.size))
+            if magic != RESUME_MAGIC:
+                raise WorkloadError("the receiver sent no resume header: does it run with "
+                                    "--reconnect too?")
+            if outage is not None:
+                outage["offset"] = offset
+            h = _prefix_hash(seed, offset)
+            sent = offset
+            report.bytes = sent
+            for chunk in payload_from(seed, offset, total):
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                link.send_all(chunk)
+                h.update(chunk)
+                sent += len(chunk)
+                report.bytes = sent
+            report.sha256 = h.hexdigest()
+            assert link.conn is not None
+            _mptcp_info(link.conn, report)
+            remaining = close_delay - (time.monotonic() - established_mono)
+            if remaining > 0:
+                time.sleep(remaining)
+                report.close_wait_s = remaining
+            link.conn.shutdown(socket.SHUT_WR)
+            scratch = bytearray(4096)
+            while link.recv_into(scratch):
+                pass
+            report.t_end = time.time()
+            return
+        except TimeoutError:
+            raise
+        except _TransferOver:  # the connection went silent past the transfer's time
+            report.sha256 = h.hexdigest()
+            report.ended_in_outage = True
+            report.t_end = time.time()
+            return
+        except (_Superseded, OSError) as exc:
+            report.sha256 = h.hexdigest()
+            try:
+                _reconnect(link, report, exc)
+            except _TransferOver:
+                report.ended_in_outage = True
+                report.t_end = time.time()
+                return
+
+
+def _reconnect(link: _Link, report: Report, exc: BaseException) -> dict[str, Any]:
+    assert report.t_start is not None
+    outage: dict[str, Any] = {"broke_s": round(time.time() - report.t_start, 4),
+                              "error": _broken(exc)}
+    report.outages.append(outage)
+    link.open()
+    outage["connected_s"] = round(time.time() - report.t_start, 4)
+    return outage
+
+
+def receive_resumable(link: _Link, report: Report, start_mono: float,
+                      seed: int, seconds: float | None) -> None:
+    """The bulk receiver over as many connections as it takes: on each it first names the
+    offset it has (RESUME_HEADER), then reads until the sender's clean end (EOF)."""
+    h = hashlib.sha256()
+    buf = bytearray(RECV_BUF)
+    view = memoryview(buf)
+    bins: list[int] = []
+    received = 0
+    last_data_mono = start_mono
+    outage: dict[str, Any] | None = None
+    if seconds is not None:
+        link.give_up_at = start_mono + seconds + RECONNECT_GRACE_S
+    try:
+        while True:
+            try:
+                link.send_all(RESUME_HEADER.pack(RESUME_MAGIC, received))
+                while True:
+                    n = link.recv_into(buf)
+                    now = time.monotonic()
+                    if n == 0:
+                        return
+                    if outage is not None and "data_s" not in outage:
+                        assert report.t_start is not None
+                        outage["data_s"] = round(time.time() - report.t_start, 4)
+                    h.update(view[:n])
+                    received += n
+                    last_data_mono = now
+                    idx = int((now - start_mono) / BIN_S)
+                    if idx >= len(bins):
+                        bins.extend([0] * (idx + 1 - len(bins)))
+                    bins[idx] += n
+                    report.bytes = received
+            except TimeoutError:
+                raise
+            except _TransferOver:
+                report.ended_in_outage = True
+                return
+            except (_Superseded, OSError) as exc:
+                try:
+                    outage = _reconnect(link, report, exc)
+                except _TransferOver:
+                    report.ended_in_outage = True
+                    return
+                outage["offset"] = received
+    finally:
+        report.t_end = time.time()
+        assert report.t_start is not None
+        report.t_last_data = report.t_start + (last_data_mono - start_mono)
+        report.sha256 = h.hexdigest()
+        report.series = [[round(i * BIN_S, 3), b] for i, b in enumerate(bins)]
+        report.stream_intact = report.sha256 == payload_sha256(seed, received)
+        if link.conn is not None:
+            _mptcp_info(link.conn, report)
+
+
 def _finish_times(report: Report) -> None:
     """Goodput over the transfer itself: the receiver counts until its last data byte (EOF
     may come later, after the sender's close delay); the sender until the receiver closed,
@@ -390,9 +748,14 @@ def run(args: argparse.Namespace) -> Report:
     )
     sock: socket.socket | None = None
     conn: socket.socket | None = None
+    link: _Link | None = None
     try:
         addr = args.listen if side == "server" else args.connect
-        if args.proto == "userspace":
+        if args.reconnect:
+            link = _Link(args, side, report)
+            conn = link.open()
+            peer = link.peer
+        elif args.proto == "userspace":
             conn, peer = _userspace_connection(args, side, addr)
         else:
             sock = make_socket(args.proto, _family(addr))
@@ -416,7 +779,12 @@ def run(args: argparse.Namespace) -> Report:
         report.remote = _addr(peer)
         report.congestion = get_congestion(conn)
         interval_s = args.interval_ms / 1000
-        if sender and args.messages:
+        if link is not None and sender:
+            send_resumable(link, report, args.seed, args.bytes, args.seconds, args.close_delay,
+                           established)
+        elif link is not None:
+            receive_resumable(link, report, established, args.seed, args.seconds)
+        elif sender and args.messages:
             send_messages(conn, report, args.seed, args.messages, interval_s, args.bytes,
                           args.seconds, established)
         elif sender:
@@ -434,6 +802,8 @@ def run(args: argparse.Namespace) -> Report:
     except OSError as exc:
         report.error = f"{type(exc).__name__}: {exc.strerror or exc}"
     finally:
+        if link is not None:
+            link.close()
         for s in (conn, sock):
             if s is not None:
                 s.close()
@@ -480,6 +850,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="both sides: constant-rate messages of SIZE bytes instead of bulk")
     p.add_argument("--interval-ms", type=float, default=20.0,
                    help="messages mode: one message every this many ms")
+    p.add_argument("--reconnect", action="store_true",
+                   help="both sides, bulk: survive a broken connection by connecting again "
+                        "(until --timeout passes without one) and resuming the stream")
     p.add_argument(
         "--timeout",
         type=_positive_float,
@@ -497,6 +870,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--bytes must be >= 0")
     if args.messages is not None and args.messages < MESSAGE_HEADER.size:
         p.error(f"--messages must be at least {MESSAGE_HEADER.size} bytes (number and time)")
+    if args.reconnect and args.messages is not None:
+        p.error("--reconnect resumes bulk transfers only, not --messages")
+    if args.reconnect and args.proto == "userspace":
+        p.error("--reconnect needs kernel sockets (--proto tcp or mptcp)")
     if args.interval_ms <= 0:
         p.error("--interval-ms must be positive")
     if args.bytes is None and args.seconds is None:

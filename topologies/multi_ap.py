@@ -36,6 +36,11 @@ def client_addr(ap: int) -> str:
     return f"10.0.{ap}.1"
 
 
+def router_addr(ap: int) -> str:
+    """The router's address on AP `ap`'s subnet: the client's gateway through that AP."""
+    return f"10.0.{ap}.254"
+
+
 def client_intf(ap: int) -> str:
     return f"client-eth{ap - 1}"
 
@@ -52,7 +57,7 @@ class MultiApTopo(Topo):
             self.addLink(client, router, link_name=ap_link(ap), shaping=shaping,
                          intfName1=client_intf(ap), intfName2=f"router-eth{ap - 1}",
                          params1={"ip": f"{client_addr(ap)}/{PREFIX_LEN}"},
-                         params2={"ip": f"10.0.{ap}.254/{PREFIX_LEN}"})
+                         params2={"ip": f"{router_addr(ap)}/{PREFIX_LEN}"})
         self.addLink(router, server, link_name="server", shaping=None,
                      intfName1=f"router-eth{len(aps)}", intfName2="server-eth0",
                      params1={"ip": f"10.0.100.254/{PREFIX_LEN}"},

@@ -8,14 +8,19 @@ import pytest
 from experiments import SCENARIOS
 from experiments.multi_wifi import (
     HT20_MCS,
+    ApLink,
     Associate,
     Disassociate,
     MultiWifi,
     MultiWifiParams,
     RateProfile,
+    RouteThrough,
+    WalkStep,
+    break_before_make,
     endpoint_id,
     fraction_of_best_ap,
     plain_tcp_sockets,
+    step_at,
     step_results,
     timeline_offset_s,
     walk,
@@ -229,3 +234,112 @@ def test_timeline_offset_lines_the_timeline_up_with_the_receivers_clock() -> Non
     assert timeline_offset_s(timeline, t_start=999.0) == pytest.approx(-0.2)
     assert timeline_offset_s([], t_start=999.0) is None
     assert timeline_offset_s(timeline, t_start=None) is None
+
+
+# -- break-before-make: the plain-TCP client's connection manager ------------------------------
+
+def synthetic(*rates: tuple[float, ...]) -> list[WalkStep]:
+    """One-second steps whose APs give these rates (0: out of range)."""
+    return [WalkStep(i, float(i), float(i + 1), float(i),
+                     tuple(ApLink(mcs=None if r == 0 else 7, rate_mbps=r, loss_pct=0.0)
+                           for r in row))
+            for i, row in enumerate(rates)]
+
+
+def plan(steps: list[WalkStep], delay_s: float) -> list[tuple[int, float, float, float | None]]:
+    return [(a.ap, a.chosen_s, a.associated_s, a.lost_s)
+            for a in break_before_make(steps, delay_s)]
+
+
+def test_default_walk_sticks_to_ap2_while_ap3_is_better_and_ap3_comes_too_late() -> None:
+    # AP1 lost at 14 s: AP2 (20 Mbit/s) is the best then, usable 5 s later; the client keeps
+    # it while AP3 overtakes it (from 23 s) until it leaves AP2's range at 28 s; AP3 would be
+    # ready at 33 s, after the 30 s walk.
+    assert plan(walk(MultiWifiParams()), 5.0) == [(1, 0.0, 0.0, 14.0), (2, 14.0, 19.0, 28.0)]
+
+
+def test_the_best_ap_in_range_at_the_loss_is_chosen_and_the_first_is_the_best_at_start() -> None:
+    steps = synthetic((4, 8, 0), (4, 8, 2), (0, 2, 6), (0, 2, 6), (0, 2, 6), (0, 2, 6))
+    # AP2 is the best at the start; AP1 is lost at 2 s where AP3 beats AP2.
+    assert plan(steps, 1.5) == [(2, 0.0, 0.0, None)]
+    steps = synthetic((8, 4, 0), (8, 4, 2), (0, 2, 6), (0, 2, 6), (0, 2, 6), (0, 2, 6))
+    assert plan(steps, 1.5) == [(1, 0.0, 0.0, 2.0), (3, 2.0, 3.5, None)]
+
+
+def test_an_ap_that_leaves_during_the_delay_is_given_up_and_the_client_picks_again() -> None:
+    # At 1 s AP2 is the best, but it is gone by 2.5 s: the client picks AP3 then, ready at 4 s.
+    steps = synthetic((8, 0, 0), (0, 6, 2), (0, 0, 2), (0, 0, 2), (0, 0, 2), (0, 0, 2))
+    assert plan(steps, 1.5) == [(1, 0.0, 0.0, 1.0), (3, 2.5, 4.0, None)]
+
+
+def test_with_no_ap_in_range_the_client_scans_when_one_comes() -> None:
+    steps = synthetic((8, 0), (0, 0), (0, 0), (0, 4), (0, 4), (0, 4), (0, 4))
+    assert plan(steps, 2.0) == [(1, 0.0, 0.0, 1.0), (2, 3.0, 5.0, None)]
+    # An AP back in range keeps nothing of the earlier association: the delay is paid again.
+    steps = synthetic((8, 0), (0, 0), (8, 0), (8, 0), (8, 0), (8, 0))
+    assert plan(steps, 1.0) == [(1, 0.0, 0.0, 1.0), (1, 2.0, 3.0, None)]
+
+
+def test_an_association_that_would_end_after_the_walk_is_not_listed() -> None:
+    steps = synthetic((8, 0), (0, 4), (0, 4))
+    assert plan(steps, 2.0) == [(1, 0.0, 0.0, 1.0)]
+    assert plan(steps, 1.9) == [(1, 0.0, 0.0, 1.0), (2, 1.0, 2.9, None)]
+    with pytest.raises(ParameterError, match="association delay must be positive"):
+        break_before_make(steps, 0.0)
+
+
+def with_stack(scenario: MultiWifi, stack: str) -> MultiWifi:
+    scenario.use_stacks(stack, stack)
+    return scenario
+
+
+def test_tcp_runs_break_before_make_with_a_reconnecting_workload_and_mptcp_does_not() -> None:
+    assert with_stack(short(), "tcp").workload().reconnect is True
+    assert with_stack(short(), "kernel").workload().reconnect is False
+    assert with_stack(short(), "userspace").workload().reconnect is False
+    bound = MultiWifi(parse_overrides(MultiWifiParams, [
+        "n_aps=2", "duration_s=8", "timeout_s=8", "start_m=-5", "walk_speed_mps=4",
+        "step_s=0.5", "tcp_handover=bound-to-ap1"]))
+    assert with_stack(bound, "tcp").workload().reconnect is False
+    # Bound to AP1: the timeline is MPTCP's (the client is associated with every AP in range).
+    assert with_stack(bound, "tcp").timeline() == with_stack(short(), "kernel").timeline()
+
+
+def test_break_before_make_timeline_keeps_one_ap_up_and_moves_the_route_after_the_delay() -> None:
+    scenario = MultiWifi(parse_overrides(MultiWifiParams, [
+        "n_aps=2", "duration_s=10", "timeout_s=10", "start_m=-5", "walk_speed_mps=4",
+        "step_s=0.5", "association_delay_s=1.5"]))
+    events = with_stack(scenario, "tcp").timeline()
+    links = [(e.at_s, e.link, e.action) for e in events if isinstance(e, LinkEvent)]
+    hosts = [(e.at_s, e.action) for e in events if isinstance(e, HostEvent)]
+    # AP2 is not associated at the start, even once in range (1.5 s); AP1's link follows the
+    # walk until it is lost at 6 s; AP2's comes up 1.5 s later, at its rate of then.
+    assert links[0] == (0.0, "ap2", "down")
+    ap2 = [x for x in links if x[1] == "ap2"]
+    assert ap2[:3] == [(0.0, "ap2", "down"), (7.5, "ap2", "set"), (7.5, "ap2", "up")]
+    assert ap2[3:] and all(at > 7.5 and action == "set" for at, _, action in ap2[3:])
+    assert (6.0, "ap1", "down") in links
+    assert all(at < 6.0 for at, link, action in links if link == "ap1" and action == "set")
+    assert hosts == [(6.0, Disassociate(1)), (7.5, RouteThrough(2))]
+    ap2_set = next(e for e in events if isinstance(e, LinkEvent) and e.link == "ap2"
+                   and e.action == "set")
+    assert ap2_set.shaping is not None
+    walked = step_at(scenario.steps(), 7.5)
+    assert walked is not None and ap2_set.shaping.rate_mbps == walked.aps[1].rate_mbps > 0
+
+
+def test_break_before_make_refuses_a_walk_where_ap1_is_not_the_best_at_the_start() -> None:
+    scenario = MultiWifi(parse_overrides(MultiWifiParams, ["start_m=12"]))
+    assert with_stack(scenario, "kernel").timeline()  # MPTCP starts on AP1 wherever it is
+    with pytest.raises(ParameterError, match=r"must be AP1.*here it is AP2"):
+        with_stack(MultiWifi(parse_overrides(MultiWifiParams, ["start_m=12"])), "tcp").timeline()
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["tcp_handover=make-before-break"], "tcp_handover must be one of break-before-make, "
+                                         "bound-to-ap1"),
+    (["association_delay_s=0"], "association_delay_s must be a positive number"),
+])
+def test_bad_handover_values_are_refused(overrides: list[str], message: str) -> None:
+    with pytest.raises(ParameterError, match=message):
+        parse_overrides(MultiWifiParams, overrides)
