@@ -13,10 +13,10 @@ from typing import Any
 from mininet.topo import Topo
 
 from experiments.scenario import CommonParams, Scenario, Workload
+from experiments.two_path import TwoPathTransfer
 from testbed.emu.linkparams import LinkShaping, Shaping
 from testbed.errors import ParameterError
-from testbed.stacks.base import Endpoint
-from topologies.two_path import CLIENT_ADDRS, SERVER_ADDR, TwoPathTopo
+from topologies.two_path import TwoPathTopo
 
 
 @dataclass
@@ -56,7 +56,7 @@ class AggregateParams(CommonParams):
 
 
 @dataclass
-class Aggregate(Scenario):
+class Aggregate(TwoPathTransfer, Scenario):
     name = "aggregate"
     description = "bandwidth aggregation over two shaped paths (kernel selftest simult_flows.sh)"
     params_type = AggregateParams
@@ -67,21 +67,6 @@ class Aggregate(Scenario):
         p = self.params
         return TwoPathTopo(path1=LinkShaping.symmetric(**p.path(1).to_dict()),
                            path2=LinkShaping.symmetric(**p.path(2).to_dict()))
-
-    def server_address(self) -> str:
-        return SERVER_ADDR
-
-    def client_endpoints(self) -> list[Endpoint]:
-        # The first address carries the initial subflow; the second one is announced to the
-        # kernel path manager as a subflow endpoint, so the client opens the join.
-        return [Endpoint(addr=CLIENT_ADDRS[1], dev="client-eth1", flags=frozenset({"subflow"}))]
-
-    def workload(self) -> Workload:
-        return Workload(direction=self.params.direction,
-                        bytes=round(self.params.size_mib * 1024 * 1024))
-
-    def default_capture_points(self) -> list[tuple[str, str]]:
-        return [("client", "client-eth0"), ("client", "client-eth1")]
 
     def label(self) -> str:
         p = self.params

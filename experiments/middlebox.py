@@ -42,11 +42,11 @@ from mininet.topo import Topo
 
 from experiments.scenario import CommonParams, RunOutcome, Scenario, Workload
 from experiments.timeline_metrics import nstat_changes
+from experiments.two_path import TwoPathTransfer
 from testbed.emu.linkparams import LinkShaping, Shaping
 from testbed.emu.middlebox.core import parse_transform
 from testbed.errors import ParameterError
-from testbed.stacks.base import Endpoint
-from topologies.middlebox import CLIENT_ADDRS, SERVER_ADDR, MiddleboxTopo
+from topologies.middlebox import MiddleboxTopo
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def box_stats(run_dir: Path) -> dict[str, Any]:
 
 
 @dataclass
-class Middlebox(Scenario):
+class Middlebox(TwoPathTransfer, Scenario):
     name = "middlebox"
     description = ("MPTCP through a box that strips options, rewrites sequence numbers, "
                    "changes payload or splits segments on one path (Honda et al., IMC 2011)")
@@ -164,16 +164,6 @@ class Middlebox(Scenario):
         path = LinkShaping.symmetric(**self.params.shaping().to_dict())
         return MiddleboxTopo(path1=path, path2=path, transforms=self.case.transforms,
                              on_path=self.case.on_path)
-
-    def server_address(self) -> str:
-        return SERVER_ADDR
-
-    def client_endpoints(self) -> list[Endpoint]:
-        return [Endpoint(addr=CLIENT_ADDRS[1], dev="client-eth1", flags=frozenset({"subflow"}))]
-
-    def workload(self) -> Workload:
-        return Workload(direction=self.params.direction,
-                        bytes=round(self.params.size_mib * 1024 * 1024))
 
     def default_capture_points(self) -> list[tuple[str, str]]:
         # Both sides of the box: what it was given and what it passed on.

@@ -32,10 +32,10 @@ from mininet.topo import Topo
 
 from experiments.scenario import CommonParams, RunOutcome, Scenario, Workload
 from experiments.timeline_metrics import window_goodput_mbps
+from experiments.two_path import TwoPathTransfer
 from testbed.emu.linkparams import LinkShaping, Shaping
 from testbed.errors import ParameterError
-from testbed.stacks.base import Endpoint
-from topologies.two_path import CLIENT_ADDRS, SERVER_ADDR, TwoPathTopo
+from topologies.two_path import TwoPathTopo
 
 # Goodput is judged after this much of the transfer (join and slow starts).
 WARMUP_S = 1.0
@@ -85,7 +85,7 @@ def steady_goodput_mbps(series: list[list[float]], warmup_s: float = WARMUP_S,
 
 
 @dataclass
-class ReceiveBuffer(Scenario):
+class ReceiveBuffer(TwoPathTransfer, Scenario):
     name = "receive-buffer"
     description = ("a WiFi-like and a 3G-like path with small receive buffers "
                    "(Raiciu et al., NSDI 2012: opportunistic retransmission, penalisation)")
@@ -97,20 +97,6 @@ class ReceiveBuffer(Scenario):
         p = self.params
         return TwoPathTopo(path1=LinkShaping.symmetric(**p.wifi().to_dict()),
                            path2=LinkShaping.symmetric(**p.cell().to_dict()))
-
-    def server_address(self) -> str:
-        return SERVER_ADDR
-
-    def client_endpoints(self) -> list[Endpoint]:
-        # The initial subflow on WiFi (the first address); the client joins from the 3G one.
-        return [Endpoint(addr=CLIENT_ADDRS[1], dev="client-eth1", flags=frozenset({"subflow"}))]
-
-    def workload(self) -> Workload:
-        return Workload(direction=self.params.direction,
-                        bytes=round(self.params.size_mib * 1024 * 1024))
-
-    def default_capture_points(self) -> list[tuple[str, str]]:
-        return [("client", "client-eth0"), ("client", "client-eth1")]
 
     def label(self) -> str:
         p = self.params
