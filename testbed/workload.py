@@ -319,14 +319,42 @@ def message_delays(series: list[list[float]], size: int, interval_s: float,
     return out
 
 
+class _Receipt:
+    """What a receiver keeps of the bytes it reads, over one connection or several: their
+    sha256, their count, the 100 ms goodput bins and when data last came."""
+
+    def __init__(self, start_mono: float) -> None:
+        self.sha256 = hashlib.sha256()
+        self.received = 0
+        self.bins: list[int] = []
+        self.start_mono = start_mono
+        self.last_data_mono = start_mono
+
+    def add(self, data: memoryview, now: float, report: Report) -> None:
+        self.sha256.update(data)
+        self.received += len(data)
+        self.last_data_mono = now
+        idx = int((now - self.start_mono) / BIN_S)
+        if idx >= len(self.bins):
+            self.bins.extend([0] * (idx + 1 - len(self.bins)))
+        self.bins[idx] += len(data)
+        report.bytes = self.received
+
+    def finish(self, report: Report) -> None:
+        """Also when the connection died: what arrived until then (and when) is what a
+        scenario such as a migration without MPTCP needs to measure."""
+        report.t_end = time.time()
+        assert report.t_start is not None
+        report.t_last_data = report.t_start + (self.last_data_mono - self.start_mono)
+        report.sha256 = self.sha256.hexdigest()
+        report.series = [[round(i * BIN_S, 3), b] for i, b in enumerate(self.bins)]
+
+
 def receive_stream(sock: socket.socket, report: Report, start_mono: float,
                    message_size: int | None = None, interval_s: float = 0.0) -> None:
-    h = hashlib.sha256()
     buf = bytearray(RECV_BUF)
     view = memoryview(buf)
-    bins: list[int] = []
-    received = 0
-    last_data_mono = start_mono
+    receipt = _Receipt(start_mono)
     pending = bytearray()  # messages mode: the start of a message not complete yet
     try:
         while True:
@@ -334,14 +362,7 @@ def receive_stream(sock: socket.socket, report: Report, start_mono: float,
             now = time.monotonic()
             if n == 0:
                 break
-            h.update(view[:n])
-            received += n
-            last_data_mono = now
-            idx = int((now - start_mono) / BIN_S)
-            if idx >= len(bins):
-                bins.extend([0] * (idx + 1 - len(bins)))
-            bins[idx] += n
-            report.bytes = received
+            receipt.add(view[:n], now, report)
             if message_size:
                 pending += view[:n]
                 arrived = time.time()
@@ -352,13 +373,7 @@ def receive_stream(sock: socket.socket, report: Report, start_mono: float,
                     report.message_series.append([round(arrived - report.t_start, 4),
                                                   round((arrived - due) * 1000, 3)])
     finally:
-        # Also when the connection dies: what arrived until then (and when) is what a
-        # scenario such as a migration without MPTCP needs to measure.
-        report.t_end = time.time()
-        assert report.t_start is not None
-        report.t_last_data = report.t_start + (last_data_mono - start_mono)
-        report.sha256 = h.hexdigest()
-        report.series = [[round(i * BIN_S, 3), b] for i, b in enumerate(bins)]
+        receipt.finish(report)
         if message_size:
             report.messages = message_delays(report.message_series, message_size, interval_s)
     _mptcp_info(sock, report)
@@ -624,19 +639,16 @@ def receive_resumable(link: _Link, report: Report, start_mono: float,
                       seed: int, seconds: float | None) -> None:
     """The bulk receiver over as many connections as it takes: on each it first names the
     offset it has (RESUME_HEADER), then reads until the sender's clean end (EOF)."""
-    h = hashlib.sha256()
     buf = bytearray(RECV_BUF)
     view = memoryview(buf)
-    bins: list[int] = []
-    received = 0
-    last_data_mono = start_mono
+    receipt = _Receipt(start_mono)
     outage: dict[str, Any] | None = None
     if seconds is not None:
         link.give_up_at = start_mono + seconds + RECONNECT_GRACE_S
     try:
         while True:
             try:
-                link.send_all(RESUME_HEADER.pack(RESUME_MAGIC, received))
+                link.send_all(RESUME_HEADER.pack(RESUME_MAGIC, receipt.received))
                 while True:
                     n = link.recv_into(buf)
                     now = time.monotonic()
@@ -645,14 +657,7 @@ def receive_resumable(link: _Link, report: Report, start_mono: float,
                     if outage is not None and "data_s" not in outage:
                         assert report.t_start is not None
                         outage["data_s"] = round(time.time() - report.t_start, 4)
-                    h.update(view[:n])
-                    received += n
-                    last_data_mono = now
-                    idx = int((now - start_mono) / BIN_S)
-                    if idx >= len(bins):
-                        bins.extend([0] * (idx + 1 - len(bins)))
-                    bins[idx] += n
-                    report.bytes = received
+                    receipt.add(view[:n], now, report)
             except TimeoutError:
                 raise
             except _TransferOver:
@@ -664,14 +669,10 @@ def receive_resumable(link: _Link, report: Report, start_mono: float,
                 except _TransferOver:
                     report.ended_in_outage = True
                     return
-                outage["offset"] = received
+                outage["offset"] = receipt.received
     finally:
-        report.t_end = time.time()
-        assert report.t_start is not None
-        report.t_last_data = report.t_start + (last_data_mono - start_mono)
-        report.sha256 = h.hexdigest()
-        report.series = [[round(i * BIN_S, 3), b] for i, b in enumerate(bins)]
-        report.stream_intact = report.sha256 == payload_sha256(seed, received)
+        receipt.finish(report)
+        report.stream_intact = report.sha256 == payload_sha256(seed, receipt.received)
         if link.conn is not None:
             _mptcp_info(link.conn, report)
 
