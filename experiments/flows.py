@@ -35,7 +35,6 @@ from experiments.runner import (
 )
 from experiments.scenario import RunOutcome, Scenario
 from testbed import stats
-from testbed.emu.capture import Capture, CpuMonitor, start_capture
 from testbed.emu.network import Emulation
 from testbed.errors import ParameterError, TestbedError
 from testbed.stacks.base import Endpoint, PreparedHost
@@ -212,21 +211,10 @@ class MultiFlowRun(Run):
                                             self.stack_config)
         self.prepared = {name: asdict(prep) for name, prep in prepared.items()}
         before = {name: stats.nstat_snapshot(emu.host(name)) for name in prepared}
-        captures: list[Capture] = []
-        cpu = CpuMonitor()
         try:
-            if self.params.capture:
-                for host, intf in self.scenario.capture_points():
-                    captures.append(start_capture(emu, host, intf,
-                                                  self.run_dir / "pcap" / f"{intf}.pcap",
-                                                  self.params.snaplen))
-            cpu.start()
-            self._transfer_all(emu, prepared)
+            with self._measured(emu):
+                self._transfer_all(emu, prepared)
         finally:
-            cpu.stop()
-            self.cpu = cpu
-            for capture in captures:
-                capture.stop()
             delta: dict[str, dict[str, int]] = {}
             for name in prepared:
                 with contextlib.suppress(TestbedError):

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -251,21 +251,10 @@ class Run:
                 + _stack_control_args(self.flow_prepared[flow.name][sender]),
                 f"sampler {flow.name} {host}", stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL))
-        captures: list[Capture] = []
-        cpu = CpuMonitor()
         try:
-            if self.params.capture:
-                for host, intf in self.scenario.capture_points():
-                    captures.append(start_capture(emu, host, intf,
-                                                  self.run_dir / "pcap" / f"{intf}.pcap",
-                                                  self.params.snaplen))
-            cpu.start()
-            self._transfer(emu, client_prep, server_prep)
+            with self._measured(emu):
+                self._transfer(emu, client_prep, server_prep)
         finally:
-            cpu.stop()
-            self.cpu = cpu
-            for capture in captures:
-                capture.stop()
             for proc in samplers:
                 stats.stop_sampler(proc)
             for name in counted:
@@ -276,6 +265,26 @@ class Run:
                 _write_json(stats_dir / "shaper.json", emu.shaper_stats())
             self._release(emu, prepared)
             self._release_flows(emu)
+
+    @contextlib.contextmanager
+    def _measured(self, emu: Emulation) -> Iterator[None]:
+        """Around a transfer: the captures at the scenario's capture points and the CPU
+        monitor, which the fidelity check reads afterwards (`self.cpu`)."""
+        captures: list[Capture] = []
+        cpu = CpuMonitor()
+        try:
+            if self.params.capture:
+                for host, intf in self.scenario.capture_points():
+                    captures.append(start_capture(emu, host, intf,
+                                                  self.run_dir / "pcap" / f"{intf}.pcap",
+                                                  self.params.snaplen))
+            cpu.start()
+            yield
+        finally:
+            cpu.stop()
+            self.cpu = cpu
+            for capture in captures:
+                capture.stop()
 
     def _prepare_flows(self, emu: Emulation) -> dict[str, tuple[PreparedHost, PreparedHost]]:
         """Each competing flow's two hosts, set up by the flow's own stack and congestion
