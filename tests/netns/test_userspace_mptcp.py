@@ -184,15 +184,14 @@ def check_capture(out: Path, tmp: Path, subflows: int, announced: bool) -> None:
     data = packets[packets["tcp_len"] > 0]
     assert (data["dss"] | data["mp_capable"]).all()
     # Every data byte mapped: tshark's mapping analysis gives a data segment its DSN, from a
-    # mapping it saw earlier on the subflow or from the segment's own. tshark 4.0 left a
-    # few retransmissions without one (segments whose original the path dropped before the
-    # capture point, though they carry their own mapping), so there the segment's DSS must
-    # cover its bytes itself: ours map each segment on its own.
+    # mapping it saw earlier on the subflow or from the segment's own. tshark 4.0 leaves a
+    # few re-sent segments without one (their original dropped before the capture point; one
+    # CI run had such a segment that its TCP analysis did not flag as a retransmission), so
+    # there the segment's DSS must cover its bytes itself: ours map each segment on its own.
     own = ((data["dss_ssn"] <= data["tcp_seq"])
            & (data["tcp_seq"] + data["tcp_len"] <= data["dss_ssn"] + data["dss_length"]))
     unmapped = data[~(data["dsn"].notna() | own.fillna(False).astype(bool))]
     assert unmapped.empty, unmapped[["frame", "tcp_stream", "tcp_seq", "tcp_len"]]
-    assert (data["dsn"].notna() | data["retransmission"]).all()
     assert data["mptcp_stream"].nunique() == 1
     assert data["tcp_stream"].nunique() == subflows
     if announced:
