@@ -18,6 +18,13 @@ Each case names the box's transforms (testbed/emu/middlebox/core.py), the path i
   the other subflow is up, that subflow dropped; either way the data arrive.
 - `seq-rewrite` (path 1): harmless (DSS subflow sequence numbers are relative).
 - `split` (path 1): harmless (a mapping may cover several segments).
+- `coalesce` (path 1): the box re-cuts the stream (600-byte pieces merged up to 1400 bytes,
+  so merged segments straddle the sender's): a merged segment keeps the DSS of its first
+  piece, and bytes of the next sender segment arrive outside the mapping they came with.
+  (Full-size segments of a bulk transfer cannot be merged within the MTU: hence the split.)
+  A receiver may hold such bytes until a mapping covers them (RFC 8684 §3.3.1: the next
+  segment's DSS does) or treat the mapping as broken and fall back or drop the subflow;
+  either way the data must arrive intact.
 - `nat` (path 1), `nat-join` (path 2): the client's address and port translated (a NAPT):
   harmless, the server matches the join by token whatever address it comes from.
 - `payload-change` (path 1, with `checksum=1`): the DSS checksum catches it (§3.7): the
@@ -70,6 +77,8 @@ CASES: dict[str, Case] = {
     "strip-dss": Case(("strip-dss",), 1, frozenset({"fallback", "one-path"})),
     "seq-rewrite": Case(("seq-rewrite",), 1, frozenset({"mptcp"})),
     "split": Case(("split:size=500",), 1, frozenset({"mptcp"})),
+    "coalesce": Case(("split:size=600", "coalesce:size=1400"), 1,
+                     frozenset({"mptcp", "one-path", "fallback"})),
     "nat": Case(("nat:public=10.0.1.100",), 1, frozenset({"mptcp"})),
     "nat-join": Case(("nat:public=10.0.2.100",), 2, frozenset({"mptcp"})),
     "payload-change": Case(("payload-change:nth=200",), 1, frozenset({"corrupted"}),
@@ -151,7 +160,8 @@ def box_stats(run_dir: Path) -> dict[str, Any]:
 class Middlebox(TwoPathTransfer, Scenario):
     name = "middlebox"
     description = ("MPTCP through a box that strips options, rewrites sequence numbers, "
-                   "changes payload or splits segments on one path (Honda et al., IMC 2011)")
+                   "changes payload, splits or coalesces segments on one path "
+                   "(Honda et al., IMC 2011)")
     params_type = MiddleboxParams
 
     params: MiddleboxParams

@@ -60,3 +60,13 @@ def test_ours_catches_a_payload_change_with_dss_checksums(tmp_path: Path) -> Non
     assert summary["sha256_match"] is True and summary["checksum_detected"] is True
     assert summary["mptcp_counters"]["server"].get("DataCsumErr") == 1
     assert summary["as_expected"] is True
+
+
+def test_ours_delivers_through_a_box_that_recuts_the_stream(tmp_path: Path) -> None:
+    result, summary = run_case("userspace", "coalesce", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    assert summary["sha256_match"] is True and summary["as_expected"] is True
+    # Merged segments carry bytes outside their mapping: the server sees it (and falls back
+    # with MP_FAIL, or resets the subflow once the join is up).
+    assert summary["middlebox"]["transforms"]["coalesce"]["changed"] > 100
+    assert summary["mptcp_counters"]["server"].get("DSSNotMatching", 0) >= 1

@@ -128,6 +128,53 @@ def test_split_keeps_options_and_moves_fin_to_the_last_piece() -> None:
     assert b"".join(p.payload for p in pieces) == seg.payload
 
 
+def test_coalesce_merges_contiguous_data_keeping_the_first_options() -> None:
+    box = Middlebox.from_specs(["coalesce:size=1000"])
+    first = data(5000, b"a" * 400, TimestampOption(1, 2), DSS)
+    second = data(5400, b"b" * 400, TimestampOption(3, 4),
+                  to_tcp_option(Dss(data_ack=6, mapping=DssMapping(500, 401, 400))))
+    assert box.process("a2b", frame(first)) == []  # held: the next may fit
+    assert box.hold_s == 0.005
+    assert box.process("a2b", frame(second)) == []  # merged, 800 < 1000: still held
+    third = data(5800, b"c" * 300, DSS)  # would make 1100: the merged one leaves first
+    out = [segment_of(f) for f in box.process("a2b", frame(third))]
+    assert [(s.seq, s.payload) for s in out] == [(5000, b"a" * 400 + b"b" * 400)]
+    assert out[0].options == first.options  # the second segment's DSS is gone
+    flushed = box.flush()
+    assert [(d, segment_of(f).seq, len(segment_of(f).payload)) for d, f in flushed] == [
+        ("a2b", 5800, 300)]
+    assert box.hold_s is None and box.flush() == []
+    assert box.stats()["transforms"] == {"coalesce": {"changed": 1}}
+
+
+def test_coalesce_keeps_order_and_passes_what_it_cannot_merge() -> None:
+    box = Middlebox.from_specs(["coalesce:size=1000"])
+    assert box.process("a2b", frame(data(5000, b"a" * 100))) == []
+    # A gap (a loss before the box): the held segment leaves, the new one is held.
+    out = box.process("a2b", frame(data(5200, b"b" * 100)))
+    assert [segment_of(f).seq for f in out] == [5000]
+    # FIN is not merged: the held one leaves before it, in order.
+    out = box.process("a2b", frame(data(5300, b"c" * 100, flags=ACK | FIN)))
+    assert [(segment_of(f).seq, bool(segment_of(f).flags & FIN)) for f in out] == [
+        (5200, False), (5300, True)]
+    # A full-size segment passes untouched; the other direction is another flow.
+    full = frame(data(9000, bytes(1000)))
+    assert box.process("a2b", full) == [full]
+    assert box.process("b2a", frame(data(1, b"x" * 10), B, A)) == []
+    assert [d for d, _ in box.flush()] == ["b2a"]
+    assert box.stats()["transforms"] == {"coalesce": {"changed": 0}}
+
+
+def test_split_then_coalesce_moves_the_segment_boundaries() -> None:
+    box = Middlebox.from_specs(["split:size=600", "coalesce:size=1400"])
+    out = box.process("a2b", frame(data(0, bytes(1448), DSS)))
+    assert [len(segment_of(f).payload) for f in out] == [1200]  # 600 + 600, 248 held
+    out = box.process("a2b", frame(data(1448, bytes(1448), DSS)))
+    # The held 248 bytes and the next segment's first 600, under the first segment's DSS.
+    assert [(segment_of(f).seq, len(segment_of(f).payload)) for f in out] == [(1200, 848)]
+    assert [len(segment_of(f).payload) for _, f in box.flush()] == [848]
+
+
 def test_other_frames_pass_and_are_counted() -> None:
     box = Middlebox.from_specs(["strip-mptcp"])
     arp = emit_ethernet(EthernetFrame(b"\xff" * 6, MAC_A, 0x0806, emit_arp(
@@ -146,6 +193,8 @@ def test_other_frames_pass_and_are_counted() -> None:
     ("split:colour=3", "unknown parameter"),
     ("split:size=0", "size must be >= 1"),
     ("strip-dss:dir=up", "dir must be"),
+    ("coalesce:size=1500", "must fit a 1500-byte MTU"),
+    ("coalesce:hold_ms=0", "hold_ms must be >= 1"),
 ])
 def test_bad_specs_are_refused_with_the_reason(spec: str, message: str) -> None:
     with pytest.raises(ParameterError, match=message):
@@ -155,7 +204,7 @@ def test_bad_specs_are_refused_with_the_reason(spec: str, message: str) -> None:
 def test_every_transform_is_listed() -> None:
     assert set(available_transforms()) == {
         "strip-mp-capable", "strip-mp-join", "strip-dss", "strip-mptcp", "seq-rewrite",
-        "payload-change", "split", "nat"}
+        "payload-change", "split", "coalesce", "nat"}
 
 
 def test_nat_translates_side_a_flows_and_answers_arp_for_its_address() -> None:

@@ -21,6 +21,11 @@ its parameters from a spec string, `name` or `name:key=value,key=value`:
   detect it.
 - `split:size=N`: data segments longer than N bytes are split into segments of at most N
   (resegmentation), each with the original options (a DSS mapping then covers several).
+- `coalesce:size=N,hold_ms=T`: consecutive data segments of a flow are merged into one of up
+  to N payload bytes, which keeps the first segment's options (a proxy or normaliser that
+  rebuilds the stream: the DSS of every segment after the first is lost, so the merged
+  segment carries bytes outside the mapping it carries, RFC 8684 §3.3.1). A data segment
+  shorter than N waits up to T ms for the next one; the box's process flushes it after that.
 - `nat:public=ADDR`: side a's TCP flows leave with source address ADDR and another source
   port (a NAPT, as a home router does); replies are translated back, and the box answers ARP
   for ADDR on side b with the MAC of the host it hides. MPTCP is built to pass NATs: joins
@@ -45,10 +50,11 @@ from testbed.stack.registry import Registry
 from testbed.stack.wire.arp import ARP_REPLY, ArpPacket, emit_arp, parse_arp
 from testbed.stack.wire.errors import ParseError
 from testbed.stack.wire.ethernet import ETHERNET_HEADER_LEN, EthernetFrame, emit_ethernet
-from testbed.stack.wire.ipv4 import PROTO_TCP, emit_ipv4, parse_ipv4
+from testbed.stack.wire.ipv4 import PROTO_TCP, Ipv4Packet, emit_ipv4, parse_ipv4
 from testbed.stack.wire.tcp import (
     ACK,
     OPT_MPTCP,
+    PSH,
     SYN,
     SackOption,
     TcpOption,
@@ -82,6 +88,10 @@ class Packet:
     seg: TcpSegment
     direction: str  # "a2b" or "b2a"
     src_mac: bytes = b""  # the frame's Ethernet source
+    # The frame's Ethernet header and IP packet it came in, for a packet the box emits later
+    # than the frame that brought it (coalesce holds segments).
+    eth: bytes = field(default=b"", compare=False)
+    ip: Ipv4Packet | None = field(default=None, compare=False)
 
     @property
     def flow(self) -> Flow:
@@ -112,6 +122,17 @@ class Transform(ABC):
     @abstractmethod
     def apply(self, packet: Packet) -> list[Packet]:
         """What leaves the box for this packet (usually one packet, possibly altered)."""
+
+    # Transforms that hold packets back (coalesce) release them through these.
+    hold_s: float = 0.0
+
+    @property
+    def holding(self) -> bool:
+        return False
+
+    def flush(self) -> list[Packet]:
+        """The packets held back, released now (in the order they were held)."""
+        return []
 
     def answer_arp(self, direction: str, arp: ArpPacket) -> ArpPacket | None:
         """A reply the box itself sends back for this request, or None to pass it on."""
@@ -248,6 +269,64 @@ class Split(Transform):
         return pieces
 
 
+# Payload a merged segment may carry: a 1500-byte MTU less 20 bytes of IPv4 and 60 of TCP
+# header with the most options it can have.
+COALESCE_MAX = 1420
+
+
+class Coalesce(Transform):
+    """Per flow, one data segment (ACK and PSH only) is held while the next ones are
+    contiguous and fit: they are appended to it. The merged segment keeps the held one's
+    header and options (its DSS, timestamps) with the newest acknowledgement and window."""
+
+    name = "coalesce"
+
+    def __init__(self, direction: str = "both", size: int = 1400, hold_ms: int = 5) -> None:
+        super().__init__(direction)
+        if not 1 <= size <= COALESCE_MAX:
+            raise ParameterError(f"coalesce: size must be within 1..{COALESCE_MAX} (a merged "
+                                 f"segment must fit a 1500-byte MTU), got {size}")
+        if hold_ms < 1:
+            raise ParameterError(f"coalesce: hold_ms must be >= 1, got {hold_ms}")
+        self.size = size
+        self.hold_s = hold_ms / 1000
+        self._held: dict[Flow, Packet] = {}
+
+    @property
+    def holding(self) -> bool:
+        return bool(self._held)
+
+    def __call__(self, packet: Packet) -> list[Packet]:
+        # Counted here: `changed` is the number of segments merged into an earlier one.
+        if packet.direction not in self.directions:
+            return [packet]
+        return self.apply(packet)
+
+    def apply(self, packet: Packet) -> list[Packet]:
+        seg = packet.seg
+        held = self._held.pop(packet.flow, None)
+        plain = bool(seg.payload) and seg.flags & ~(ACK | PSH) == 0
+        if held is not None and plain and len(held.seg.payload) + len(seg.payload) <= self.size \
+                and (held.seg.seq + len(held.seg.payload)) & 0xFFFFFFFF == seg.seq:
+            self.changed += 1
+            merged = replace(held, seg=_with(
+                held.seg, ack=seg.ack, window=seg.window, flags=held.seg.flags | seg.flags,
+                payload=held.seg.payload + seg.payload))
+            if len(merged.seg.payload) < self.size:
+                self._held[packet.flow] = merged
+                return []
+            return [merged]
+        out = [] if held is None else [held]
+        if plain and len(seg.payload) < self.size:
+            self._held[packet.flow] = packet
+            return out
+        return [*out, packet]
+
+    def flush(self) -> list[Packet]:
+        out, self._held = list(self._held.values()), {}
+        return out
+
+
 class Nat(Transform):
     """Source NAT with port translation of side a's TCP flows (flows are opened from a)."""
 
@@ -314,7 +393,7 @@ def _with(seg: TcpSegment, **changes: object) -> TcpSegment:
 
 _TRANSFORMS: Registry[Callable[..., Transform]] = Registry("middlebox transform")
 for _cls in (StripMpCapable, StripMpJoin, StripDss, StripMptcp, SeqRewrite, PayloadChange,
-             Split, Nat):
+             Split, Coalesce, Nat):
     _TRANSFORMS.register(_cls.name, _cls)
 available_transforms = _TRANSFORMS.names
 
@@ -370,6 +449,24 @@ class Middlebox:
         out, self.back = self.back, []
         return out
 
+    @property
+    def hold_s(self) -> float | None:
+        """How long a transform may hold a packet back before `flush`; None: none is held."""
+        held = [t.hold_s for t in self.transforms if t.holding]
+        return min(held) if held else None
+
+    def flush(self) -> list[tuple[str, bytes]]:
+        """(direction, frame) of every packet held back, through the transforms after the
+        one that held it."""
+        out = []
+        for index, transform in enumerate(self.transforms):
+            packets = transform.flush()
+            for later in self.transforms[index + 1:]:
+                packets = [p for packet in packets for p in later(packet)]
+            out += [(p.direction, self._emit(p)) for p in packets]
+        self.counters["frames_out"] += len(out)
+        return out
+
     def _process(self, direction: str, frame: bytes) -> list[bytes]:
         if len(frame) < ETHERNET_HEADER_LEN:
             return [frame]
@@ -387,16 +484,22 @@ class Middlebox:
             self.counters["passed_unparsed"] += 1
             return [frame]
         self.counters["tcp_segments"] += 1
-        packets = [Packet(ip.src, ip.dst, seg, direction, frame[6:12])]
+        packets = [Packet(ip.src, ip.dst, seg, direction, frame[6:12],
+                          eth=frame[:ETHERNET_HEADER_LEN], ip=ip)]
         for transform in self.transforms:
             packets = [out for packet in packets for out in transform(packet)]
         if len(packets) == 1 and packets[0].seg is seg and \
                 (packets[0].src, packets[0].dst) == (ip.src, ip.dst):
             return [frame]
-        header = frame[:ETHERNET_HEADER_LEN]
-        return [header + emit_ipv4(replace(ip, src=p.src, dst=p.dst,
-                                           payload=emit_tcp(p.seg, p.src, p.dst)))
-                for p in packets]
+        return [self._emit(p) for p in packets]
+
+    @staticmethod
+    def _emit(packet: Packet) -> bytes:
+        """The frame of a packet, in the Ethernet header and IP packet it arrived in."""
+        assert packet.ip is not None
+        return packet.eth + emit_ipv4(replace(packet.ip, src=packet.src, dst=packet.dst,
+                                              payload=emit_tcp(packet.seg, packet.src,
+                                                               packet.dst)))
 
     def _arp(self, direction: str, frame: bytes) -> list[bytes]:
         try:

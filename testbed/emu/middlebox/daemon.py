@@ -17,6 +17,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,12 +52,27 @@ class Forwarder:
         self.sel.register(self._wake_r, selectors.EVENT_READ, "wake")
 
     def run(self) -> None:
+        flush_at: float | None = None  # when what a transform holds back must leave
         while self.running:
-            for key, _ in self.sel.select():
+            timeout = None if flush_at is None else max(0.0, flush_at - time.monotonic())
+            for key, _ in self.sel.select(timeout):
                 if key.data == "wake":
                     self._wake_r.recv(4096)
                 else:
                     self._forward(key.data)
+            hold = self.box.hold_s
+            now = time.monotonic()
+            if hold is None:
+                flush_at = None
+            elif flush_at is None:
+                flush_at = now + hold
+            elif now >= flush_at:
+                self._flush()
+                flush_at = None
+
+    def _flush(self) -> None:
+        for direction, frame in self.box.flush():
+            self._send(self.sockets[direction][1], frame)
 
     def _forward(self, direction: str) -> None:
         inbound, outbound = self.sockets[direction]
@@ -121,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         forwarder.run()
     finally:
+        forwarder._flush()  # nothing held back is lost (the interfaces may be gone already)
         for sock in opened:
             sock.close()
         if args.stats is not None:
