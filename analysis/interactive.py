@@ -13,6 +13,8 @@ from typing import Any
 import matplotlib as mpl
 import pandas as pd
 import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from analysis import figures, metrics
@@ -25,6 +27,8 @@ FIELDS = ("delay_ms_p50", "delay_ms_p95", "delay_ms_p99", "delay_ms_max", "sent"
           "delay_ms_p50_after_failure")
 COLUMNS = ["time_s", "delay_ms"]
 FAIL_COLOUR, DETECT_COLOUR = "#c0392b", "0.35"
+# The comparison's zoom: from this long before the failure to this long after its detection.
+ZOOM_S = (-0.5, 1.5)
 
 
 def message_flow(summary: dict[str, Any]) -> str | None:
@@ -157,22 +161,27 @@ def plot_run(frame: pd.DataFrame, detected_s: float | None, meta: dict[str, Any]
 
 def plot_comparison(run_dirs: Sequence[Path], runs: pd.DataFrame, base: Path,
                     title: str = HANDOVER) -> list[Path]:
-    """Per case (a mode of the handover), each run's message delays over time, coloured by
-    stack, the failure at 0 and the connection manager's action dashed; a run whose
-    interactive connection broke ends in a cross."""
+    """Per case (a mode of the handover, one column), each run's message delays over time,
+    coloured by stack: the whole run on top, a zoom on the failure below (ZOOM_S). The
+    failure is at 0, the connection manager's action dashed; a run whose interactive
+    connection broke ends in a cross."""
     cases = figures.case_order(runs)
     stacks = figures.ordered_stacks([str(s) for s in runs["stack"]]) if not runs.empty else []
     colours = figures._stack_colours(stacks)
+    ncols = min(max(len(cases), 1), 3)
+    nrows = max(math.ceil(len(cases) / ncols), 1)
+    width = max(4.6 * ncols + 0.8, 8.0)
     with sns.axes_style("whitegrid"), mpl.rc_context(figures._RC):
-        fig, grid, ncols, width = figures._panel_grid(len(cases), 3, 4.6, 3.4, 8.0, 1.2)
-        broke_any = False
-        detected_any = False
-        for i, ax in enumerate(grid.flat):
+        fig = Figure(figsize=(width, 5.6 * nrows + 1.2), layout="constrained")
+        FigureCanvasAgg(fig)
+        grid = fig.subplots(2 * nrows, ncols, sharey=True, squeeze=False)
+        broke_any = detected_any = False
+        for i in range(nrows * ncols):
+            full, zoom = grid[2 * (i // ncols), i % ncols], grid[2 * (i // ncols) + 1, i % ncols]
             if i >= len(cases):
-                ax.set_visible(False)
+                full.set_visible(False)
+                zoom.set_visible(False)
                 continue
-            ax.grid(True, color="0.88", linewidth=0.8)
-            ax.set_axisbelow(True)
             case = cases[i]
             detections = []
             for run_dir, row in zip(run_dirs, runs.to_dict(orient="records"), strict=True):
@@ -185,20 +194,28 @@ def plot_comparison(run_dirs: Sequence[Path], runs: pd.DataFrame, base: Path,
                 if frame.empty:
                     continue
                 colour = colours[str(row["stack"])]
-                ax.plot(frame["time_s"], frame["delay_ms"], color=colour, linewidth=0.9,
-                        alpha=0.9)
-                if _broke_text(summary):
-                    broke_any = True
-                    last = frame.iloc[-1]
-                    ax.plot([last["time_s"]], [last["delay_ms"]], marker="X", markersize=8,
-                            color=colour, linestyle="none", zorder=5)
-            ax.set_yscale("log")
+                broke = _broke_text(summary) is not None
+                broke_any = broke_any or broke
+                for ax in (full, zoom):
+                    ax.plot(frame["time_s"], frame["delay_ms"], color=colour, linewidth=0.9,
+                            alpha=0.9)
+                    if broke:
+                        last = frame.iloc[-1]
+                        ax.plot([last["time_s"]], [last["delay_ms"]], marker="X",
+                                markersize=8, color=colour, linestyle="none", zorder=5)
             detected_any = detected_any or bool(detections)
-            _mark_failure(ax, sorted(detections)[len(detections) // 2] if detections else None)
-            ax.set_title(figures.fit_title([case], width / ncols, fontsize=10), fontsize=10)
-            ax.set_xlabel("Due [s after WiFi was lost]")
-            if i % ncols == 0:
-                ax.set_ylabel("Application delay [ms]")
+            detected_s = sorted(detections)[len(detections) // 2] if detections else None
+            for ax in (full, zoom):
+                ax.grid(True, color="0.88", linewidth=0.8)
+                ax.set_axisbelow(True)
+                ax.set_yscale("log")
+                _mark_failure(ax, detected_s)
+                ax.set_xlabel("Due [s after WiFi was lost]")
+                if i % ncols == 0:
+                    ax.set_ylabel("Application delay [ms]")
+            zoom.set_xlim(ZOOM_S[0], (detected_s or 0.0) + ZOOM_S[1])
+            zoom.set_title("around the failure", fontsize=9, color="0.3")
+            full.set_title(figures.fit_title([case], width / ncols, fontsize=10), fontsize=10)
         handles: list[Any] = [Line2D([], [], color=colours[s], linewidth=1.2,
                                      label=figures.stack_name(s)) for s in stacks]
         handles += _failure_handles(detected_any)

@@ -274,6 +274,9 @@ def test_interactive_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     legend = [t.get_text() for t in saved[-1].legends[0].get_texts()]
     assert {"kernel MPTCP", "WiFi lost", "connection manager acts",
             "connection broke (last message)"} <= set(legend)
+    whole, zoom = [ax for ax in saved[-1].axes if ax.get_visible()]
+    assert zoom.get_xlim() == pytest.approx((-0.5, 0.2 + 1.5))  # around the failure
+    assert whole.get_xlim()[0] < -1.9  # the whole run, from 2 s before it
 
 
 def test_handover_report_table(tmp_path: Path) -> None:
