@@ -207,7 +207,9 @@ class WifiLost:
         elif self.mode == "single-path":
             control.add_endpoint(CELL_ADDR, CELL_INTF, ["subflow"])
             # Withdrawing WiFi first would leave the connection without any subflow until the
-            # join completes; a phone keeps the dead one until the new one is up.
+            # join completes; a phone keeps the dead one until the new one is up. With several
+            # connections (the interactive flow) the first join up is taken for all: the path
+            # manager starts every connection's join at once, on the same path.
             deadline = time.monotonic() + self.join_wait_s
             while not control.has_subflow_from(CELL_ADDR) and time.monotonic() < deadline:
                 time.sleep(self.poll_s)
