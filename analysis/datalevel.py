@@ -392,11 +392,15 @@ def analyze(run_dir: Path, meta: dict[str, Any], summary: dict[str, Any],
     the captures hold what they need; `notes` says what could not be measured and why."""
     from analysis import datalevel_figures, metrics  # figures import metrics: no cycle here
 
-    frames = {host: metrics.read_host_packets(run_dir, host)
+    # The measured connection only, where others ran between the same hosts.
+    frames = {host: metrics.measured_packets(metrics.read_host_packets(run_dir, host), meta)
               for host in metrics.run_pcaps(run_dir)}
     segments = {host: data_segments(df) for host, df in frames.items()}
     roles = {host: _role(sending_side(df)) for host, df in frames.items()}
     result: dict[str, Any] = {"hosts": {}, "notes": []}
+    port = metrics.measured_port(meta)
+    if port is not None:  # the report says so next to the numbers
+        result["measured_port"] = port
     written: list[Path] = []
     for host, segs in segments.items():
         result["hosts"][host] = {"role": roles[host], "mappings": mapping_summary(segs)}

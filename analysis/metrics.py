@@ -24,6 +24,9 @@ TOTAL_LABEL = "total"
 # Results directory loading
 
 
+MEASURED_REPORTS = ("workload-client.json", "workload-server.json")
+
+
 def load_json(path: Path) -> dict[str, Any]:
     """A JSON object from `path`, or {} when the file is absent (runs may be partial)."""
     if not path.is_file():
@@ -53,15 +56,40 @@ def stack_label(meta: dict[str, Any], summary: dict[str, Any]) -> str:
 
 
 def load_workload_report(run_dir: Path) -> dict[str, Any]:
-    """The receiver's workload report (the one with a goodput "series"), or {}."""
+    """The measured flow's receiver's workload report (the one with a goodput "series"), or
+    {}. The measured flow's reports (workload-client.json, workload-server.json) come before
+    those of other flows (workload-<flow>-<side>.json), whichever way their names sort."""
     stats = Path(run_dir) / "stats"
-    reports = sorted(stats.glob("workload-*.json")) if stats.is_dir() else []
+    reports = sorted(stats.glob("workload-*.json"),
+                     key=lambda p: (p.name not in MEASURED_REPORTS, p.name)) \
+        if stats.is_dir() else []
     # The contract names the receiver by the presence of "series", not by file name.
     for path in reports:
         report = load_json(path)
         if report.get("series"):
             return report
     return load_json(reports[0]) if reports else {}
+
+
+def measured_port(meta: dict[str, Any]) -> int | None:
+    """The measured flow's port when other connections ran between the same hosts (competing
+    flows `on_measured_stack`, e.g. handover's interactive flow), so that captures hold more
+    than the measured connection; None otherwise (nothing to tell apart)."""
+    flows = meta.get("competing_flows") or []
+    if not any(isinstance(f, dict) and f.get("on_measured_stack") for f in flows):
+        return None
+    port = (meta.get("params") or {}).get("port")
+    return int(port) if isinstance(port, int) else None
+
+
+def measured_packets(df: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
+    """The packets of the measured flow's connection (its subflows: either port is the
+    measured one) where the run had other connections between its hosts; else all."""
+    port = measured_port(meta)
+    if port is None or df.empty:
+        return df
+    keep = (df["tcp_srcport"] == port) | (df["tcp_dstport"] == port)
+    return df[keep.fillna(False).astype(bool)]
 
 
 def run_pcaps(run_dir: Path) -> dict[str, list[Path]]:
@@ -471,6 +499,16 @@ def load_socket_samples(run_dir: Path) -> dict[str, pd.DataFrame]:
         frame["t"] = pd.to_numeric(frame["t"], errors="coerce")
         samples[host] = frame.dropna(subset=["t"])
     return samples
+
+
+def measured_samples(samples: dict[str, pd.DataFrame],
+                     meta: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """The measured hosts' socket samples: without the files of competing flows
+    (stats/subflows-<flow>-<host>.csv, flows named in meta.json)."""
+    prefixes = tuple(f"{f['name']}-" for f in meta.get("competing_flows") or []
+                     if isinstance(f, dict) and f.get("name"))
+    return {host: frame for host, frame in samples.items()
+            if not (prefixes and host.startswith(prefixes))}
 
 
 def _connections(frame: pd.DataFrame) -> pd.DataFrame:

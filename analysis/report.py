@@ -16,10 +16,11 @@ from typing import Any
 
 import pandas as pd
 
-from analysis import datacenter, datalevel, figures, metrics, tshark
+from analysis import datacenter, datalevel, figures, interactive, metrics, tshark
 from analysis import receive_buffer as rcvbuf
 
 AGGREGATE, MIGRATION, MULTI_WIFI = figures.AGGREGATE, "vm-migration", "multi-wifi"
+HANDOVER = interactive.HANDOVER
 MIDDLEBOX = "middlebox"
 RECEIVE_BUFFER = rcvbuf.SCENARIO
 # receive-buffer summary fields shown in the report (experiments/receive_buffer.py).
@@ -40,6 +41,10 @@ FAIRNESS_FIELDS = ("mode", "expected", "mptcp_mbps", "tcp_mbps", "ratio", "ancho
 MIGRATION_FIELDS = ("survived", "survived_reason", "gap_s", "gap_start_s", "expected_gap_s",
                     "goodput_before_mbps", "goodput_after_mbps", "bytes_after_move",
                     "joined_new_address")
+# handover summary fields shown in the report (experiments/handover.py writes them), besides
+# its interactive flow's (`interactive.row_fields`).
+HANDOVER_FIELDS = ("mode", "survived", "survived_reason", "gap_s", "expected_gap_s",
+                   "goodput_before_mbps", "goodput_after_mbps")
 THROUGHPUT_FIGURE = "throughput"
 GOODPUT_FIGURE = "goodput"
 SUBFLOWS_FIGURE = "subflows"
@@ -83,17 +88,27 @@ def analyze_run(run_dir: Path, bin_s: float = metrics.DEFAULT_BIN_S) -> dict[str
     host = _capture_host(run_dir)
     result["plotted_host"] = host
     if host is not None:
-        tput = metrics.throughput(metrics.read_host_packets(run_dir, host), bin_s=bin_s)
+        # The measured connection's subflows only, where other connections shared its hosts.
+        packets = metrics.measured_packets(metrics.read_host_packets(run_dir, host), meta)
+        tput = metrics.throughput(packets, bin_s=bin_s)
         written += figures.plot_throughput(tput, meta, summary, out_dir / THROUGHPUT_FIGURE)
 
     report = metrics.load_workload_report(run_dir)
     goodput = metrics.goodput_series(report)
-    if summary.get("flows"):  # many flows (experiments/flows.py): one bar each, not one series
+    # Many flows (experiments/flows.py, a list): one bar each, not one series. The runner's
+    # competing flows (a dict by name) run beside the measured one, whose series this is.
+    if isinstance(summary.get("flows"), list) and summary["flows"]:
         written += datacenter.plot_flows(summary, out_dir / GOODPUT_FIGURE)
     elif not goodput.empty or report:
         written += figures.plot_goodput(goodput, meta, summary, out_dir / GOODPUT_FIGURE)
 
-    samples = metrics.load_socket_samples(run_dir)
+    if interactive.message_flow(summary) is not None:  # a constant-rate flow beside it
+        frame, detected = interactive.run_frame(run_dir, summary)
+        written += interactive.plot_run(frame, detected, meta, summary,
+                                        out_dir / interactive.FIGURE)
+        result["interactive"] = summary.get("interactive")
+
+    samples = metrics.measured_samples(metrics.load_socket_samples(run_dir), meta)
     sender = metrics.sender_host(samples)
     result["sender_host"] = sender
     if sender is not None:
@@ -140,6 +155,10 @@ def run_row(run_dir: Path, group_keys: Sequence[str] | None = None) -> dict[str,
         extra.update({key: summary.get(key) for key in MIGRATION_FIELDS})
         extra.update(metrics.migration_events(Path(run_dir)))
         extra["anchor_met"] = metrics.migration_verdict(summary, multipath)
+    elif scenario == HANDOVER:
+        extra.update({key: summary.get(key) for key in HANDOVER_FIELDS})
+        extra.update(interactive.row_fields(summary))
+        extra["anchor_met"] = None  # the published order is a property of the modes together
     elif scenario == MULTI_WIFI:
         extra.update(metrics.wifi_result(summary))
         extra["anchor_met"] = extra["within_best_ap"]
@@ -243,6 +262,11 @@ def compare_runs(run_dirs: Sequence[Path], out_dir: Path,
         written += figures.plot_goodput_small_multiples(
             pd.concat(curves, ignore_index=True), runs, out / f"{name}-goodput",
             title=title, window_s=SMOOTHING_S, references=references)
+    if scenario == HANDOVER and any(
+            interactive.message_flow(metrics.load_summary(Path(d))) for d in run_dirs):
+        written += interactive.plot_comparison(
+            run_dirs, runs, out / f"{name}-interactive",
+            title=f"{title}: interactive flow's message delay around the failure")
     return written
 
 
@@ -476,6 +500,22 @@ def _fairness_anchor_cell(row: dict[str, Any]) -> str:
     return f"{low:g}–{high:g}"
 
 
+def _interactive_delays_cell(row: dict[str, Any]) -> str:
+    values = [row.get(f"interactive_delay_ms_{q}") for q in ("p50", "p95", "max")]
+    if all(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
+        return "–"
+    return "/".join(interactive.delay_cell(v) for v in values)
+
+
+def _interactive_count_cell(row: dict[str, Any]) -> str:
+    received, sent = row.get("interactive_received"), row.get("interactive_sent")
+    if received is None or (isinstance(received, float) and math.isnan(received)):
+        return "–"
+    sent_text = "–" if sent is None or (isinstance(sent, float) and math.isnan(sent)) \
+        else f"{int(sent)}"
+    return f"{int(received)}/{sent_text}"
+
+
 _COMMON_HEAD: list[Column] = [("case", "---", lambda r: _cell(r["case"])),
                               ("stack", "---", _stack_cell)]
 _COMMON_TAIL: list[Column] = [("sha256 match", "---", lambda r: _cell(r["sha256_match"])),
@@ -507,6 +547,19 @@ TABLES: dict[str, list[Column]] = {
         ("path-2 share", "---:", lambda r: _cell(r.get("path2_share"))),
         ("of capacity left", "---:", lambda r: _cell(r.get("fraction_of_capacity_left"))),
         ("met", "---", lambda r: _cell(metrics.flag(r.get("anchor_met")))),
+    ],
+    HANDOVER: [
+        ("mode", "---", lambda r: _cell(r.get("mode"))),
+        ("survived", "---", _survived_cell),
+        ("gap [s]", "---:", lambda r: _cell(r.get("gap_s"))),
+        ("expected gap [s]", "---:", lambda r: _cell(r.get("expected_gap_s"))),
+        ("goodput after [Mbit/s]", "---:", lambda r: _cell(r.get("goodput_after_mbps"))),
+        ("interactive p50/p95/max [ms]", "---:", _interactive_delays_cell),
+        ("interactive worst around failure [ms]", "---:",
+         lambda r: interactive.delay_cell(r.get("interactive_worst_around_failure_ms"))),
+        ("interactive received/sent", "---:", _interactive_count_cell),
+        ("interactive survived", "---", lambda r: _cell(
+            metrics.flag(r.get("interactive_survived")))),
     ],
     MULTI_WIFI: [
         ("fraction of best AP (mean)", "---:", lambda r: _cell(r.get("fraction_of_best_ap"))),
@@ -600,7 +653,8 @@ def write_report(run_dirs: Sequence[Path], out_path: Path, analyze: bool = True)
                     f", malformed {numbers['malformed_packets']}")
             lines += _datalevel_lines(result.get("datalevel") or {})
             lines.append("")
-        for figure in (THROUGHPUT_FIGURE, GOODPUT_FIGURE, SUBFLOWS_FIGURE, *datalevel.FIGURES):
+        for figure in (THROUGHPUT_FIGURE, GOODPUT_FIGURE, SUBFLOWS_FIGURE, interactive.FIGURE,
+                       *datalevel.FIGURES):
             png = run_dir / "figures" / f"{figure}.png"
             if png.exists():
                 lines.append(f"![{row['case']}, {row['stack']}: {figure}]"
@@ -614,6 +668,10 @@ def _datalevel_lines(numbers: dict[str, Any]) -> list[str]:
     """The data-level numbers of a run as report bullets (reinjections, out-of-order delay,
     one-way delay), and what could not be measured."""
     lines = []
+    if numbers.get("measured_port") is not None:
+        lines.append(f"- the captures also hold other connections between the measured hosts: "
+                     f"the numbers below are the measured flow's (port "
+                     f"{numbers['measured_port']}) only")
     reinjected = numbers.get("reinjections")
     if reinjected:
         pairs = "; ".join(f"{p['bytes']} B from {p['from']} to {p['to']}"

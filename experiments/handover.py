@@ -32,11 +32,17 @@ Plain TCP (`--stack tcp`) runs over WiFi and breaks: on detection the connection
 destroys the sockets of the lost address, as Android does (SOCK_DESTROY), which makes both ends
 see the break at once instead of after minutes of retransmissions.
 
-The interactive flow: the workload program runs one bulk connection and has no constant-rate
-mode, so no per-packet application delay is measured. What the receiver's 100 ms series does
-give is the longest silence around the failure (`gap_s`): a small interactive message written
-at the failure on this connection waits about that long, so `gap_s` bounds from below the
-worst application delay an interactive flow would see.
+Beside the bulk transfer runs an interactive flow (`interactive`, on by default): a second
+connection between the same client and server, on the same stacks (the runner's competing
+flow `on_measured_stack`, port `interactive_port`), in the same direction, that writes a
+message of `interactive_size` bytes every `interactive_interval_ms` (a VoIP-like 200 B every
+20 ms) for the whole transfer. The phone's connection manager acts on both connections: the
+kernel's endpoints and our daemon's path control apply to every connection of the host, and
+for plain TCP the sockets of the lost address are destroyed, so the interactive connection
+breaks with the bulk one. Its receiver stamps every message's application delay, from the
+time it was due at the sender to its arrival (one machine, one clock); `interactive` in
+summary.json holds their percentiles, how many were sent and received, the worst delay of a
+message due around the failure, and whether its byte stream arrived whole.
 """
 
 from __future__ import annotations
@@ -51,12 +57,14 @@ from mininet.topo import Topo
 
 from experiments.scenario import (
     CommonParams,
+    CompetingFlow,
     HostEvent,
     LinkEvent,
     RunOutcome,
     Scenario,
     TimelineEvent,
     Workload,
+    check_messages,
 )
 from experiments.timeline_metrics import MoveMetrics, move_metrics, nstat_changes, survival
 from testbed import stats
@@ -66,6 +74,7 @@ from testbed.emu.nodes import TestbedHost
 from testbed.errors import ParameterError
 from testbed.stacks.base import Endpoint, path_control
 from testbed.stacks.kernel import KernelPathControl
+from testbed.workload import message_delays
 from topologies.two_path import CLIENT_ADDRS, SERVER_ADDR, TwoPathTopo
 
 MODES = ("full", "backup", "single-path")
@@ -81,6 +90,11 @@ MECHANISM_COUNTERS: tuple[str, ...] = (
     "MPTcpExtMPPrioTx", "MPTcpExtMPPrioRx", "MPTcpExtRmAddrTx", "MPTcpExtRmAddr",
     "MPTcpExtRmSubflow",
 )  # fmt: skip
+INTERACTIVE = "interactive"  # the interactive flow's name (its files in stats/)
+# Messages due this long before the failure, up to this long after its detection, are
+# "around the failure": the ones in flight on WiFi when it went, and those written while
+# the connection had no working path.
+AROUND_FAILURE_S = 1.0
 
 
 @dataclass
@@ -104,6 +118,12 @@ class HandoverParams(CommonParams):
     # itself (ours does, through netlink; single-path then needs our `single-path` path
     # manager, which holds the cellular `subflow` endpoint in reserve).
     connection_manager: bool = True
+    # The constant-rate interactive flow beside the bulk one (module doc): message size in
+    # bytes, one message every interval, on its own port.
+    interactive: bool = True
+    interactive_size: int = 200
+    interactive_interval_ms: float = 20.0
+    interactive_port: int = 5202
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -126,6 +146,14 @@ class HandoverParams(CommonParams):
             raise ParameterError(
                 f"timeout_s ({self.timeout_s}) must be >= duration_s ({self.duration_s}): the "
                 "runner stops a run after timeout_s + 10 s")
+        check_messages(self.interactive_size, self.interactive_interval_ms,
+                       names=("interactive_size", "interactive_interval_ms"))
+        if not 1 <= self.interactive_port <= 65535:
+            raise ParameterError(
+                f"interactive_port must be within 1..65535, got {self.interactive_port}")
+        if self.interactive_port == self.port:
+            raise ParameterError(f"interactive_port ({self.interactive_port}) must differ from "
+                                 f"the bulk flow's port ({self.port})")
 
     def shaping(self, link: str) -> Shaping:
         rate, delay = {"wifi": (self.wifi_rate_mbps, self.wifi_delay_ms),
@@ -179,7 +207,9 @@ class WifiLost:
         elif self.mode == "single-path":
             control.add_endpoint(CELL_ADDR, CELL_INTF, ["subflow"])
             # Withdrawing WiFi first would leave the connection without any subflow until the
-            # join completes; a phone keeps the dead one until the new one is up.
+            # join completes; a phone keeps the dead one until the new one is up. With several
+            # connections (the interactive flow) the first join up is taken for all: the path
+            # manager starts every connection's join at once, on the same path.
             deadline = time.monotonic() + self.join_wait_s
             while not control.has_subflow_from(CELL_ADDR) and time.monotonic() < deadline:
                 time.sleep(self.poll_s)
@@ -222,6 +252,50 @@ def path_bytes(rows: Sequence[dict[str, str]], local_addr: str, fail_wall: float
     return PathBytes(before=before, after=sum(last.values()) - before)
 
 
+def interactive_metrics(sender: dict[str, Any], receiver: dict[str, Any],
+                        fail_wall: float | None, detected_wall: float | None,
+                        size: int, interval_ms: float) -> dict[str, Any]:
+    """What summary.json keeps of the interactive flow, from its two workload reports: the
+    delay percentiles of every message received (ms, from due at the sender to arrival),
+    messages sent, received and lost, whether its byte stream arrived whole (sha256 and
+    length, no error), and the worst delay of the messages due around the failure (from
+    AROUND_FAILURE_S before it to AROUND_FAILURE_S after its detection) with when that
+    message was due (s after the failure). A message never received has no delay: `lost`
+    counts those, and a connection that broke is `survived: false`."""
+    series = receiver.get("message_series") or []
+    sent = (sender.get("messages") or {}).get("sent")
+    out: dict[str, Any] = message_delays(series, size, interval_ms / 1000, sent)
+    out["lost"] = None if sent is None else sent - out["received"]
+    errors = [f"{role}: {report['error']}" for role, report in
+              (("receiver", receiver), ("sender", sender)) if report.get("error")]
+    intact = bool(sender.get("sha256")) and sender.get("sha256") == receiver.get("sha256") \
+        and sender.get("bytes") == receiver.get("bytes")
+    out["survived"] = bool(intact and not errors and sent is not None and out["lost"] == 0)
+    out["errors"] = errors
+    t_start = receiver.get("t_start")
+    # Each message's due time on the wall clock: arrival minus its delay.
+    due = [] if t_start is None else \
+        [(float(t_start) + arrival - delay / 1000, delay) for arrival, delay in series]
+    around = None
+    if fail_wall is not None and detected_wall is not None:
+        window = (fail_wall - AROUND_FAILURE_S, detected_wall + AROUND_FAILURE_S)
+        around = [(when, delay) for when, delay in due if window[0] <= when <= window[1]]
+        before = sorted(delay for when, delay in due if when < window[0])
+        after = sorted(delay for when, delay in due if when > window[1])
+        out["delay_ms_p50_before_failure"] = _median(before)
+        out["delay_ms_p50_after_failure"] = _median(after)
+    out["messages_around_failure"] = None if around is None else len(around)
+    worst = max(around, key=lambda item: item[1]) if around else None
+    out["worst_around_failure_ms"] = None if worst is None else round(worst[1], 3)
+    out["worst_due_after_failure_s"] = None if worst is None or fail_wall is None \
+        else round(worst[0] - fail_wall, 3)
+    return out
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return round(values[len(values) // 2], 3) if values else None
+
+
 @dataclass
 class Handover(Scenario):
     name = "handover"
@@ -250,6 +324,15 @@ class Handover(Scenario):
 
     def workload(self) -> Workload:
         return Workload(direction=self.params.direction, seconds=self.params.duration_s)
+
+    def competing_flows(self) -> list[CompetingFlow]:
+        p = self.params
+        if not p.interactive:
+            return []
+        return [CompetingFlow(INTERACTIVE, self.client, self.server, SERVER_ADDR,
+                              port=p.interactive_port, direction=p.direction,
+                              on_measured_stack=True, messages=p.interactive_size,
+                              interval_ms=p.interactive_interval_ms)]
 
     def timeline(self) -> list[TimelineEvent]:
         p = self.params
@@ -309,11 +392,22 @@ class Handover(Scenario):
             "path_bytes": {name: b.record() for name, b in paths.items()},
             "carried_data_before": [name for name, b in paths.items() if b.before > 0],
             "carried_data_after": [name for name, b in paths.items() if b.after > 0],
-            "interactive_delay": "not measured: the workload has no constant-rate flow; "
-                                 "gap_s bounds an interactive message's delay from below",
+            "interactive": self._interactive(outcome, fail_wall),
             "mptcp_counters": {side: nstat_changes(outcome.run_dir, side, MECHANISM_COUNTERS)
                                for side in ("client", "server")},
         }
+
+    def _interactive(self, outcome: RunOutcome,
+                     fail_wall: float | None) -> dict[str, Any] | None:
+        p = self.params
+        if not p.interactive:
+            return None
+        flow = outcome.flows.get(INTERACTIVE, {})
+        detected = None if fail_wall is None else fail_wall + p.detection_s
+        return {"port": p.interactive_port,
+                **interactive_metrics(flow.get("sender", {}), flow.get("receiver", {}),
+                                      fail_wall, detected, p.interactive_size,
+                                      p.interactive_interval_ms)}
 
     def _path_bytes(self, outcome: RunOutcome, fail_wall: float | None) -> dict[str, PathBytes]:
         try:

@@ -103,7 +103,8 @@ class Run:
         self.workload = scenario.workload()
         self.timeline = sorted(scenario.timeline(), key=lambda event: event.at_s)
         self.flows = scenario.competing_flows()
-        self.flow_drivers = {flow.name: get_stack(flow.stack) for flow in self.flows}
+        self.flow_drivers = {flow.name: get_stack(flow.stack) for flow in self.flows
+                             if not flow.on_measured_stack}
         _check_flows(self.flows, self.workload, scenario)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         self.run_id = f"{scenario.name}-{self.stack_label}-{stamp}-{secrets.token_hex(2)}"
@@ -194,6 +195,9 @@ class Run:
         argv += ["--listen", "0.0.0.0"] if mode == "server" else ["--connect", server_address]
         if flow is not None:
             argv += ["--seconds", str(flow.duration_s(w))]
+            if flow.messages is not None:
+                argv += ["--messages", str(flow.messages),
+                         "--interval-ms", str(flow.interval_ms)]
         elif w.bytes is not None:
             argv += ["--bytes", str(w.bytes)]
         else:
@@ -231,7 +235,7 @@ class Run:
             _write_json(stats_dir / f"nstat-{name}-before.json",
                         stats.nstat_snapshot(emu.host(name)))
         prepared = dict(zip(endpoints, (client_prep, server_prep), strict=True))
-        self.flow_prepared = self._prepare_flows(emu)
+        self.flow_prepared = self._prepare_flows(emu, client_prep, server_prep)
         samplers = [
             emu.popen(emu.host(name),
                       stats.sampler_argv(stats_dir / f"subflows-{name}.csv",
@@ -286,11 +290,16 @@ class Run:
             for capture in captures:
                 capture.stop()
 
-    def _prepare_flows(self, emu: Emulation) -> dict[str, tuple[PreparedHost, PreparedHost]]:
+    def _prepare_flows(self, emu: Emulation, client_prep: PreparedHost,
+                       server_prep: PreparedHost) -> dict[str, tuple[PreparedHost, PreparedHost]]:
         """Each competing flow's two hosts, set up by the flow's own stack and congestion
-        control (the measured flow's parameters do not apply to them)."""
+        control (the measured flow's parameters do not apply to them); a flow on the
+        measured stacks uses the measured hosts as they were prepared."""
         result = {}
         for flow in self.flows:
+            if flow.on_measured_stack:
+                result[flow.name] = (client_prep, server_prep)
+                continue
             driver = self.flow_drivers[flow.name]
             config = StackConfig(congestion=flow.congestion)
             result[flow.name] = (driver.prepare(emu.recorded(flow.client), [], config),
@@ -299,6 +308,8 @@ class Run:
 
     def _release_flows(self, emu: Emulation) -> None:
         for flow in self.flows:
+            if flow.on_measured_stack:
+                continue  # the measured hosts' release undoes their stacks
             release = getattr(self.flow_drivers[flow.name], "release", None)
             if release is None or flow.name not in getattr(self, "flow_prepared", {}):
                 continue
@@ -496,7 +507,9 @@ class Run:
             f_sender, f_receiver = (f_client, f_server) if flow.direction == "upload" \
                 else (f_server, f_client)
             flows[flow.name] = {"sender": f_sender, "receiver": f_receiver}
-            summary["flows"][flow.name] = flow_summary(flow, f_sender, f_receiver)
+            summary["flows"][flow.name] = flow_summary(
+                flow, f_sender, f_receiver,
+                stack=self.stack_label if flow.on_measured_stack else None)
             summary["errors"] += [f"{flow.name}: {e}"
                                   for e in (f_sender.get("error"), f_receiver.get("error")) if e]
         summary.update(self._fidelity())
@@ -535,15 +548,18 @@ class Run:
 
 def _check_flows(flows: list[CompetingFlow], workload: Workload, scenario: Scenario) -> None:
     """Competing flows are refused before anything starts: unknown hosts, a host of the
-    measured flow (its stack owns that host), two flows with one name or one server port on
-    one host, a duration that cannot be known."""
+    measured flow (its stack owns that host) unless the flow runs on the measured stacks, and
+    then exactly the measured client and server, two flows with one name or one server port
+    on one host (the measured flow's port included), a duration that cannot be known."""
     if not flows:
         return
     hosts = set(scenario.topology().hosts())
+    measured = (scenario.client, scenario.server)
     names: set[str] = set()
-    listening: set[tuple[str, int]] = set()
+    listening: set[tuple[str, int]] = {(scenario.server, scenario.params.port)}
+    own = [flow for flow in flows if not flow.on_measured_stack]
     stacks_on: dict[str, set[str]] = {}
-    for flow in flows:
+    for flow in own:
         for host in (flow.client, flow.server):
             stacks_on.setdefault(host, set()).add(flow.stack)
     for flow in flows:
@@ -554,28 +570,47 @@ def _check_flows(flows: list[CompetingFlow], workload: Workload, scenario: Scena
             if host not in hosts:
                 raise ParameterError(f"competing flow {flow.name}: no host {host!r} in this "
                                      f"topology; hosts are {', '.join(sorted(hosts))}")
-            if host in (scenario.client, scenario.server):
-                raise ParameterError(f"competing flow {flow.name}: {host!r} carries the measured "
-                                     "flow; a competing flow needs hosts of its own")
-        for host in (flow.client, flow.server):
-            # Our stack's daemon takes the host's addresses: one per host, shared by flows of
-            # that stack only (each prepare would start another).
-            if "userspace" in stacks_on[host] and sum(
-                    host in (f.client, f.server) for f in flows) > 1:
-                raise ParameterError(f"competing flow {flow.name}: {host!r} runs our stack for "
-                                     "one flow and cannot carry another")
+        if flow.on_measured_stack:
+            if (flow.client, flow.server) != measured:
+                raise ParameterError(
+                    f"competing flow {flow.name}: on the measured stacks it runs from the "
+                    f"measured client {scenario.client!r} to the measured server "
+                    f"{scenario.server!r}, not from {flow.client!r} to {flow.server!r}")
+        else:
+            for host in (flow.client, flow.server):
+                if host in measured:
+                    raise ParameterError(
+                        f"competing flow {flow.name}: {host!r} carries the measured flow; a "
+                        "competing flow needs hosts of its own (or on_measured_stack)")
+            for host in (flow.client, flow.server):
+                # Our stack's daemon takes the host's addresses: one per host, shared by flows
+                # of that stack only (each prepare would start another).
+                if "userspace" in stacks_on[host] and sum(
+                        host in (f.client, f.server) for f in own) > 1:
+                    raise ParameterError(f"competing flow {flow.name}: {host!r} runs our stack "
+                                         "for one flow and cannot carry another")
         if (flow.server, flow.port) in listening:
+            taken = "the measured flow" if (flow.server, flow.port) == (
+                scenario.server, scenario.params.port) else "another flow"
             raise ParameterError(f"competing flow {flow.name}: port {flow.port} on "
-                                 f"{flow.server} is taken by another flow")
+                                 f"{flow.server} is taken by {taken}")
         listening.add((flow.server, flow.port))
         flow.duration_s(workload)
 
 
-def flow_summary(flow: CompetingFlow, sender: dict[str, Any],
-                 receiver: dict[str, Any]) -> dict[str, Any]:
-    """What summary.json keeps of a competing flow."""
+def flow_summary(flow: CompetingFlow, sender: dict[str, Any], receiver: dict[str, Any],
+                 stack: str | None = None) -> dict[str, Any]:
+    """What summary.json keeps of a competing flow (`stack`: the measured stacks' label, for
+    a flow on them); a flow of messages also has the receiver's delay statistics and the
+    number the sender sent."""
+    messages = None
+    if flow.messages is not None:
+        messages = dict(receiver.get("messages") or {})
+        messages["sent"] = (sender.get("messages") or {}).get("sent")
     return {
-        "client": flow.client, "server": flow.server, "stack": flow.stack,
+        "client": flow.client, "server": flow.server, "stack": stack or flow.stack,
+        "on_measured_stack": flow.on_measured_stack, "port": flow.port,
+        "messages": messages,
         "congestion": sender.get("congestion") or flow.congestion,
         "goodput_mbps": receiver.get("goodput_mbps"),
         "bytes_sent": sender.get("bytes"),

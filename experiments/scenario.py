@@ -4,6 +4,7 @@ capture points and a verdict) and how its parameters are typed, overridden and v
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from abc import ABC, abstractmethod
@@ -17,6 +18,7 @@ from mininet.topo import Topo
 from testbed.emu.linkparams import Shaping
 from testbed.errors import ParameterError
 from testbed.stacks.base import Endpoint, StackConfig
+from testbed.workload import MESSAGE_HEADER
 
 if TYPE_CHECKING:
     from testbed.emu.network import Emulation
@@ -79,7 +81,15 @@ class CompetingFlow:
     stats/workload-<name>-{client,server}.json and its goodput into summary.json's `flows`.
 
     `congestion` is set per socket (Reno where the question is fairness to Reno-like TCP, as
-    RFC 6356 defines it); the measured flow's own parameters do not apply to it."""
+    RFC 6356 defines it); the measured flow's own parameters do not apply to it.
+
+    With `on_measured_stack` the flow is a second connection between the measured client and
+    server instead (`client` and `server` must name them), on their stacks as the run
+    prepared them (`stack` and `congestion` are not used; nothing is prepared or released for
+    it): a flow that the measured hosts' path managers act on too, such as an interactive flow
+    beside a bulk one. `messages` (bytes) makes it a constant-rate flow of messages of that
+    size, one every `interval_ms` (the workload's messages mode: the receiver reports each
+    message's delay); None sends bulk."""
 
     name: str
     client: str
@@ -91,6 +101,9 @@ class CompetingFlow:
     direction: str = "upload"
     start_s: float = 0.0
     seconds: float | None = None
+    on_measured_stack: bool = False
+    messages: int | None = None
+    interval_ms: float = 20.0
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -112,6 +125,7 @@ class CompetingFlow:
         if self.seconds is not None and self.seconds <= 0:
             raise ParameterError(f"competing flow {self.name}: seconds must be positive, "
                                  f"got {self.seconds}")
+        check_messages(self.messages, self.interval_ms, f"competing flow {self.name}: ")
 
     def duration_s(self, measured: Workload) -> float:
         """How long this flow sends, given the measured workload."""
@@ -125,6 +139,18 @@ class CompetingFlow:
 
     def record(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_messages(size: int | None, interval_ms: float, what: str = "",
+                   names: tuple[str, str] = ("messages", "interval_ms")) -> None:
+    """A constant-rate flow's message size (None: bulk) and interval, as the workload's
+    messages mode takes them: every message holds at least its number and due time. `what`
+    prefixes the error, `names` are the two parameters' names in it."""
+    if size is not None and size < MESSAGE_HEADER.size:
+        raise ParameterError(f"{what}{names[0]} must be at least {MESSAGE_HEADER.size} bytes "
+                             f"(each message carries its number and due time), got {size}")
+    if not (interval_ms > 0 and math.isfinite(interval_ms)):
+        raise ParameterError(f"{what}{names[1]} must be a positive number, got {interval_ms}")
 
 
 @dataclass(frozen=True)

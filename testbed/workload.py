@@ -275,6 +275,8 @@ def send_messages(sock: socket.socket, report: Report, seed: int, size: int,
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     start_wall, start_mono = time.time(), time.monotonic()
     count = 0
+    # Kept up to date, so that a connection that breaks still reports how many were sent.
+    report.messages = {"size": size, "interval_ms": interval_s * 1000, "sent": 0}
     while True:
         due = count * interval_s
         if seconds is not None and due >= seconds:
@@ -289,8 +291,8 @@ def send_messages(sock: socket.socket, report: Report, seed: int, size: int,
         h.update(message)
         count += 1
         report.bytes = count * size
+        report.messages["sent"] = count
     report.sha256 = h.hexdigest()
-    report.messages = {"size": size, "interval_ms": interval_s * 1000, "sent": count}
     _mptcp_info(sock, report)
     sock.shutdown(socket.SHUT_WR)
     while sock.recv(4096):

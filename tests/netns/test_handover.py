@@ -1,8 +1,11 @@
 """handover end to end through `testbed run`, short: a 6 s download, WiFi lost at 2.5 s and
 noticed 0.2 s later. Kernel MPTCP and ours survive in every mode, each by its own mechanism
 (ours shown by its daemon's counters); ours also without any connection manager, from the link
-going down alone; plain TCP breaks. Timings are not asserted (the machine is shared): only what
-carried data, and how. Run with -s to see the gaps."""
+going down alone; plain TCP breaks. The interactive flow beside the download (200 B every
+20 ms, a second connection on the same stacks) moves with it under MPTCP and breaks with it
+under plain TCP. Timings are not asserted (the machine is shared): only what carried data, and
+how, and delays against the links' own propagation delays. Run with -s to see the gaps and
+the interactive delays."""
 
 from __future__ import annotations
 
@@ -19,10 +22,42 @@ SHORT = ["--link-backend", "userspace", "--seed", "3", "--no-analyze",
          "--set", "timeout_s=8"]
 
 
+# The cellular link's one-way delay (the scenario's default): no message that went over it
+# can arrive sooner.
+CELL_DELAY_MS = 30.0
+
+
 def run_handover(stack: str, out: Path, *sets: str) -> tuple[int, dict[str, Any]]:
     result = run_experiment("handover", stack, out, *SHORT, sets=sets)
     assert left_behind(out) == []
     return result.returncode, json.loads((out / "summary.json").read_text())
+
+
+def check_interactive(summary: dict[str, Any], survived: bool) -> dict[str, Any]:
+    """The interactive flow's messages arrived with delays in a plausible order; under MPTCP
+    every one of them (its connection moved to cellular too), under plain TCP only those
+    before the break."""
+    flow = summary["interactive"]
+    print(f"  interactive: p50 {flow['delay_ms_p50']} ms, p95 {flow['delay_ms_p95']} ms, "
+          f"max {flow['delay_ms_max']} ms, worst around the failure "
+          f"{flow['worst_around_failure_ms']} ms, {flow['received']}/{flow['sent']} messages")
+    assert flow["sent"] > 0 and flow["received"] > 0, flow
+    assert 0 < flow["delay_ms_p50"] <= flow["delay_ms_p95"] <= flow["delay_ms_max"], flow
+    assert flow["worst_around_failure_ms"] is not None and flow["messages_around_failure"] > 0
+    assert flow["worst_around_failure_ms"] <= flow["delay_ms_max"]
+    if not survived:
+        assert flow["survived"] is False and flow["errors"], flow
+        # Messages written between the failure and the sockets' destruction never arrive.
+        assert flow["lost"] > 0 and flow["delay_ms_p50_after_failure"] is None, flow
+        return flow
+    assert flow["survived"] is True, flow
+    assert flow["lost"] == 0 and flow["received"] == flow["sent"], flow
+    # After the move every message crosses the cellular link, so none is faster than it;
+    # the run's worst message is at least that late too.
+    assert flow["delay_ms_p50_after_failure"] >= CELL_DELAY_MS, flow
+    assert flow["delay_ms_max"] >= CELL_DELAY_MS, flow
+    assert flow["delay_ms_p50"] < 2000, flow  # generous: most messages are not held up
+    return flow
 
 
 @pytest.mark.parametrize("mode", ["full", "backup", "single-path"])
@@ -37,7 +72,7 @@ def test_kernel_mptcp_moves_to_cellular_and_keeps_the_byte_stream(tmp_path: Path
     assert summary["gap_s"] is not None and summary["goodput_after_mbps"] > 0
     before = summary["path_bytes"]["cellular"]["before"]
     client = summary["mptcp_counters"]["client"]
-    assert client.get("MPTcpExtMPJoinSynTx", 0) == 1
+    assert client.get("MPTcpExtMPJoinSynTx", 0) == 2  # one join each: bulk and interactive
     assert client.get("MPTcpExtRmAddrTx", 0) >= 1  # WiFi withdrawn
     if mode == "full":
         assert before > 0  # both paths carried data from the start
@@ -47,6 +82,7 @@ def test_kernel_mptcp_moves_to_cellular_and_keeps_the_byte_stream(tmp_path: Path
     if mode == "backup":
         assert client.get("MPTcpExtMPPrioTx", 0) >= 1
         assert summary["mptcp_counters"]["server"].get("MPTcpExtMPPrioRx", 0) >= 1
+    check_interactive(summary, survived=True)
 
 
 def test_plain_tcp_breaks_with_wifi(tmp_path: Path) -> None:
@@ -55,6 +91,7 @@ def test_plain_tcp_breaks_with_wifi(tmp_path: Path) -> None:
     assert summary["survived"] is False and summary["mode"] is None
     assert summary["gap_s"] is None
     assert summary["carried_data_before"] == ["wifi"] and summary["carried_data_after"] == []
+    check_interactive(summary, survived=False)
 
 
 # What our daemon may still read from WiFi after the link went down: frames the link had
@@ -73,11 +110,12 @@ def check_moved_to_cellular(summary: dict[str, Any], mode: str) -> dict[str, int
     assert summary["gap_s"] is not None and summary["goodput_after_mbps"] > 0
     client = summary["mptcp_counters"]["client"]
     server = summary["mptcp_counters"]["server"]
-    assert client.get("MPTcpExtMPJoinSynTx", 0) == 1
+    assert client.get("MPTcpExtMPJoinSynTx", 0) == 2  # one join each: bulk and interactive
     # WiFi withdrawn: REMOVE_ADDR, received by the server.
     assert client.get("MPTcpExtRmAddrTx", 0) >= 1 and server.get("MPTcpExtRmAddr", 0) >= 1
     if mode == "backup":
         assert client.get("MPTcpExtMPPrioTx", 0) >= 1 and server.get("MPTcpExtMPPrioRx", 0) >= 1
+    check_interactive(summary, survived=True)
     return client
 
 
