@@ -40,6 +40,9 @@ FAIRNESS_FIELDS = ("mode", "expected", "mptcp_mbps", "tcp_mbps", "ratio", "ancho
 MIGRATION_FIELDS = ("survived", "survived_reason", "gap_s", "gap_start_s", "expected_gap_s",
                     "goodput_before_mbps", "goodput_after_mbps", "bytes_after_move",
                     "joined_new_address")
+# handover and mobility summary fields kept in the runs table (their repetitions' headline).
+HANDOVER, MOBILITY = "handover", "mobility"
+HANDOVER_FIELDS = ("survived", "gap_s")
 THROUGHPUT_FIGURE = "throughput"
 GOODPUT_FIGURE = "goodput"
 SUBFLOWS_FIGURE = "subflows"
@@ -155,6 +158,10 @@ def run_row(run_dir: Path, group_keys: Sequence[str] | None = None) -> dict[str,
         # Judged against the plain TCP run at the same buffer: rcvbuf.add_verdicts.
         extra.update({key: summary.get(key) for key in RECEIVE_BUFFER_FIELDS})
         extra["anchor_met"] = None
+    elif scenario == HANDOVER:
+        extra.update({key: summary.get(key) for key in HANDOVER_FIELDS})
+    elif scenario == MOBILITY:
+        extra["fraction_of_envelope"] = summary.get("fraction_of_envelope")
     elif scenario == FAIRNESS:
         extra.update({key: summary.get(key) for key in FAIRNESS_FIELDS})
         extra["congestion"] = params.get("congestion")
@@ -169,6 +176,7 @@ def run_row(run_dir: Path, group_keys: Sequence[str] | None = None) -> dict[str,
         "stack": metrics.stack_label(meta, summary),
         "link_backend": summary.get("link_backend", meta.get("link_backend", "")),
         "params": params,
+        "seed": meta.get("seed"),
         "group": figures.params_label(params, group_keys),
         "goodput_mbps": float(goodput) if goodput is not None else math.nan,
         "rate_sum_mbps": sum(rates.values()) if rates else math.nan,
@@ -186,10 +194,32 @@ def run_row(run_dir: Path, group_keys: Sequence[str] | None = None) -> dict[str,
 
 def runs_table(run_dirs: Sequence[Path]) -> pd.DataFrame:
     """The runs table; `case` and `group` label only the parameters that differ between runs
-    (when meta.json carries no `label`)."""
+    (when meta.json carries no `label`). Runs of one case differ only in their seed: a case
+    label that two sets of parameters share (a scenario's own label names only some of them)
+    gets the parameters that tell them apart."""
     params = [metrics.load_meta(Path(d)).get("params") or {} for d in run_dirs]
     keys = figures.varying_keys(params)
-    return rcvbuf.add_verdicts(pd.DataFrame([run_row(Path(d), keys) for d in run_dirs]))
+    runs = pd.DataFrame([run_row(Path(d), keys) for d in run_dirs])
+    return rcvbuf.add_verdicts(distinct_cases(runs))
+
+
+def distinct_cases(runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` with every case label naming one set of parameters per scenario: where runs of
+    other parameters share a label, the label gets the parameters that differ among them
+    ("10+5 Mbit/s, 10/50 ms" -> "10+5 Mbit/s, 10/50 ms (scheduler=ecf)")."""
+    if runs.empty or not {"scenario", "case", "params"} <= set(runs):
+        return runs
+    runs = runs.copy()
+    for (_, _), group in runs.groupby([runs["scenario"].astype(str), runs["case"].astype(str)],
+                                      sort=False):
+        sets = [p if isinstance(p, dict) else {} for p in group["params"]]
+        keys = figures.varying_keys(sets)
+        if not keys:
+            continue
+        for index, chosen in zip(group.index, sets, strict=True):
+            shown = ", ".join(f"{k}={chosen.get(k)}" for k in keys)
+            runs.at[index, "case"] = f"{runs.at[index, 'case']} ({shown})"
+    return runs
 
 
 def compare_runs(run_dirs: Sequence[Path], out_dir: Path,
