@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis import datacenter, datalevel, figures, metrics, tshark
+from analysis import datacenter, datalevel, figures, metrics, repetitions, tshark
 from analysis import receive_buffer as rcvbuf
 
 AGGREGATE, MIGRATION, MULTI_WIFI = figures.AGGREGATE, "vm-migration", "multi-wifi"
@@ -588,6 +588,11 @@ def write_report(run_dirs: Sequence[Path], out_path: Path, analyze: bool = True)
     """A Markdown report: per scenario a table of runs against the published anchor and the
     comparison figure, then each run's figures (linked relative to the report).
 
+    Where a case and stack ran more than once, a "Repetitions" table comes first: the spread
+    of the scenario's headline metrics and how many runs met the anchor
+    (`analysis.repetitions`). Those numbers, for every case and stack, also go to
+    `<report>-repetitions.csv` next to the report.
+
     With `analyze` the figures are (re)made first; otherwise existing figures are linked.
     """
     out_path = Path(out_path)
@@ -595,10 +600,16 @@ def write_report(run_dirs: Sequence[Path], out_path: Path, analyze: bool = True)
     runs = runs_table(run_dirs)
     lines = ["# MPTCP testbed report", ""]
     scenarios = list(dict.fromkeys(str(s) for s in runs["scenario"])) if not runs.empty else []
+    repeated = repetitions.groups(runs)
+    csv_path = repetitions.write_csv(repeated, repetitions_csv(out_path))
     for scenario in scenarios:
         mask = runs["scenario"].astype(str) == scenario
         subset = runs[mask]
         lines += [f"## Scenario `{scenario or 'unknown'}`", ""]
+        if repetitions.repeated(repeated[repeated["scenario"] == scenario]):
+            lines += ["### Repetitions", "",
+                      repetitions.caption(repeated, scenario, _rel(csv_path, out_path.parent)),
+                      "", *repetitions.table_lines(repeated, scenario), "", "### Each run", ""]
         lines += [*runs_table_lines(scenario, subset, out_path.parent), ""]
         anchor = anchor_line(scenario, subset)
         if anchor:
@@ -638,6 +649,11 @@ def write_report(run_dirs: Sequence[Path], out_path: Path, analyze: bool = True)
         lines.append("")
     out_path.write_text("\n".join(lines))
     return out_path
+
+
+def repetitions_csv(report_path: Path) -> Path:
+    """Where `write_report` puts the repetitions' numbers: `<report>-repetitions.csv`."""
+    return Path(report_path).with_name(f"{Path(report_path).stem}-repetitions.csv")
 
 
 def _datalevel_lines(numbers: dict[str, Any]) -> list[str]:
