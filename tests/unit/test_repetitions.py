@@ -1,6 +1,6 @@
 """Repetitions gathered per case and stack: the spread of the headline metrics (checked against
-numbers worked out by hand), the anchor count, the report's table and its CSV. Synthetic
-results directories, no root."""
+numbers worked out by hand), the anchor count, the report's table, its CSV and the error bars
+of the comparison figures. Synthetic results directories, no root."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ import itertools
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
+from matplotlib.container import ErrorbarContainer
 
-from analysis import repetitions, report
+from analysis import figures, repetitions, report
 from analysis.spread import spread, t975
 
-from .test_analysis import make_run
+from .test_analysis import _spy_saved, make_run
 
 # -- the spread of a few numbers --------------------------------------------------------------
 
@@ -218,3 +220,51 @@ def test_report_without_repetitions_has_no_table(tmp_path: Path) -> None:
     text = report.write_report(runs, tmp_path / "report.md", analyze=False).read_text()
     assert "Repetitions" not in text and "### Each run" not in text
     assert (tmp_path / "report-repetitions.csv").exists()  # the numbers are there anyway
+
+
+# -- error bars on the comparison figures -----------------------------------------------------
+
+
+def _error_bars(ax: Any) -> list[tuple[float, float, float]]:
+    """(x, low, high) of each error bar drawn on `ax`."""
+    found = []
+    for container in ax.containers:
+        if isinstance(container, ErrorbarContainer):
+            segments = container.lines[2][0].get_segments()
+            for (x, low), (_, high) in segments:
+                found.append((float(x), float(low), float(high)))
+    return found
+
+
+def test_bars_of_repeated_runs_carry_the_interval(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    saved = _spy_saved(monkeypatch)
+    runs = report.runs_table(_repeated_suite(tmp_path / "suite"))
+    bars = figures.bar_table(runs, "duration_s").set_index(["case", "stack"])
+    assert bars.loc[("10+10 Mbit/s", "kernel"), "ci95"] == pytest.approx(0.8957, abs=1e-4)
+    assert math.isnan(bars.loc[("15+5 Mbit/s", "kernel"), "ci95"])
+    figures.plot_comparison(runs, tmp_path / "cmp", references=True)
+    fig = saved[0]
+    goodput_ax, completion_ax = fig.axes
+    # One whisker per repeated bar (kernel and TCP at 10+10), none on the single run.
+    whiskers = sorted(_error_bars(completion_ax))
+    assert len(whiskers) == 2
+    x, low, high = whiskers[0]
+    assert x == pytest.approx(-0.2)  # the kernel's slot, left of TCP's
+    assert (low, high) == pytest.approx((6.6043, 8.3957), abs=1e-4)
+    assert whiskers[1][1:] == pytest.approx((14.1333 - 0.3795, 14.1333 + 0.3795), abs=1e-3)
+    assert len(_error_bars(goodput_ax)) == 2
+    assert completion_ax.get_ylim()[1] >= 14.1333 + 0.3795
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert figures.REPETITIONS_LABEL in legend
+
+
+def test_single_runs_have_no_error_bars(tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    saved = _spy_saved(monkeypatch)
+    runs = report.runs_table([make_run(tmp_path, f"r{rate}/{stack}", stack, rate, 9.0,
+                                       bound=True) for rate in (10, 15)
+                              for stack in ("kernel", "tcp")])
+    figures.plot_comparison(runs, tmp_path / "cmp")
+    assert all(not _error_bars(ax) for ax in saved[0].axes)
+    assert figures.REPETITIONS_LABEL not in [t.get_text() for t in saved[0].legends[0].get_texts()]
