@@ -136,23 +136,35 @@ def repeated(table: pd.DataFrame) -> bool:
     return bool(not table.empty and (table["runs"] > 1).any())
 
 
-def _num(value: float) -> str:
-    return f"{value:.3g}" if not math.isnan(value) else "–"
+def _decimals(std: float) -> int:
+    """Decimals that show a group's spread: two, or down to the second significant digit of
+    its standard deviation (runs 3.5098 and 3.5100 s must not both print as 3.51)."""
+    if math.isnan(std) or std <= 0:
+        return 2
+    # The nudge keeps an sd of 0.0001 that arithmetic left at 0.0000999... at its own digit.
+    return min(max(2, 1 - math.floor(math.log10(std) + 1e-9)), 6)
+
+
+def _num(value: float, decimals: int) -> str:
+    return f"{value:.{decimals}f}" if not math.isnan(value) else "–"
 
 
 def _mean_cell(row: dict[str, Any]) -> str:
     if row["n"] == 0:
         return "–"
-    text = _num(row["mean"])
+    d = _decimals(row["std"])
+    text = _num(row["mean"], d)
     if row["n"] >= 2:
-        text += f" ± {_num(row['ci95'])} (sd {_num(row['std'])})"
+        text += f" ± {_num(row['ci95'], d)} (sd {_num(row['std'], d)})"
     return text + (f" [{row['n']} measured]" if row["n"] < row["runs"] else "")
 
 
 def _range_cell(row: dict[str, Any]) -> str:
     if row["n"] == 0:
         return "–"
-    return _num(row["min"]) if row["n"] == 1 else f"{_num(row['min'])}–{_num(row['max'])}"
+    d = _decimals(row["std"])
+    low, high = _num(row["min"], d), _num(row["max"], d)
+    return low if row["n"] == 1 else f"{low}–{high}"
 
 
 def _anchor_cell(row: dict[str, Any]) -> str:

@@ -152,8 +152,9 @@ def test_headline_per_mode_and_missing_values() -> None:
     assert (gap["runs"], gap["n"]) == (3, 2) and gap["mean"] == pytest.approx(0.55)
     lines = repetitions.table_lines(repetitions.groups(runs), "vm-migration")
     kernel = next(line for line in lines if "kernel MPTCP" in line).split(" | ")
-    assert kernel[3] == "0.55 ± 0.635 (sd 0.0707) [2 measured]"
-    assert kernel[4] == "0.5–0.6"
+    # sd 0.0707: shown to its second significant digit, three decimals.
+    assert kernel[3] == "0.550 ± 0.635 (sd 0.071) [2 measured]"
+    assert kernel[4] == "0.500–0.600"
     assert kernel[-2] == "**2 of 3**"
     tcp = next(line for line in lines if "| TCP |" in line).split(" | ")
     assert tcp[3:5] == ["–", "–"] and tcp[-2] == "2 of 2"
@@ -193,12 +194,12 @@ def test_report_shows_repetitions_before_the_runs(tmp_path: Path) -> None:
     rows = [line for line in section.splitlines() if line.startswith("| 10+10 Mbit/s |")]
     kernel, tcp = rows[0].split(" | "), rows[1].split(" | ")
     assert kernel[1:3] == ["kernel MPTCP", "3"]
-    assert kernel[3] == "7.5 ± 0.896 (sd 0.361)" and kernel[4] == "7.2–7.9"
-    assert kernel[5] == "18.4 ± 1.12 (sd 0.451)" and kernel[6] == "17.9–18.8"
+    assert kernel[3] == "7.50 ± 0.90 (sd 0.36)" and kernel[4] == "7.20–7.90"
+    assert kernel[5] == "18.37 ± 1.12 (sd 0.45)" and kernel[6] == "17.90–18.80"
     assert kernel[7] == "**2 of 3**" and kernel[8] == "– |"
     assert tcp[7] == "**0 of 3**" and tcp[8] == "**1 of 3 failed** |"
     single = next(line for line in section.splitlines() if line.startswith("| 15+5 Mbit/s |"))
-    assert single.split(" | ")[2:5] == ["1", "7.6", "7.6"]
+    assert single.split(" | ")[2:5] == ["1", "7.60", "7.60"]
     # The anchor sentence is unchanged: counted per stack over every run.
     assert "kernel MPTCP 3 of 4 runs; TCP 0 of 3 runs" in text
 
@@ -212,6 +213,16 @@ def test_report_shows_repetitions_before_the_runs(tmp_path: Path) -> None:
     assert float(row["ci95_high"]) == pytest.approx(8.3957, abs=1e-4)
     assert (row["anchor_met"], row["anchor_judged"], row["seeds"]) == ("2", "3", "1 2 3")
     assert json.loads(row["params"])["rate1_mbps"] == 10
+
+
+def test_decimals_follow_the_spread() -> None:
+    rows = repetitions.groups(pd.DataFrame([
+        {"scenario": "aggregate", "case": "c", "stack": "tcp", "duration_s": d,
+         "goodput_mbps": 9.5, "within_bound": False} for d in (3.5098, 3.5099, 3.5100)]))
+    line = repetitions.table_lines(rows, "aggregate")[2].split(" | ")
+    # sd 0.0001: five decimals, so the three runs stay apart; equal goodputs: two.
+    assert line[3] == "3.50990 ± 0.00025 (sd 0.00010)" and line[4] == "3.50980–3.51000"
+    assert line[5] == "9.50 ± 0.00 (sd 0.00)" and line[6] == "9.50–9.50"
 
 
 def test_report_without_repetitions_has_no_table(tmp_path: Path) -> None:
