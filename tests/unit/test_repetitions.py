@@ -279,3 +279,27 @@ def test_single_runs_have_no_error_bars(tmp_path: Path,
     figures.plot_comparison(runs, tmp_path / "cmp")
     assert all(not _error_bars(ax) for ax in saved[0].axes)
     assert figures.REPETITIONS_LABEL not in [t.get_text() for t in saved[0].legends[0].get_texts()]
+
+
+def test_datacenter_points_of_repeated_runs_carry_the_interval(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from analysis import datacenter
+
+    saved = _spy_saved(monkeypatch)
+    rows = [{"path": f"r{i}", "stack": "kernel", "subflows": 4, "permutation": 1,
+             "utilisation": u, "jain_index": 0.9, "lowest_decile_fraction": 0.5,
+             "fidelity_ok": True} for i, u in enumerate((0.6, 0.7))]
+    rows += [{"path": "one", "stack": "kernel", "subflows": 1, "permutation": 1,
+              "utilisation": 0.5, "jain_index": 0.9, "lowest_decile_fraction": 0.4,
+              "fidelity_ok": True}]
+    rows += [{"path": f"t{i}", "stack": "tcp", "subflows": 1, "permutation": 1,
+              "utilisation": u, "jain_index": 0.8, "lowest_decile_fraction": 0.2,
+              "fidelity_ok": True} for i, u in enumerate((0.4, 0.5, 0.6))]
+    datacenter.plot(pd.DataFrame(rows, columns=datacenter.COLUMNS), tmp_path / "dc", title="dc")
+    ax_u = saved[0].axes[0]
+    # 4 subflows: mean 0.65, sd sqrt(0.005), half-width 12.7062 * 0.05 = 0.6353.
+    # TCP: mean 0.5, sd 0.1, half-width 4.3027 * 0.1 / sqrt(3) = 0.2484, left of 1 subflow.
+    (x_tcp, *tcp), (x, low, high) = sorted(_error_bars(ax_u))
+    assert x == 4 and (low, high) == pytest.approx((0.65 - 0.6353, 0.65 + 0.6353), abs=1e-4)
+    assert x_tcp < 1 and tcp == pytest.approx([0.5 - 0.2484, 0.5 + 0.2484], abs=1e-4)
+    assert figures.REPETITIONS_LABEL in [t.get_text() for t in ax_u.get_legend().get_texts()]
