@@ -9,20 +9,23 @@ Reads summary.json only (experiments/datacenter.py writes `utilisation`, `jain_i
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from matplotlib.lines import Line2D
 
 from analysis import figures, metrics
+from analysis.spread import spread
 
 DATACENTER = "datacenter"
 # Steps of the sweep may fall back by this much without breaking "grows with the subflows":
 # one run per point on a shared 2-core machine does not resolve smaller differences.
 GROWTH_SLACK = 0.02
 BEATS_TCP_FROM = 4
+# Where TCP's whisker goes on the log2 subflows axis: left of MPTCP's 1-subflow point.
+TCP_WHISKER_X = 0.85
 COLUMNS = ["path", "stack", "subflows", "permutation", "utilisation", "jain_index",
            "lowest_decile_fraction", "fidelity_ok"]
 
@@ -84,10 +87,13 @@ def anchor_sentence(table: pd.DataFrame) -> str:
 
 def plot(table: pd.DataFrame, base: Path, title: str) -> list[Path]:
     """Utilisation (and the lowest decile of per-flow goodput, as a fraction of the host
-    rate) against the number of subflows; plain TCP as horizontal lines."""
+    rate) against the number of subflows; plain TCP as horizontal lines. Points that ran
+    more than once are the mean of their runs with a whisker for its 95% t-interval, each
+    run a small dot (TCP's at the left of 1 subflow, its line at the mean)."""
     fig, (ax_u, ax_low) = figures._new_figure(width=9.0, height=3.8, ncols=2)
     colours = figures._STACK_COLOURS
     valid = table.dropna(subset=["utilisation"])
+    repeated = False
     for ax, column, label in ((ax_u, "utilisation", "utilisation (aggregate / hosts x rate)"),
                               (ax_low, "lowest_decile_fraction",
                                "lowest decile of flows (/ host rate)")):
@@ -96,18 +102,36 @@ def plot(table: pd.DataFrame, base: Path, title: str) -> list[Path]:
             mean = group.groupby("subflows")[column].mean().sort_index()
             ax.plot(mean.index, mean.values, marker="o", color=colours.get("kernel"),
                     label=f"Linux MPTCP (perm. {perm})")
+            for subflows, runs in group.groupby("subflows")[column]:
+                s = spread(runs)
+                if s.n > 1:
+                    repeated = True
+                    ax.plot([subflows] * s.n, runs.dropna(), ".", color="0.15", markersize=3)
+                    ax.errorbar([subflows], [s.mean], yerr=[s.ci95], fmt="none", ecolor="0.15",
+                                elinewidth=1.0, capsize=3)
         for perm, group in valid[valid["stack"] == "tcp"].groupby("permutation", dropna=False):
-            value = group[column].mean()
-            if value is not None and not math.isnan(value):
-                ax.axhline(value, linestyle="--", color=colours.get("tcp"),
+            s = spread(group[column])
+            if s.n:
+                ax.axhline(s.mean, linestyle="--", color=colours.get("tcp"),
                            label=f"TCP (perm. {perm})")
+            if s.n > 1:  # beside MPTCP's 1-subflow point, which would hide it
+                repeated = True
+                x = TCP_WHISKER_X
+                ax.plot([x] * s.n, group[column].dropna(), ".", color=colours.get("tcp"),
+                        markersize=3)
+                ax.errorbar([x], [s.mean], yerr=[s.ci95], fmt="none", ecolor=colours.get("tcp"),
+                            elinewidth=1.0, capsize=3)
         ax.axhline(1.0, color="0.4", linewidth=0.8, linestyle=":")
         ax.set_xscale("log", base=2)
         ax.set_xticks([1, 2, 4, 8], labels=["1", "2", "4", "8"])
         ax.set_xlabel("MPTCP subflows per flow")
         ax.set_ylabel(label)
         ax.set_ylim(0, 1.05)
-    ax_u.legend(loc="lower right")
+    handles, _ = ax_u.get_legend_handles_labels()
+    if repeated:
+        handles.append(Line2D([], [], color="0.15", marker=".", linewidth=1.0,
+                              label=figures.REPETITIONS_LABEL))
+    ax_u.legend(handles=handles, loc="lower right")
     fig.suptitle(title)
     bad = valid[valid["fidelity_ok"].eq(False)]
     if not bad.empty:

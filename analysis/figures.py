@@ -24,6 +24,7 @@ from matplotlib.patches import Patch
 from matplotlib.patheffects import withStroke
 
 from analysis import metrics
+from analysis.spread import spread
 
 FORMATS: tuple[str, ...] = ("png", "pdf")
 # The one scenario whose figures compare goodput with the sum of the path rates and the best
@@ -277,8 +278,9 @@ def case_markers(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def bar_table(runs: pd.DataFrame, value: str) -> pd.DataFrame:
-    """One bar per (case, stack): x position, mean of `value`, runs, failed fidelity checks,
-    and runs within the bound. Cases sit at integers; stacks spread within 0.8 of a slot."""
+    """One bar per (case, stack): x position, mean of `value`, the half-width of its 95%
+    t-interval (`ci95`, NaN for fewer than two values), runs, failed fidelity checks, and runs
+    within the bound. Cases sit at integers; stacks spread within 0.8 of a slot."""
     cases, stacks = case_order(runs), ordered_stacks([str(s) for s in runs["stack"]])
     width = 0.8 / max(len(stacks), 1)
     rows = []
@@ -293,6 +295,7 @@ def bar_table(runs: pd.DataFrame, value: str) -> pd.DataFrame:
                 "case": case, "stack": stack,
                 "x": ci - 0.4 + width * (si + 0.5), "width": width,
                 "value": float(values.mean()) if not values.empty else math.nan,
+                "ci95": spread(values).ci95,
                 "values": [float(v) for v in values],
                 "runs": len(group),
                 "fidelity_failed": int(group["fidelity_ok"].eq(False).sum())
@@ -300,8 +303,34 @@ def bar_table(runs: pd.DataFrame, value: str) -> pd.DataFrame:
                 "within": int(within.eq(True).sum()),
                 "judged": int(within.isin([True, False]).sum()),
             })
-    return pd.DataFrame(rows, columns=["case", "stack", "x", "width", "value", "values", "runs",
-                                       "fidelity_failed", "within", "judged"])
+    return pd.DataFrame(rows, columns=["case", "stack", "x", "width", "value", "ci95", "values",
+                                       "runs", "fidelity_failed", "within", "judged"])
+
+
+# The legend entry of the error bars drawn where a case and stack ran more than once: the bar
+# is the mean of its runs, the whisker the 95% Student-t interval of that mean, a dot a run.
+REPETITIONS_LABEL = "mean ± 95% CI (t); dots: runs"
+
+
+def _bar_top(row: Any) -> float:
+    """The highest point drawn of a bar (a row of `bar_table`): its mean, the top of its
+    error bar or its highest run; NaN for a bar with no value."""
+    if math.isnan(row.value):
+        return math.nan
+    return max([row.value + (row.ci95 if not math.isnan(row.ci95) else 0.0), *row.values])
+
+
+def bar_tops(bars: pd.DataFrame) -> list[float]:
+    """The highest point drawn of each bar that has a value."""
+    return [top for top in (_bar_top(row) for row in bars.itertuples()) if not math.isnan(top)]
+
+
+def repetitions_handle(bars: pd.DataFrame) -> Line2D | None:
+    """A legend handle for the error bars, when any bar has them."""
+    if bars.empty or not bars["ci95"].notna().any():
+        return None
+    return Line2D([], [], color="0.15", marker="o", markersize=3, linewidth=1.0,
+                  label=REPETITIONS_LABEL)
 
 
 def _draw_bars(ax: Axes, bars: pd.DataFrame, colours: dict[str, Any]) -> None:
@@ -315,6 +344,9 @@ def _draw_bars(ax: Axes, bars: pd.DataFrame, colours: dict[str, Any]) -> None:
         if len(row.values) > 1:  # repetitions: every run as a dot on its bar
             ax.plot([row.x] * len(row.values), row.values, "o", color="0.15", markersize=3,
                     zorder=4)
+        if not math.isnan(row.ci95):  # and the mean's 95% t-interval as a whisker
+            ax.errorbar(row.x, row.value, yerr=row.ci95, fmt="none", ecolor="0.15",
+                        elinewidth=1.0, capsize=3, zorder=4)
 
 
 def _bar_values(ax: Axes, bars: pd.DataFrame) -> None:
@@ -400,13 +432,15 @@ def plot_comparison(runs: pd.DataFrame, base: Path, title: str = "Goodput by sta
                                             linewidth=1.8, label="best single path"))
         _case_ticks(ax, cases)
         ax.set_ylabel("Goodput [Mbit/s]")
-        ax.set_ylim(0, max([1.0, *gbars["value"].dropna(), *markers["rate_sum_mbps"].dropna()])
-                    * 1.12)
+        ax.set_ylim(0, max([1.0, *bar_tops(gbars), *markers["rate_sum_mbps"].dropna()]) * 1.12)
         ax.set_title("Goodput per case")
         if not cases:
             ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", color="0.4")
         if has_bound:
             _plot_completion(axes[1], runs, markers, colours, cases, handles)
+        whisker = repetitions_handle(gbars)
+        if whisker is not None:
+            handles.append(whisker)
         if (runs.get("fidelity_ok", pd.Series(dtype=object))).eq(False).any():
             handles.append(Patch(facecolor="white", edgecolor="0.15", hatch="///",
                                              label="fidelity check failed"))
@@ -444,7 +478,7 @@ def _plot_completion(ax: Axes, runs: pd.DataFrame, markers: pd.DataFrame,
                         linewidth=1.4):
         handles.append(Line2D([], [], color="0.1", linestyle="--", linewidth=1.4,
                                         label="link-limited time"))
-    top = max([1.0, *bars["value"].dropna(), *markers["bound_s"].dropna()])
+    top = max([1.0, *bar_tops(bars), *markers["bound_s"].dropna()])
     # The verdicts sit in one row above every bar, clear of the bound line: read left to
     # right like the selftest's [ OK ] / [FAIL] column.
     for row in bars.itertuples():
@@ -945,6 +979,7 @@ def plot_fairness(runs: pd.DataFrame, base: Path, title: str = "fairness") -> li
     with sns.axes_style("whitegrid"), mpl.rc_context(_RC):
         fig, axes = _new_figure(width=width, height=4.6, ncols=len(panels))
         handles: list[Any] = [Patch(color=colours[s], label=stack_name(s)) for s in stacks]
+        whisker = None
         for ax, mode in zip(axes, panels, strict=True):
             part = runs[runs["mode"] == mode] if modes else runs[:0]
             value = "ratio" if mode == "shared" else "path2_share"
@@ -953,21 +988,22 @@ def plot_fairness(runs: pd.DataFrame, base: Path, title: str = "fairness") -> li
                 pd.DataFrame(columns=["case", "stack", value]), value)
             cases = case_order(table) if not table.empty else []
             _draw_bars(ax, bars, colours)
+            whisker = whisker or repetitions_handle(bars)
             if mode == "shared":
                 ax.axhspan(0.85, 1.15, color=ANCHOR_BAND_COLOUR, zorder=0)
                 ax.axhline(2.0, color="0.3", linestyle="--", linewidth=1.4, zorder=3)
                 ax.axhline(1.6, color="0.3", linestyle=":", linewidth=1.2, zorder=3)
                 ax.set_ylabel("MPTCP / TCP goodput")
                 ax.set_title("Shared bottleneck")
-                top = max([2.3, *bars["value"].dropna()]) * 1.1
+                top = max([2.3, *bar_tops(bars)]) * 1.1
             else:
                 ax.axhline(2 / 3, color="0.3", linestyle="--", linewidth=1.4, zorder=3)
                 ax.set_ylabel("Share of MPTCP bytes on path 2")
                 ax.set_title("Cross traffic on path 1")
-                top = 1.1
+                top = max([1.0, *bar_tops(bars)]) * 1.1
             for row in bars.itertuples():
-                if not math.isnan(row.value):
-                    ax.annotate(f"{row.value:.2f}", (row.x, row.value), xytext=(0, 3),
+                if not math.isnan(row.value):  # above the whisker and the runs' dots
+                    ax.annotate(f"{row.value:.2f}", (row.x, _bar_top(row)), xytext=(0, 3),
                                 textcoords="offset points", ha="center", va="bottom",
                                 fontsize=8, zorder=5)
             _case_ticks(ax, cases)
@@ -983,11 +1019,14 @@ def plot_fairness(runs: pd.DataFrame, base: Path, title: str = "fairness") -> li
         if "cross" in panels:
             handles.append(Line2D([], [], color="0.3", linestyle="--", linewidth=1.4,
                                   label="uncoupled share on path 2 (2/3)"))
+        if whisker is not None:
+            handles.append(whisker)
         if runs.get("fidelity_ok", pd.Series(dtype=object)).eq(False).any():
             handles.append(Patch(facecolor="white", edgecolor="0.15", hatch="///",
                                  label="fidelity check failed"))
         fig.legend(handles=handles, loc="outside upper center",
-                   ncols=min(len(handles), 3 if len(panels) == 1 else 4),
+                   # a fourth column is too wide for the figure once the whisker's entry is in
+                   ncols=min(len(handles), 3 if len(panels) == 1 or whisker else 4),
                    frameon=False, title=fit_title([title], width), title_fontsize=12)
         banner = fidelity_banner(runs)
         if banner:

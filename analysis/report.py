@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis import datacenter, datalevel, figures, interactive, metrics, tshark
+from analysis import datacenter, datalevel, figures, interactive, metrics, repetitions, tshark
 from analysis import receive_buffer as rcvbuf
 
 AGGREGATE, MIGRATION, MULTI_WIFI = figures.AGGREGATE, "vm-migration", "multi-wifi"
@@ -42,9 +42,10 @@ MIGRATION_FIELDS = ("survived", "survived_reason", "gap_s", "gap_start_s", "expe
                     "goodput_before_mbps", "goodput_after_mbps", "bytes_after_move",
                     "joined_new_address")
 # handover summary fields shown in the report (experiments/handover.py writes them), besides
-# its interactive flow's (`interactive.row_fields`).
+# its interactive flow's (`interactive.row_fields`); gap_s is its repetitions' headline.
 HANDOVER_FIELDS = ("mode", "survived", "survived_reason", "gap_s", "expected_gap_s",
                    "goodput_before_mbps", "goodput_after_mbps")
+MOBILITY = "mobility"
 THROUGHPUT_FIGURE = "throughput"
 GOODPUT_FIGURE = "goodput"
 SUBFLOWS_FIGURE = "subflows"
@@ -174,6 +175,8 @@ def run_row(run_dir: Path, group_keys: Sequence[str] | None = None) -> dict[str,
         # Judged against the plain TCP run at the same buffer: rcvbuf.add_verdicts.
         extra.update({key: summary.get(key) for key in RECEIVE_BUFFER_FIELDS})
         extra["anchor_met"] = None
+    elif scenario == MOBILITY:
+        extra["fraction_of_envelope"] = summary.get("fraction_of_envelope")
     elif scenario == FAIRNESS:
         extra.update({key: summary.get(key) for key in FAIRNESS_FIELDS})
         extra["congestion"] = params.get("congestion")
@@ -188,6 +191,7 @@ def run_row(run_dir: Path, group_keys: Sequence[str] | None = None) -> dict[str,
         "stack": metrics.stack_label(meta, summary),
         "link_backend": summary.get("link_backend", meta.get("link_backend", "")),
         "params": params,
+        "seed": meta.get("seed"),
         "group": figures.params_label(params, group_keys),
         "goodput_mbps": float(goodput) if goodput is not None else math.nan,
         "rate_sum_mbps": sum(rates.values()) if rates else math.nan,
@@ -205,10 +209,32 @@ def run_row(run_dir: Path, group_keys: Sequence[str] | None = None) -> dict[str,
 
 def runs_table(run_dirs: Sequence[Path]) -> pd.DataFrame:
     """The runs table; `case` and `group` label only the parameters that differ between runs
-    (when meta.json carries no `label`)."""
+    (when meta.json carries no `label`). Runs of one case differ only in their seed: a case
+    label that two sets of parameters share (a scenario's own label names only some of them)
+    gets the parameters that tell them apart."""
     params = [metrics.load_meta(Path(d)).get("params") or {} for d in run_dirs]
     keys = figures.varying_keys(params)
-    return rcvbuf.add_verdicts(pd.DataFrame([run_row(Path(d), keys) for d in run_dirs]))
+    runs = pd.DataFrame([run_row(Path(d), keys) for d in run_dirs])
+    return rcvbuf.add_verdicts(distinct_cases(runs))
+
+
+def distinct_cases(runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` with every case label naming one set of parameters per scenario: where runs of
+    other parameters share a label, the label gets the parameters that differ among them
+    ("10+5 Mbit/s, 10/50 ms" -> "10+5 Mbit/s, 10/50 ms (scheduler=ecf)")."""
+    if runs.empty or not {"scenario", "case", "params"} <= set(runs):
+        return runs
+    runs = runs.copy()
+    for (_, _), group in runs.groupby([runs["scenario"].astype(str), runs["case"].astype(str)],
+                                      sort=False):
+        sets = [p if isinstance(p, dict) else {} for p in group["params"]]
+        keys = figures.varying_keys(sets)
+        if not keys:
+            continue
+        for index, chosen in zip(group.index, sets, strict=True):
+            shown = ", ".join(f"{k}={chosen.get(k)}" for k in keys)
+            runs.at[index, "case"] = f"{runs.at[index, 'case']} ({shown})"
+    return runs
 
 
 def compare_runs(run_dirs: Sequence[Path], out_dir: Path,
@@ -611,6 +637,11 @@ def write_report(run_dirs: Sequence[Path], out_path: Path, analyze: bool = True)
     """A Markdown report: per scenario a table of runs against the published anchor and the
     comparison figure, then each run's figures (linked relative to the report).
 
+    Where a case and stack ran more than once, a "Repetitions" table comes first: the spread
+    of the scenario's headline metrics and how many runs met the anchor
+    (`analysis.repetitions`). Those numbers, for every case and stack, also go to
+    `<report>-repetitions.csv` next to the report.
+
     With `analyze` the figures are (re)made first; otherwise existing figures are linked.
     """
     out_path = Path(out_path)
@@ -618,10 +649,16 @@ def write_report(run_dirs: Sequence[Path], out_path: Path, analyze: bool = True)
     runs = runs_table(run_dirs)
     lines = ["# MPTCP testbed report", ""]
     scenarios = list(dict.fromkeys(str(s) for s in runs["scenario"])) if not runs.empty else []
+    repeated = repetitions.groups(runs)
+    csv_path = repetitions.write_csv(repeated, repetitions_csv(out_path))
     for scenario in scenarios:
         mask = runs["scenario"].astype(str) == scenario
         subset = runs[mask]
         lines += [f"## Scenario `{scenario or 'unknown'}`", ""]
+        if repetitions.repeated(repeated[repeated["scenario"] == scenario]):
+            lines += ["### Repetitions", "",
+                      repetitions.caption(repeated, scenario, _rel(csv_path, out_path.parent)),
+                      "", *repetitions.table_lines(repeated, scenario), "", "### Each run", ""]
         lines += [*runs_table_lines(scenario, subset, out_path.parent), ""]
         anchor = anchor_line(scenario, subset)
         if anchor:
@@ -662,6 +699,11 @@ def write_report(run_dirs: Sequence[Path], out_path: Path, analyze: bool = True)
         lines.append("")
     out_path.write_text("\n".join(lines))
     return out_path
+
+
+def repetitions_csv(report_path: Path) -> Path:
+    """Where `write_report` puts the repetitions' numbers: `<report>-repetitions.csv`."""
+    return Path(report_path).with_name(f"{Path(report_path).stem}-repetitions.csv")
 
 
 def _datalevel_lines(numbers: dict[str, Any]) -> list[str]:

@@ -757,11 +757,15 @@ def test_wifi_report(tmp_path: Path) -> None:
                          positions_m=[0.0, 10.0, 5.0, 0.0])
     text = report.write_report([*runs, back], tmp_path / "default" / "report.md",
                                analyze=False).read_text()
-    header = next(line for line in text.splitlines() if line.startswith("| case"))
+    # The two kernel runs are repetitions of one case: their table comes first.
+    repeated, each = text.split("### Each run")
+    kernel = next(line for line in repeated.splitlines() if line.startswith("| 3 APs"))
+    assert kernel.split(" | ")[1:3] == ["kernel MPTCP", "2"] and "| 2 of 2 |" in kernel
+    header = next(line for line in each.splitlines() if line.startswith("| case"))
     assert "| fraction of best AP (mean) | worst position | goodput [Mbit/s] | positions " \
         "within 15% |" in header
-    assert any(line.startswith("| 3 APs") and "| 1 of 4 |" in line for line in text.splitlines())
-    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| 3 APs")]
+    assert any(line.startswith("| 3 APs") and "| 1 of 4 |" in line for line in each.splitlines())
+    rows = [line.split(" | ") for line in each.splitlines() if line.startswith("| 3 APs")]
     assert [r[1:4] for r in rows] == [["kernel MPTCP", "0.94", "0.94 at 30 m"],
                                       ["TCP", "0.01", "**0.01 at 30 m**"],
                                       ["kernel MPTCP", "0.89", "0.89 at 5 m"]]
