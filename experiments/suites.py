@@ -26,7 +26,11 @@ class Case:
     label: str
     overrides: tuple[str, ...]
     stacks: tuple[str, ...] = STACKS
-    seed: int | None = None  # None: the suite's --seed
+    seed: int | None = None  # None: the suite's --seed ...
+    seed_offset: int = 0  # ... plus this (the repetitions of a built-in suite)
+
+    def seed_for(self, base: int) -> int:
+        return self.seed if self.seed is not None else base + self.seed_offset
 
 
 def _aggregate_cases(full: bool) -> list[Case]:
@@ -125,7 +129,8 @@ def _fairness_cases(full: bool) -> list[Case]:
     """Both modes with our coupled controllers (lia, olia, balia), the uncoupled ones on our
     stack and on Linux MPTCP (reno, the negative control, and cubic; this kernel offers no
     coupled controller), and plain TCP with Reno as the single-path reference. In full, three
-    repetitions of each (the shares of competing flows vary from run to run)."""
+    repetitions of each with seeds --seed, +1, +2 (the shares of competing flows vary from run
+    to run)."""
     repetitions = 3 if full else 1
     cases = []
     for mode in ("shared", "cross"):
@@ -136,7 +141,8 @@ def _fairness_cases(full: bool) -> list[Case]:
             for rep in range(1, repetitions + 1):
                 label = f"{mode}_{congestion}" + (f"_rep{rep}" if full else "")
                 cases.append(Case("fairness", label,
-                                  (f"mode={mode}", f"congestion={congestion}"), stacks))
+                                  (f"mode={mode}", f"congestion={congestion}"), stacks,
+                                  seed_offset=rep - 1))
     return cases
 
 
@@ -215,7 +221,7 @@ def conflicting_runs(root: Path, runs: Sequence[tuple[Case, str]], seed: int) ->
         wanted = expected_params(case)
         recorded = meta.get("params") or {}
         differ = sorted(k for k in set(wanted) | set(recorded) if wanted.get(k) != recorded.get(k))
-        if meta.get("seed") != (case.seed if case.seed is not None else seed):
+        if meta.get("seed") != case.seed_for(seed):
             differ.append("seed")
         if (meta.get("client_stack"), meta.get("server_stack")) != (stack, stack):
             differ.append("stacks")
@@ -248,7 +254,7 @@ def run_suite(name: str, results: Path, link_backend: str, seed: int, full: bool
         print(f"{tag}", file=sys.stderr)
         try:
             run_one(case.scenario, case.overrides, stack, stack, link_backend,
-                    case.seed if case.seed is not None else seed, run_dir, results,
+                    case.seed_for(seed), run_dir, results,
                     analyze=True)
         except TestbedError as exc:
             failed.append(f"{tag}: {exc}")

@@ -329,7 +329,11 @@ def test_fairness_suite_covers_every_controller_and_stays_out_of_the_default() -
     assert not any(stack == "kernel" and "lia" in label for label, stack in runs)
     for case in cases:  # every case's parameters are valid
         parse_overrides(FairnessParams, list(case.overrides))
-    assert len(SUITES["fairness"](True)) == 3 * len(cases)
+    full = SUITES["fairness"](True)
+    assert len(full) == 3 * len(cases)
+    # Each repetition runs with its own seed: --seed, +1, +2.
+    seeds = {case.label: case.seed_for(7) for case in full}
+    assert [seeds[f"shared_olia_rep{rep}"] for rep in (1, 2, 3)] == [7, 8, 9]
 
 
 def _fake_run(root: Path, name: str, stack: str, congestion: str,
