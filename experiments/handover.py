@@ -338,6 +338,10 @@ class Handover(Scenario):
         p = self.params
         if not p.connection_manager:
             return [LinkEvent(p.fail_at_s, WIFI_LINK, "down")]
+        if self.client_stack == "tcp":  # no mode: no join to wait for, no backup to clear
+            return [LinkEvent(p.fail_at_s, WIFI_LINK, "down"),
+                    HostEvent(p.detected_at_s, "client notices WiFi is lost: the sockets of "
+                              "its address are destroyed", WifiLost("full"))]
         return [
             LinkEvent(p.fail_at_s, WIFI_LINK, "down"),
             HostEvent(p.detected_at_s, f"client notices WiFi is lost ({p.mode}): "

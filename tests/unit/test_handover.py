@@ -62,6 +62,15 @@ def test_wifi_goes_down_then_is_noticed_after_the_detection_delay() -> None:
     assert host.at_s == 3.5 and "MP_PRIO" in host.description
 
 
+def test_plain_tcp_has_no_mode_its_sockets_are_destroyed_at_detection() -> None:
+    scenario = Handover(parse_overrides(HandoverParams, ["mode=single-path"]))
+    scenario.use_stacks("tcp", "tcp")
+    _, host = scenario.timeline()
+    assert isinstance(host, HostEvent) and "destroyed" in host.description
+    # No cellular join to wait for: the action is the WiFi withdrawal alone.
+    assert host.action == WifiLost("full")
+
+
 def test_the_expected_gap_grows_from_backup_to_single_path() -> None:
     gaps = {mode: HandoverParams(mode=mode).expected_gap_s() for mode in
             ("full", "backup", "single-path")}
