@@ -591,6 +591,9 @@ def smoothed_goodput(series: pd.DataFrame, window_s: float = 0.5) -> pd.DataFram
 # gap_s counts whole 100 ms bins, and detection (the first retransmission after the resume)
 # adds a fraction of an RTO on top of the stop time plus one RTT.
 MIGRATION_GAP_SLACK_S = 0.5
+# handover: the receiver's gap counts whole 100 ms bins, and the expectation (detection plus
+# one to three cellular round trips) leaves out slow start after the join: two bins of slack.
+HANDOVER_GAP_SLACK_S = 0.2
 # Croitoru et al., NSDI 2015: MPTCP within about 15% of the best AP at every position.
 WIFI_BEST_AP_FRACTION = 0.85
 
@@ -689,9 +692,11 @@ def last_data_s(report: dict[str, Any]) -> float | None:
                                                 else DEFAULT_BIN_S)
 
 
-def migration_verdict(summary: dict[str, Any], multipath: bool) -> bool | None:
-    """The vm-migration anchor for one run: an MPTCP run survives with gap_s <= expected_gap_s
-    + MIGRATION_GAP_SLACK_S; a single-path run dies. None when the summary cannot tell."""
+def migration_verdict(summary: dict[str, Any], multipath: bool,
+                      slack_s: float = MIGRATION_GAP_SLACK_S) -> bool | None:
+    """The vm-migration anchor for one run (handover's too, with HANDOVER_GAP_SLACK_S): an
+    MPTCP run survives with gap_s <= expected_gap_s + `slack_s`; a single-path run dies. None
+    when the summary cannot tell."""
     survived = summary.get("survived")
     if not isinstance(survived, bool):
         return None
@@ -700,7 +705,7 @@ def migration_verdict(summary: dict[str, Any], multipath: bool) -> bool | None:
     gap, expected = _number(summary.get("gap_s")), _number(summary.get("expected_gap_s"))
     if not survived or gap is None:
         return False
-    return expected is None or gap <= expected + MIGRATION_GAP_SLACK_S
+    return expected is None or gap <= expected + slack_s
 
 
 WIFI_COLUMNS = ["step", "t_start_s", "t_end_s", "position_m", "goodput_mbps", "best_ap_mbps",

@@ -484,7 +484,30 @@ def test_report_counts_per_stack() -> None:
                          "within_bound": [False, True, False, None],
                          "fidelity_ok": [True, True, True, True]})
     assert report.anchor_counts(runs) == {"kernel": (1, 2), "tcp": (0, 1)}
-    assert report.anchor_line("handover", runs) is None
+    assert report.anchor_line("mobility", runs) is None
+
+
+def test_handover_verdict_per_run_and_the_order_of_the_modes() -> None:
+    slack = metrics.HANDOVER_GAP_SLACK_S
+    ok = {"survived": True, "gap_s": 0.3, "expected_gap_s": 0.26}
+    assert metrics.migration_verdict(ok, True, slack) is True  # 0.3 <= 0.26 + 0.2
+    assert metrics.migration_verdict({**ok, "gap_s": 0.5}, True, slack) is False
+    assert metrics.migration_verdict({"survived": False}, False, slack) is True  # TCP broke
+    runs = pd.DataFrame({
+        "stack": ["kernel"] * 4 + ["userspace"] * 2 + ["tcp"],
+        "mode": ["full", "backup", "single-path", "single-path", "backup", "single-path",
+                 None],
+        "gap_s": [0.2, 0.3, 0.4, 0.6, 0.2, 0.1, None],
+        "survived": [True, True, True, True, True, True, False],
+        "anchor_met": [True, True, True, False, True, True, True],
+        "multipath": [True] * 6 + [False], "fidelity_ok": [True] * 7})
+    line = report.anchor_line("handover", runs)
+    assert line is not None and "Paasch et al." in line
+    assert "kernel MPTCP 3 of 4 runs (survived, gap <= expected + 0.2 s)" in line
+    assert ("kernel MPTCP full 0.20 s, backup 0.30 s, single-path 0.50 s: single-path's "
+            "larger than backup's, as published") in line  # 0.5: the median of 0.4 and 0.6
+    assert "our stack backup 0.20 s, single-path 0.10 s: single-path's **not** larger" in line
+    assert "TCP 1 of 1 runs (single path: connection lost)" in line
 
 
 # ---------------------------------------------------------------------------------------------
