@@ -596,6 +596,9 @@ MIGRATION_GAP_SLACK_S = 0.5
 HANDOVER_GAP_SLACK_S = 0.2
 # Croitoru et al., NSDI 2015: MPTCP within about 15% of the best AP at every position.
 WIFI_BEST_AP_FRACTION = 0.85
+# mobility: "tracks the upper envelope of the single paths", read as multi-wifi's "within
+# about 15%": the mean per-second goodput at least this fraction of the better path's capacity.
+MOBILITY_ENVELOPE_FRACTION = 0.85
 
 
 def flag(value: Any) -> bool | None:

@@ -484,7 +484,7 @@ def test_report_counts_per_stack() -> None:
                          "within_bound": [False, True, False, None],
                          "fidelity_ok": [True, True, True, True]})
     assert report.anchor_counts(runs) == {"kernel": (1, 2), "tcp": (0, 1)}
-    assert report.anchor_line("mobility", runs) is None
+    assert report.anchor_line("a-scenario-without-anchor", runs) is None
 
 
 def test_handover_verdict_per_run_and_the_order_of_the_modes() -> None:
@@ -837,3 +837,21 @@ def test_fidelity_cell_counts_link_verdicts() -> None:
                                   "fidelity_notes": ["a->b carried 80%"]}) == \
         "**failed** (links: 1 short, 1 achieved): a->b carried 80%"
     assert report._fidelity_cell({"fidelity_ok": True}) == "ok"
+
+
+def test_mobility_runs_are_judged_on_the_envelope_mptcp_only(tmp_path: Path) -> None:
+    rows = {}
+    for name, stack, fraction in (("k", "kernel", 0.9), ("u", "userspace", 0.8),
+                                  ("t", "tcp", 0.5)):
+        run = make_run(tmp_path, name, stack, 10, 9.0)
+        for file, update in (("meta.json", {"scenario": "mobility"}),
+                             ("summary.json", {"scenario": "mobility", "subflows": 2
+                                               if stack != "tcp" else 1,
+                                               "fraction_of_envelope": fraction})):
+            data = json.loads((run / file).read_text())
+            (run / file).write_text(json.dumps({**data, **update}))
+        rows[stack] = report.run_row(run)
+    assert rows["kernel"]["anchor_met"] is True  # 0.9 >= 0.85
+    assert rows["userspace"]["anchor_met"] is False
+    assert rows["tcp"]["anchor_met"] is None  # the single-path reference
+    assert rows["kernel"]["fraction_of_envelope"] == 0.9

@@ -287,7 +287,7 @@ def test_handover_report_table(tmp_path: Path) -> None:
     assert header == ("| case | stack | mode | survived | gap [s] | expected gap [s] | goodput "
                       "after [Mbit/s] | interactive p50/p95/max [ms] | interactive worst "
                       "around failure [ms] | interactive received/sent | interactive "
-                      "survived | sha256 match | fidelity | run |")
+                      "survived | met | sha256 match | fidelity | run |")
     kernel, tcp = [line.split(" | ") for line in text.splitlines()
                    if line.startswith("| full: WiFi")]
     # 100 messages at 10 ms, 90 at 40, 10 at 250: the 95th percentile is still 40.
