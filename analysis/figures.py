@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -623,6 +623,19 @@ def _panel_grid(n: int, ncols_max: int, panel_w: float, panel_h: float, min_w: f
     return fig, grid, ncols, width
 
 
+def whole_and_zoom_panels(grid: Any, cases: Sequence[str]) -> Iterator[tuple[str, Any, Any]]:
+    """(case, whole-run panel, zoom panel below it) of a grid with two rows per row of cases;
+    the panels left over after the last case are hidden."""
+    nrows, ncols = grid.shape[0] // 2, grid.shape[1]
+    for i in range(nrows * ncols):
+        whole, zoom = grid[2 * (i // ncols), i % ncols], grid[2 * (i // ncols) + 1, i % ncols]
+        if i < len(cases):
+            yield cases[i], whole, zoom
+        else:
+            whole.set_visible(False)
+            zoom.set_visible(False)
+
+
 def _median(rows: pd.DataFrame, column: str) -> float:
     values = pd.to_numeric(rows[column], errors="coerce").dropna() if column in rows else []
     return float(pd.Series(values).median()) if len(values) else math.nan
@@ -665,13 +678,7 @@ def plot_migration(curves: pd.DataFrame, runs: pd.DataFrame, base: Path,
             else 1.0
         peak = max([1.0, *(curves["mbps"].dropna() if not curves.empty else [])])
         top = peak * 1.45  # room above the data for the annotations
-        for i in range(nrows * ncols):
-            full, zoom = grid[2 * (i // ncols), i % ncols], grid[2 * (i // ncols) + 1, i % ncols]
-            if i >= len(cases):
-                full.set_visible(False)
-                zoom.set_visible(False)
-                continue
-            case = cases[i]
+        for i, (case, full, zoom) in enumerate(whole_and_zoom_panels(grid, cases)):
             rows = runs[runs["case"].astype(str) == case]
             move, resume = _median(rows, "move_s"), _median(rows, "resume_s")
             part = curves[curves["case"] == case] if not curves.empty else curves

@@ -176,13 +176,7 @@ def plot_comparison(run_dirs: Sequence[Path], runs: pd.DataFrame, base: Path,
         FigureCanvasAgg(fig)
         grid = fig.subplots(2 * nrows, ncols, sharey=True, squeeze=False)
         broke_any = detected_any = False
-        for i in range(nrows * ncols):
-            full, zoom = grid[2 * (i // ncols), i % ncols], grid[2 * (i // ncols) + 1, i % ncols]
-            if i >= len(cases):
-                full.set_visible(False)
-                zoom.set_visible(False)
-                continue
-            case = cases[i]
+        for i, (case, full, zoom) in enumerate(figures.whole_and_zoom_panels(grid, cases)):
             detections = []
             for run_dir, row in zip(run_dirs, runs.to_dict(orient="records"), strict=True):
                 if str(row["case"]) != case:
