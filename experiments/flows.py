@@ -18,21 +18,14 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import subprocess
 import sys
-import threading
 import time
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar
 
-from experiments.runner import (
-    SERVER_READY_TIMEOUT_S,
-    Run,
-    _readline_with_timeout,
-    _write_json,
-)
+from experiments.runner import Run, Workloads, _write_json
 from experiments.scenario import RunOutcome, Scenario
 from testbed import stats
 from testbed.emu.network import Emulation
@@ -250,52 +243,28 @@ class MultiFlowRun(Run):
         return argv
 
     def _transfer_all(self, emu: Emulation, prepared: dict[str, PreparedHost]) -> None:
-        procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        workloads = Workloads(emu, self.errors)
         try:
-            servers = []
-            for flow in self.run_flows:
-                proc = emu.popen(emu.host(flow.server),
-                                 self._flow_argv(flow, "server", prepared[flow.server]),
-                                 f"workload server {flow.name}", stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE)
-                procs.append((f"server {flow.name}", proc))
-                servers.append(proc)
-            for flow, proc in zip(self.run_flows, servers, strict=True):
-                assert proc.stdout is not None
-                line = _readline_with_timeout(proc.stdout, SERVER_READY_TIMEOUT_S)
-                if b"LISTENING" not in line:
-                    raise TestbedError(f"workload server of flow {flow.name} did not start")
+            workloads.start_servers([
+                (flow.server, self._flow_argv(flow, "server", prepared[flow.server]),
+                 f"workload server {flow.name}") for flow in self.run_flows])
             self._say(f"{len(self.run_flows)} flows running")
             for flow in self.run_flows:
-                procs.append((f"client {flow.name}", emu.popen(
-                    emu.host(flow.client), self._flow_argv(flow, "client", prepared[flow.client]),
-                    f"workload client {flow.name}", stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE)))
+                workloads.start_client(flow.client,
+                                       self._flow_argv(flow, "client", prepared[flow.client]),
+                                       f"workload client {flow.name}")
             t0 = time.monotonic()
-            self._timeline_stop = threading.Event()
-            timeline = threading.Thread(target=self._play_timeline, args=(emu, t0), daemon=True)
-            timeline.start()
             deadline = t0 + self.params.timeout_s + 10
-            try:
-                while any(proc.poll() is None for _, proc in procs):
+            with self._timeline_playing(emu, t0):
+                while workloads.running():
                     if time.monotonic() > deadline:
                         self.errors.append(
                             f"workloads did not finish within {self.params.timeout_s} s")
                         break
                     self._say(f"running: {time.monotonic() - t0:5.1f} s")
                     time.sleep(0.5)
-            finally:
-                self._timeline_stop.set()
-                timeline.join()
         finally:
-            for what, proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                _, err = proc.communicate()
-                if proc.returncode:
-                    message = (err or b"").decode(errors="replace").strip().splitlines()
-                    self.errors.append(f"workload {what} exited with {proc.returncode}"
-                                       + (f": {message[-1]}" if message else ""))
+            workloads.close()
 
     # -- results --------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -49,6 +49,50 @@ MAX_MEAN_LATE_MS = 1.0
 SERVER_READY_TIMEOUT_S = 15.0
 
 Progress = Callable[[str], None]
+
+
+class Workloads:
+    """The workload processes of a run, started through the emulation: servers (each waited
+    for until it prints LISTENING), then clients. `close` stops whatever still runs and says
+    in `errors` which ones exited with an error (and their last line on stderr)."""
+
+    def __init__(self, emu: Emulation, errors: list[str]) -> None:
+        self.emu = emu
+        self.errors = errors
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start_servers(self, servers: Sequence[tuple[str, list[str], str]]) -> None:
+        """(host, argv, what) of each server: all are started, then each is waited for."""
+        started = []
+        for host, argv, what in servers:
+            proc = self.emu.popen(self.emu.host(host), argv, what, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+            self.procs.append((what, proc))
+            started.append((what, proc))
+        for what, proc in started:
+            assert proc.stdout is not None
+            if b"LISTENING" not in _readline_with_timeout(proc.stdout, SERVER_READY_TIMEOUT_S):
+                proc.kill()
+                _, err = proc.communicate()
+                raise TestbedError(f"{what} did not start: {err.decode(errors='replace')}")
+
+    def start_client(self, host: str, argv: list[str], what: str) -> None:
+        self.procs.append((what, self.emu.popen(self.emu.host(host), argv, what,
+                                                stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.PIPE)))
+
+    def running(self) -> bool:
+        return any(proc.poll() is None for _, proc in self.procs)
+
+    def close(self) -> None:
+        for what, proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            _, err = proc.communicate()
+            if proc.returncode:
+                message = (err or b"").decode(errors="replace").strip().splitlines()
+                self.errors.append(f"{what} exited with {proc.returncode}"
+                                   + (f": {message[-1]}" if message else ""))
 
 
 @dataclass
@@ -206,18 +250,6 @@ class Run:
             argv.append("--reconnect")
         return argv
 
-    def _start_server(self, emu: Emulation, host: str, argv: list[str],
-                      what: str) -> subprocess.Popen[bytes]:
-        server = emu.popen(emu.host(host), argv, what, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE)
-        assert server.stdout is not None
-        line = _readline_with_timeout(server.stdout, SERVER_READY_TIMEOUT_S)
-        if b"LISTENING" not in line:
-            server.kill()
-            _, err = server.communicate()
-            raise TestbedError(f"{what} did not start: {err.decode(errors='replace')}")
-        return server
-
     def _run_in(self, emu: Emulation) -> None:
         stats_dir = self.run_dir / "stats"
         client_prep, server_prep = self._prepare(emu)
@@ -346,73 +378,64 @@ class Run:
     def _transfer(self, emu: Emulation, client_prep: PreparedHost,
                   server_prep: PreparedHost) -> None:
         stats_dir = self.run_dir / "stats"
-        # (label, process) of every workload process, for the wait and the clean-up below.
-        procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-        pending: list[CompetingFlow] = []
-        t0 = time.monotonic()
-        timeline: threading.Thread | None = None
-        self._timeline_stop = threading.Event()
+        workloads = Workloads(emu, self.errors)
         try:
-            # Competitors' servers first, so that every client can start at once.
-            for flow in self.flows:
-                argv = self._workload_argv("server", self.flow_prepared[flow.name][1],
-                                           stats_dir / f"workload-{flow.name}-server.json", flow)
-                procs.append((f"{flow.name} server", self._start_server(
-                    emu, flow.server, argv, f"workload server of {flow.name}")))
-            server = self._start_server(
-                emu, self.scenario.server,
-                self._workload_argv("server", server_prep, stats_dir / "workload-server.json"),
-                "workload server")
-            procs.append(("server", server))
+            # Competitors' servers too, so that every client can start at once.
+            workloads.start_servers([
+                *((flow.server, self._workload_argv(
+                    "server", self.flow_prepared[flow.name][1],
+                    stats_dir / f"workload-{flow.name}-server.json", flow),
+                   f"workload server of {flow.name}") for flow in self.flows),
+                (self.scenario.server, self._workload_argv(
+                    "server", server_prep, stats_dir / "workload-server.json"),
+                 "workload server")])
             self._say("workload running")
             pending = sorted(self.flows, key=lambda flow: flow.start_s)
             t0 = time.monotonic()
-            pending = self._start_flow_clients(emu, pending, t0, procs)
-            client = emu.popen(
-                emu.host(self.scenario.client),
-                self._workload_argv("client", client_prep, stats_dir / "workload-client.json"),
-                "workload client", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            procs.append(("client", client))
-            timeline = threading.Thread(target=self._play_timeline, args=(emu, t0), daemon=True)
-            timeline.start()
+            pending = self._start_flow_clients(workloads, pending, t0)
+            workloads.start_client(self.scenario.client, self._workload_argv(
+                "client", client_prep, stats_dir / "workload-client.json"), "workload client")
             last_flow_end = max((flow.start_s + flow.duration_s(self.workload)
                                  for flow in self.flows), default=0.0)
             deadline = t0 + max(self.params.timeout_s, last_flow_end) + 10
-            while pending or any(proc.poll() is None for _, proc in procs):
-                now = time.monotonic()
-                if now > deadline:
-                    self.errors.append(f"workload did not finish within {self.params.timeout_s} s")
-                    break
-                pending = self._start_flow_clients(emu, pending, t0, procs)
-                self._say(f"running: {now - t0:5.1f} s")
-                next_start = pending[0].start_s + t0 - now if pending else 0.5
-                time.sleep(max(0.01, min(0.5, next_start)))
+            with self._timeline_playing(emu, t0):
+                while pending or workloads.running():
+                    now = time.monotonic()
+                    if now > deadline:
+                        self.errors.append(
+                            f"workload did not finish within {self.params.timeout_s} s")
+                        break
+                    pending = self._start_flow_clients(workloads, pending, t0)
+                    self._say(f"running: {now - t0:5.1f} s")
+                    next_start = pending[0].start_s + t0 - now if pending else 0.5
+                    time.sleep(max(0.01, min(0.5, next_start)))
         finally:
-            self._timeline_stop.set()
-            if timeline is not None:
-                timeline.join()
-            for name, proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                _, err = proc.communicate()
-                if proc.returncode:
-                    message = err.decode(errors="replace").strip().splitlines()
-                    self.errors.append(f"workload {name} exited with {proc.returncode}"
-                                       + (f": {message[-1]}" if message else ""))
+            workloads.close()
 
-    def _start_flow_clients(self, emu: Emulation, pending: list[CompetingFlow], t0: float,
-                            procs: list[tuple[str, subprocess.Popen[bytes]]]
-                            ) -> list[CompetingFlow]:
+    def _start_flow_clients(self, workloads: Workloads, pending: list[CompetingFlow],
+                            t0: float) -> list[CompetingFlow]:
         """Start the clients of the competing flows whose time has come; the rest stay."""
         stats_dir = self.run_dir / "stats"
         while pending and pending[0].start_s <= time.monotonic() - t0:
             flow = pending.pop(0)
-            argv = self._workload_argv("client", self.flow_prepared[flow.name][0],
-                                       stats_dir / f"workload-{flow.name}-client.json", flow)
-            procs.append((f"{flow.name} client", emu.popen(
-                emu.host(flow.client), argv, f"workload client of {flow.name}",
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
+            workloads.start_client(flow.client, self._workload_argv(
+                "client", self.flow_prepared[flow.name][0],
+                stats_dir / f"workload-{flow.name}-client.json", flow),
+                f"workload client of {flow.name}")
         return pending
+
+    @contextlib.contextmanager
+    def _timeline_playing(self, emu: Emulation, t0: float) -> Iterator[None]:
+        """The scenario's timeline plays (its own thread, times from `t0`) during the block,
+        and is stopped at its end."""
+        self._timeline_stop = threading.Event()
+        timeline = threading.Thread(target=self._play_timeline, args=(emu, t0), daemon=True)
+        timeline.start()
+        try:
+            yield
+        finally:
+            self._timeline_stop.set()
+            timeline.join()
 
     def _play_timeline(self, emu: Emulation, t0: float) -> None:
         applied = []
