@@ -245,24 +245,25 @@ class KernelMptcpStack:
         notes: list[str] = []
         if config.path_manager == "userspace" and endpoints:
             notes.append("userspace path manager: endpoints are only used by a PM daemon")
-        per_socket_only = not set_congestion(host, config.congestion, caps)
-        if per_socket_only:
-            notes.append(
-                f"{config.congestion} is not in net.ipv4.tcp_allowed_congestion_control: "
-                "selected per socket by the workload only"
-            )
-        notes += set_receive_buffer(host, config.rcvbuf_bytes)
-        return PreparedHost(
-            host=host.name,
-            stack=self.name,
-            workload_proto=self.workload_proto,
-            congestion=config.congestion,
-            congestion_per_socket_only=per_socket_only,
-            notes=notes,
-        )
+        return _prepared_kernel_host(host, self.name, self.workload_proto, config, caps, notes)
 
     def path_control(self, host: HostExec, prepared: PreparedHost) -> PathControl:
         return KernelPathControl(host)
+
+
+def _prepared_kernel_host(host: HostExec, stack: str, proto: WorkloadProto,
+                          config: StackConfig, caps: KernelCapabilities,
+                          notes: list[str]) -> PreparedHost:
+    """The host's congestion control (system-wide where allowed, else per socket) and
+    receive buffer set for a kernel stack (MPTCP or plain TCP), and what the run records."""
+    per_socket_only = not set_congestion(host, config.congestion, caps)
+    if per_socket_only:
+        notes.append(f"{config.congestion} is not in net.ipv4.tcp_allowed_congestion_control: "
+                     "selected per socket by the workload only")
+    notes += set_receive_buffer(host, config.rcvbuf_bytes)
+    return PreparedHost(host=host.name, stack=stack, workload_proto=proto,
+                        congestion=config.congestion,
+                        congestion_per_socket_only=per_socket_only, notes=notes)
 
 
 @dataclass(frozen=True)
@@ -279,23 +280,8 @@ class PlainTcpStack:
         available = (read_sysctl(host, "net.ipv4.tcp_available_congestion_control") or "").split()
         allowed = (read_sysctl(host, "net.ipv4.tcp_allowed_congestion_control") or "").split()
         caps = KernelCapabilities((), False, (), tuple(available), tuple(allowed))
-        per_socket_only = not set_congestion(host, config.congestion, caps)
         notes = ["plain TCP: MPTCP endpoints are ignored"] if endpoints else []
-        if per_socket_only:
-            notes.append(
-                f"{config.congestion} is not in net.ipv4.tcp_allowed_congestion_control: "
-                "selected per socket by the workload only"
-            )
-        notes += set_receive_buffer(host, config.rcvbuf_bytes)
-        return PreparedHost(
-            host=host.name,
-            stack=self.name,
-            workload_proto=self.workload_proto,
-            congestion=config.congestion,
-            congestion_per_socket_only=per_socket_only,
-            notes=notes,
-        )
-
+        return _prepared_kernel_host(host, self.name, self.workload_proto, config, caps, notes)
 
     def path_control(self, host: HostExec, prepared: PreparedHost) -> PathControl:
         return KernelPathControl(host)  # withdrawing destroys plain TCP sockets
