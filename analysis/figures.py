@@ -561,13 +561,7 @@ def plot_goodput_small_multiples(curves: pd.DataFrame, runs: pd.DataFrame, base:
                      layout="constrained")
         FigureCanvasAgg(fig)
         grid = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
-        for i, ax in enumerate(grid.flat):
-            if i >= len(cases):
-                ax.set_visible(False)
-                continue
-            case = cases[i]
-            ax.grid(True, color="0.88", linewidth=0.8)
-            ax.set_axisbelow(True)
+        for i, (case, ax) in enumerate(case_panels(grid, cases)):
             part = curves[curves["case"] == case] if not curves.empty else curves
             for _, line in part.groupby("run", sort=False) if not part.empty else []:
                 stack = str(line["stack"].iloc[0])
@@ -621,6 +615,18 @@ def _panel_grid(n: int, ncols_max: int, panel_w: float, panel_h: float, min_w: f
     FigureCanvasAgg(fig)
     grid = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
     return fig, grid, ncols, width
+
+
+def case_panels(grid: Any, cases: Sequence[str]) -> Iterator[tuple[str, Any]]:
+    """(case, panel) of a grid of one panel per case, each with a light grid behind the
+    data; the panels left over after the last case are hidden."""
+    for i, ax in enumerate(grid.flat):
+        if i < len(cases):
+            ax.grid(True, color="0.88", linewidth=0.8)
+            ax.set_axisbelow(True)
+            yield cases[i], ax
+        else:
+            ax.set_visible(False)
 
 
 def whole_and_zoom_panels(grid: Any, cases: Sequence[str]) -> Iterator[tuple[str, Any, Any]]:
@@ -808,13 +814,7 @@ def plot_wifi(positions: pd.DataFrame, runs: pd.DataFrame, base: Path,
     with sns.axes_style("whitegrid"), mpl.rc_context(_RC):
         fig, grid, ncols, width = _panel_grid(len(cases), 2, 5.2, 3.6, 7.5, 1.4)
         n_aps = 0
-        for i, ax in enumerate(grid.flat):
-            if i >= len(cases):
-                ax.set_visible(False)
-                continue
-            case = cases[i]
-            ax.grid(True, color="0.88", linewidth=0.8)
-            ax.set_axisbelow(True)
+        for i, (case, ax) in enumerate(case_panels(grid, cases)):
             part = positions[positions["case"] == case] if not positions.empty else positions
             if not part.empty:
                 # The configured rates are the case's, the same for every stack: the first run.
