@@ -53,7 +53,12 @@ from mininet.topo import Topo
 
 from experiments.scenario import CommonParams, CompetingFlow, RunOutcome, Scenario, Workload
 from testbed import stats
-from testbed.emu.linkparams import LinkShaping, Shaping
+from testbed.emu.linkparams import (
+    RED_DEFAULT_MAX_P,
+    RED_DEFAULT_WEIGHT,
+    LinkShaping,
+    Shaping,
+)
 from testbed.errors import ParameterError
 from testbed.stacks.base import Endpoint
 from topologies.fairness import (
@@ -86,6 +91,13 @@ class FairnessParams(CommonParams):
     queue_pkts: int | None = 25
     # Random loss on the shaped links (both directions), on top of the queue's tail drop.
     loss_pct: float = 0.0
+    # The shaped links' queue discipline: "droptail", or "red" with the red_* parameters
+    # (None: derived from queue_pkts; testbed.emu.linkparams has the defaults).
+    aqm: str = "droptail"
+    red_min_pkts: float | None = None
+    red_max_pkts: float | None = None
+    red_max_p: float = RED_DEFAULT_MAX_P
+    red_weight: float = RED_DEFAULT_WEIGHT
     # Random delay (uniform in 0..2x this, never reordering) on the senders' access links,
     # taken off the shaped link's delay so the mean RTT stays rtt_ms; 0: plain veths.
     access_jitter_ms: float = 0.0
@@ -110,7 +122,7 @@ class FairnessParams(CommonParams):
         if not 0 <= self.access_jitter_ms <= self.rtt_ms / 2:
             raise ParameterError(f"access_jitter_ms must be within 0..rtt_ms/2 "
                                  f"({self.rtt_ms / 2:g}), got {self.access_jitter_ms}")
-        self.link()  # validates rate and queue
+        self.link()  # validates rate, queue and its discipline
         if self.seconds <= 0:
             raise ParameterError(f"seconds must be positive, got {self.seconds}")
         if not 0 <= self.warmup_s < self.seconds - 1:
@@ -129,7 +141,9 @@ class FairnessParams(CommonParams):
         links' mean delay."""
         return Shaping(rate_mbps=self.rate_mbps,
                        delay_ms=self.rtt_ms / 2 - self.access_jitter_ms,
-                       loss_pct=self.loss_pct, queue_pkts=self.queue_pkts)
+                       loss_pct=self.loss_pct, queue_pkts=self.queue_pkts, aqm=self.aqm,
+                       red_min_pkts=self.red_min_pkts, red_max_pkts=self.red_max_pkts,
+                       red_max_p=self.red_max_p, red_weight=self.red_weight)
 
     def access(self) -> Shaping | None:
         """The senders' access links: no rate limit, a delay of access_jitter_ms with as much
@@ -260,8 +274,9 @@ class Fairness(Scenario):
         ours = " (ours)" if p.competitor_stack == "userspace" else ""
         against = f" vs {p.competitor_congestion}{ours}" if p.competitor else " alone"
         one = ", 1 path" if p.paths == 1 else ""
+        aqm = ", RED" if p.aqm == "red" else ""
         return (f"{where}, {p.congestion}{against}{one}, {p.rate_mbps:g} Mbit/s, "
-                f"{p.rtt_ms:g} ms")
+                f"{p.rtt_ms:g} ms{aqm}")
 
     def configured_rates(self) -> dict[str, float]:
         if self.params.mode == "shared":

@@ -42,7 +42,25 @@ def test_defaults_and_overrides() -> None:
     assert get_scenario("fairness") is Fairness
 
 
+def test_aqm_applies_to_the_shaped_links_of_both_modes() -> None:
+    for mode, names in (("shared", ("bottleneck",)), ("cross", ("path1", "path2"))):
+        scenario = Fairness(parse_overrides(FairnessParams, [f"mode={mode}", "aqm=red"]))
+        links = _links(scenario.topology())
+        for name in names:
+            for shaping in (links[name]["shaping"].a2b, links[name]["shaping"].b2a):
+                assert shaping.aqm == "red"
+                assert (shaping.red.min_pkts, shaping.red.max_pkts) == (6.25, 18.75)
+        assert scenario.label().endswith(", RED")
+    params = parse_overrides(FairnessParams, ["aqm=red", "red_min_pkts=4", "red_max_p=0.2"])
+    assert (params.link().red.min_pkts, params.link().red.max_pkts) == (4, 12)
+    assert params.link().red.max_p == 0.2
+    assert FairnessParams().link().aqm == "droptail"
+    assert not Fairness(FairnessParams()).label().endswith("RED")
+
+
 @pytest.mark.parametrize(("override", "message"), [
+    ("aqm=codel", "aqm must be one of droptail, red"),
+    ("red_max_pkts=40", "above the queue limit"),
     ("mode=both", "mode must be one of shared, cross"),
     ("rtt_ms=0", "rtt_ms must be positive"),
     ("rate_mbps=-1", "rate_mbps must be a positive number"),
