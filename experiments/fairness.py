@@ -26,12 +26,12 @@ Choices, for a stable ratio on a 2-core machine that also runs other emulations:
   keeps the link busy after a halving only with a queue of at least one BDP.
 - RED at the shared bottleneck (`aqm`, default per mode in DEFAULT_AQM; the RED parameters
   are the links' defaults: thresholds 6.25 and 18.75 packets, max_p 0.1, weight 0.002).
-  RFC 6356's goal assumes that each flow sees losses in proportion to the packets it sends,
-  and the evaluations of LIA and OLIA (Raiciu et al., NSDI 2011; Khalili et al., CoNEXT 2012)
-  used RED or random loss. At a drop-tail queue that does not hold: the packet that
-  overflows the queue more often belongs to a flow whose window grows fast, so LIA's slowly
-  growing subflows lose less and its ratio measured 0.82-1.89 (README, "Measured"). With RED,
-  LIA, OLIA and BALIA all measured within 1 +- 0.15, and uncoupled Reno 1.62-1.85.
+  RFC 6356 derives LIA's increase for flows that see the same loss rate at a shared
+  bottleneck. At a drop-tail queue that does not hold: the packet that overflows the queue
+  more often belongs to a flow whose window grows fast, so LIA's slowly growing subflows
+  lose less and its ratio measured 0.82-1.89 (README, "Measured"). RED drops arrivals at
+  random, so each flow loses in proportion to its packets: there LIA, OLIA and BALIA
+  measured within 1 +- 0.15 (LIA in 10 runs of 11), and uncoupled Reno 1.62-1.85.
   `aqm=droptail` keeps that result available. `cross` stays drop-tail by default: with RED
   on both paths it was run once per controller only (LIA 0.80 and BALIA 0.82 of their bytes
   on the free path against uncoupled Reno's 0.66, but 0.79-0.80 of the capacity left used
