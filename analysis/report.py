@@ -34,7 +34,7 @@ MIDDLEBOX_FIELDS = ("transforms", "on_path", "outcome", "expected_outcomes", "as
                     "box_changed_segments", "box_exercised", "checksum_detected")
 FAIRNESS = figures.FAIRNESS
 # fairness summary fields shown in the report (experiments/fairness.py writes them).
-FAIRNESS_FIELDS = ("mode", "expected", "mptcp_mbps", "tcp_mbps", "ratio", "anchor_low",
+FAIRNESS_FIELDS = ("mode", "aqm", "expected", "mptcp_mbps", "tcp_mbps", "ratio", "anchor_low",
                    "anchor_high", "within_anchor", "path2_share", "fraction_of_capacity_left",
                    "shifted")
 # vm-migration summary fields shown in the report (experiments/vm_migration.py writes them).
@@ -563,6 +563,12 @@ def _within_positions_cell(row: dict[str, Any]) -> str:
     return f"{row.get('positions_within')} of {judged}"
 
 
+def _fairness_queue_cell(row: dict[str, Any]) -> str:
+    """The shaped links' queue discipline; runs from before it was recorded were drop-tail."""
+    aqm = row.get("aqm")
+    return aqm if isinstance(aqm, str) and aqm else "droptail"
+
+
 def _fairness_anchor_cell(row: dict[str, Any]) -> str:
     if row.get("mode") == "cross":
         return "path-2 share > 0.67" if row.get("expected") == "coupled" else "–"
@@ -612,6 +618,7 @@ TABLES: dict[str, list[Column]] = {
     ],
     FAIRNESS: [
         ("mode", "---", lambda r: _cell(r.get("mode"))),
+        ("queue", "---", _fairness_queue_cell),
         ("congestion", "---", lambda r: _cell(r.get("congestion"))),
         ("expected", "---", lambda r: _cell(r.get("expected"))),
         ("MPTCP [Mbit/s]", "---:", lambda r: _cell(r.get("mptcp_mbps"))),

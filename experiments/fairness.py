@@ -22,8 +22,20 @@ Choices, for a stable ratio on a 2-core machine that also runs other emulations:
   with room to spare (README, "Performance"), and three flows at 10 Mbit/s leave CPU headroom.
 - 20 ms RTT, all of it on the shaped link (10 ms each way) so every flow has the same RTT:
   RTT-unfairness between the flows would otherwise be read as (un)fairness of the coupling.
-- a drop-tail queue of 25 packets, 1.5 times the bandwidth-delay product of 17 full-size
-  packets: Reno keeps the link busy after a halving only with a queue of at least one BDP.
+- a queue of 25 packets, 1.5 times the bandwidth-delay product of 17 full-size packets: Reno
+  keeps the link busy after a halving only with a queue of at least one BDP.
+- RED at the shared bottleneck (`aqm`, default per mode in DEFAULT_AQM; the RED parameters
+  are the links' defaults: thresholds 6.25 and 18.75 packets, max_p 0.1, weight 0.002).
+  RFC 6356 derives LIA's increase for flows that see the same loss rate at a shared
+  bottleneck. At a drop-tail queue that does not hold: the packet that overflows the queue
+  more often belongs to a flow whose window grows fast, so LIA's slowly growing subflows
+  lose less and its ratio measured 0.82-1.89 (README, "Measured"). RED drops arrivals at
+  random, so each flow loses in proportion to its packets: there LIA, OLIA and BALIA
+  measured within 1 +- 0.15 (LIA in 10 runs of 11), and uncoupled Reno 1.62-1.85.
+  `aqm=droptail` keeps that result available. `cross` stays drop-tail by default: with RED
+  on both paths it was run once per controller only (LIA 0.80 and BALIA 0.82 of their bytes
+  on the free path against uncoupled Reno's 0.66, but 0.79-0.80 of the capacity left used
+  against 0.83-0.97 with drop-tail).
 - 40 s per run and the ratio taken after a 10 s warm-up (slow start and the first losses
   left out). At a drop-tail queue, which flow loses a packet when the queue overflows is a
   lottery, and a flow that loses twice in a row gives up its share for many RTTs: the ratio
@@ -53,7 +65,12 @@ from mininet.topo import Topo
 
 from experiments.scenario import CommonParams, CompetingFlow, RunOutcome, Scenario, Workload
 from testbed import stats
-from testbed.emu.linkparams import LinkShaping, Shaping
+from testbed.emu.linkparams import (
+    RED_DEFAULT_MAX_P,
+    RED_DEFAULT_WEIGHT,
+    LinkShaping,
+    Shaping,
+)
 from testbed.errors import ParameterError
 from testbed.stacks.base import Endpoint
 from topologies.fairness import (
@@ -65,6 +82,9 @@ from topologies.fairness import (
 )
 
 MODES = ("shared", "cross")
+# The queue discipline of each mode's shaped links unless `aqm` says otherwise (module
+# docstring: why RED at the shared bottleneck).
+DEFAULT_AQM = {"shared": "red", "cross": "droptail"}
 COUPLED = frozenset({"lia", "olia", "balia"})
 # RFC 6356's goal as the issue states it: coupled MPTCP within 1 +- 0.15 of TCP.
 COUPLED_BAND = (0.85, 1.15)
@@ -86,6 +106,14 @@ class FairnessParams(CommonParams):
     queue_pkts: int | None = 25
     # Random loss on the shaped links (both directions), on top of the queue's tail drop.
     loss_pct: float = 0.0
+    # The shaped links' queue discipline: "droptail", or "red" with the red_* parameters
+    # (None thresholds: derived from queue_pkts; testbed.emu.linkparams has the defaults).
+    # None: DEFAULT_AQM of the mode (RED at the shared bottleneck, drop-tail for cross).
+    aqm: str | None = None
+    red_min_pkts: float | None = None
+    red_max_pkts: float | None = None
+    red_max_p: float = RED_DEFAULT_MAX_P
+    red_weight: float = RED_DEFAULT_WEIGHT
     # Random delay (uniform in 0..2x this, never reordering) on the senders' access links,
     # taken off the shaped link's delay so the mean RTT stays rtt_ms; 0: plain veths.
     access_jitter_ms: float = 0.0
@@ -110,7 +138,7 @@ class FairnessParams(CommonParams):
         if not 0 <= self.access_jitter_ms <= self.rtt_ms / 2:
             raise ParameterError(f"access_jitter_ms must be within 0..rtt_ms/2 "
                                  f"({self.rtt_ms / 2:g}), got {self.access_jitter_ms}")
-        self.link()  # validates rate and queue
+        self.link()  # validates rate, queue and its discipline
         if self.seconds <= 0:
             raise ParameterError(f"seconds must be positive, got {self.seconds}")
         if not 0 <= self.warmup_s < self.seconds - 1:
@@ -124,12 +152,20 @@ class FairnessParams(CommonParams):
         if self.paths not in (1, 2):
             raise ParameterError(f"paths must be 1 or 2, got {self.paths}")
 
+    @property
+    def queue_discipline(self) -> str:
+        """`aqm`, or the mode's default."""
+        return self.aqm if self.aqm is not None else DEFAULT_AQM.get(self.mode, "droptail")
+
     def link(self) -> Shaping:
         """Each shaped link: the whole RTT on it, half in each direction, less the access
         links' mean delay."""
         return Shaping(rate_mbps=self.rate_mbps,
                        delay_ms=self.rtt_ms / 2 - self.access_jitter_ms,
-                       loss_pct=self.loss_pct, queue_pkts=self.queue_pkts)
+                       loss_pct=self.loss_pct, queue_pkts=self.queue_pkts,
+                       aqm=self.queue_discipline,
+                       red_min_pkts=self.red_min_pkts, red_max_pkts=self.red_max_pkts,
+                       red_max_p=self.red_max_p, red_weight=self.red_weight)
 
     def access(self) -> Shaping | None:
         """The senders' access links: no rate limit, a delay of access_jitter_ms with as much
@@ -260,8 +296,9 @@ class Fairness(Scenario):
         ours = " (ours)" if p.competitor_stack == "userspace" else ""
         against = f" vs {p.competitor_congestion}{ours}" if p.competitor else " alone"
         one = ", 1 path" if p.paths == 1 else ""
+        aqm = ", RED" if p.queue_discipline == "red" else ""
         return (f"{where}, {p.congestion}{against}{one}, {p.rate_mbps:g} Mbit/s, "
-                f"{p.rtt_ms:g} ms")
+                f"{p.rtt_ms:g} ms{aqm}")
 
     def configured_rates(self) -> dict[str, float]:
         if self.params.mode == "shared":
@@ -271,7 +308,8 @@ class Fairness(Scenario):
     def evaluate_run(self, outcome: RunOutcome) -> dict[str, Any]:
         p = self.params
         expected = expectation(p.congestion, str(outcome.summary.get("client_stack")), p.paths)
-        result: dict[str, Any] = {"mode": p.mode, "expected": expected}
+        result: dict[str, Any] = {"mode": p.mode, "expected": expected,
+                                  "aqm": p.queue_discipline}
         competitor = outcome.flows.get(COMPETITOR, {}).get("receiver")
         reports = [outcome.receiver] + ([competitor] if competitor is not None else [])
         window = common_window(reports, p.warmup_s)

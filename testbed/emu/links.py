@@ -166,7 +166,9 @@ class NetemBackend(LinkBackend):
 
     def change(self, link: ShapedLink, direction: str, shaping: Shaping) -> None:
         intf = link.intf_for(direction)
-        NetemShaper(intf.node.netns_path, intf.name).apply(shaping, create=False)
+        previous = link.shaping.direction(direction) if link.shaping is not None else None
+        NetemShaper(intf.node.netns_path, intf.name).apply(shaping, create=False,
+                                                          previous=previous)
 
 
 class UserspaceBackend(LinkBackend):

@@ -8,11 +8,23 @@ any emulated link: with a rate set, netem schedules each frame after the previou
 never reorders frames (the userspace shaper's rule), at the cost of about a microsecond per frame.
 netem's own reorder sends a frame at once, ahead of the delayed ones, into tbf: like the
 userspace shaper's reordered frame, it skips the delay and still waits for the rate.
+
+With `aqm="red"`, tbf's queue becomes a `red` child (tbf's class 10:1, handle 20:) in place of
+tbf's default byte FIFO: red decides on each frame tbf is handed, and its `limit` is the hard
+limit. pyroute2 0.9 has no red plugin, so that one qdisc is set with `tc` (an argument list,
+run inside the namespace through nsenter). Linux's red averages bytes, not packets: the
+thresholds are given as packets of 1514 bytes, the same for full-size data frames; ACK-only
+directions fill it more slowly than the userspace shaper's packet count. Its EWMA weight is a
+power of two that tc derives from `burst`: the nearest one to `red_weight` is chosen and
+the burst that makes tc pick it is computed here. The kernel here has no sch_red: only the
+commands are tested (tests/unit/test_netem.py), not their effect.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import subprocess
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from testbed.emu.linkparams import MTU_BYTES, Shaping
@@ -27,16 +39,61 @@ UNLIMITED_RATE_BITS = 10_000_000_000
 # netem holds every frame in flight; its own limit must never be what drops them.
 NETEM_LIMIT_PKTS = 100_000
 FRAME_BYTES = MTU_BYTES + 14  # Ethernet header; tbf counts the frame without FCS
+RED_PARENT = "10:1"  # tbf's class, its child slot
+RED_HANDLE = "20:"
+# tc accepts EWMA logs of 1..31 (a weight of 2**-Wlog).
+MAX_EWMA_LOG = 31
+
+
+def ewma_log(weight: float) -> int:
+    """The power-of-two weight nearest to `weight` (in log2 terms), as Linux's red needs."""
+    return min(MAX_EWMA_LOG, max(1, round(-math.log2(weight))))
+
+
+def tc_red_ewma_log(min_bytes: int, burst: int, avpkt: int) -> int | None:
+    """The EWMA log tc chooses for `min`, `burst` and `avpkt`: the heaviest weight W = 2**-n
+    that lets a burst of `burst` packets into an empty queue without the average reaching
+    `min` (Floyd & Jacobson 1993, section 10: burst + 1 - min <= (1 - (1 - W)**burst) / W)."""
+    allowance = burst + 1 - min_bytes / avpkt
+    if allowance < 1:
+        return None
+    for log in range(1, MAX_EWMA_LOG + 1):
+        w = 2.0 ** -log
+        if allowance <= (1 - (1 - w) ** burst) / w:
+            return log
+    return None
+
+
+def red_burst(min_bytes: int, log: int, avpkt: int = FRAME_BYTES) -> int:
+    """The smallest `burst` for which tc derives the EWMA log `log`."""
+    for burst in range(1, 1_000_000):
+        found = tc_red_ewma_log(min_bytes, burst, avpkt)
+        if found == log:
+            return burst
+        if found is not None and found > log:
+            break
+    raise BackendUnsupported(f"no RED burst gives an EWMA weight of 2**-{log} with min "
+                             f"{min_bytes} bytes; choose another red_weight or red_min_pkts")
+
+
+Runner = Callable[[Sequence[str]], None]
+
+
+def run_command(argv: Sequence[str]) -> None:
+    result = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise BackendUnsupported(f"{' '.join(argv)} failed: {result.stderr.strip()}")
 
 
 class NetemShaper:
     """Shaping of one interface inside one network namespace."""
 
     def __init__(self, netns_path: str, ifname: str,
-                 open_netns: Callable[[str], Any] = netlink) -> None:
+                 open_netns: Callable[[str], Any] = netlink, run: Runner = run_command) -> None:
         self.netns_path = netns_path
         self.ifname = ifname
         self.open_netns = open_netns
+        self.run = run
 
     @staticmethod
     def check(shaping: Shaping) -> None:
@@ -72,9 +129,37 @@ class NetemShaper:
             "limit": shaping.queue_limit * FRAME_BYTES,
         }
 
-    def apply(self, shaping: Shaping, create: bool) -> None:
-        """Install (create=True) or change the qdiscs; a change keeps the frames queued."""
+    @staticmethod
+    def red_args(shaping: Shaping) -> list[str]:
+        """`tc qdisc` arguments of the red child, from `red` on (in bytes of full frames)."""
+        red = shaping.red
+        rate_bits = (UNLIMITED_RATE_BITS if shaping.rate_mbps is None
+                     else round(shaping.rate_mbps * 1_000_000))
+        min_bytes = round(red.min_pkts * FRAME_BYTES)
+        max_bytes = round(red.max_pkts * FRAME_BYTES)
+        return ["red",
+                "limit", str(shaping.queue_limit * FRAME_BYTES),
+                "min", str(min_bytes),
+                "max", str(max_bytes),
+                "avpkt", str(FRAME_BYTES),
+                "burst", str(red_burst(min_bytes, ewma_log(red.weight))),
+                "probability", f"{red.max_p:g}",
+                # For the idle-time correction only; red does not shape.
+                "bandwidth", f"{rate_bits}bit"]
+
+    def red_command(self, shaping: Shaping, verb: str) -> list[str]:
+        return ["nsenter", f"--net={self.netns_path}", "tc", "qdisc", verb, "dev", self.ifname,
+                "parent", RED_PARENT, "handle", RED_HANDLE, *self.red_args(shaping)]
+
+    def apply(self, shaping: Shaping, create: bool, previous: Shaping | None = None) -> None:
+        """Install (create=True) or change the qdiscs; a change keeps the frames queued.
+        `previous` is the shaping a change replaces: switching between drop-tail and RED
+        would replace tbf's child and lose its frames, so it is refused."""
         self.check(shaping)
+        if not create and previous is not None and previous.aqm != shaping.aqm:
+            raise BackendUnsupported(
+                f"changing aqm from {previous.aqm} to {shaping.aqm} during a run needs the "
+                "userspace backend (netem would have to replace tbf's queue and its frames)")
         verb = "add" if create else "change"
         with self.open_netns(self.netns_path) as ns:
             found = ns.link_lookup(ifname=self.ifname)
@@ -84,3 +169,5 @@ class NetemShaper:
             ns.tc(verb, "netem", index, handle=NETEM_HANDLE, **self.netem_params(shaping))
             ns.tc(verb, "tbf", index, handle=TBF_HANDLE, parent=TBF_PARENT,
                   **self.tbf_params(shaping))
+        if shaping.aqm == "red":
+            self.run(self.red_command(shaping, verb))

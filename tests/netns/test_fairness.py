@@ -1,19 +1,23 @@
 """fairness end to end through `testbed run`, with the scenario's defaults (10 Mbit/s, 20 ms,
-25-packet queue, 40 s judged after 10 s): our MPTCP (two subflows) against one plain Linux TCP
-with Reno at a shared bottleneck, and with that TCP as cross traffic on the first of two
-disjoint paths.
+25-packet queue, RED at the shared bottleneck, 40 s judged after 10 s): our MPTCP (two
+subflows) against one plain Linux TCP with Reno at a shared bottleneck, and with that TCP as
+cross traffic on the first of two disjoint (drop-tail) paths.
 
-- OLIA takes 1 +- 0.15 of the TCP's goodput (RFC 6356's goal; measured 1.06-1.08 here);
+- OLIA takes 1 +- 0.15 of the TCP's goodput (RFC 6356's goal; with RED measured 0.94-1.09
+  in eight runs, at a drop-tail queue 0.99-1.08), with RED's early drops at the bottleneck;
 - uncoupled Reno subflows take about two TCP shares, at least 1.6 (the negative control: it
-  fails if the coupling leaked into Reno or the second subflow carried nothing; measured
-  2.2-2.4);
+  fails if the coupling leaked into Reno or the second subflow carried nothing). It runs at
+  a drop-tail bottleneck, where it measured 2.2-2.4: with RED it measured 1.62-1.85, too close
+  to the bound for a test;
 - with cross traffic, BALIA puts clearly more of its bytes on the free path than uncoupled
   Reno (measured 0.80-0.82 against 0.64).
 
-LIA is asserted in neither: at this drop-tail bottleneck its ratio measured above the band in
-three runs of four (1.25-1.38), and with cross traffic it kept 0.67-0.76 on the free path,
-close to uncoupled Reno's 0.64 (README, "Measured", says what we found). Each run takes about
-a minute; the competing flow, its statistics files and the leftovers are checked in each.
+LIA is not asserted. With RED it met the band in 10 runs of 11 (0.89-1.08; the eleventh, a
+run of this test, failed and its value was not kept), too often missed for a test. At a
+drop-tail bottleneck it measured outside the band in all six runs (0.82-1.89), and with cross
+traffic it kept 0.67-0.76 on the free path, close to uncoupled Reno's 0.64 (README,
+"Measured", says what we found). Each run takes about a minute; the competing flow, its
+statistics files and the leftovers are checked in each.
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ from tests.netns.nsutil import left_behind, run_experiment
 ARGS = ["--link-backend", "userspace", "--seed", "3", "--no-analyze", "--set", "capture=off"]
 
 
-def run_case(out: Path, congestion: str, mode: str) -> dict[str, Any]:
+def run_case(out: Path, congestion: str, mode: str, *sets: str) -> dict[str, Any]:
     result = run_experiment("fairness", "userspace", out, *ARGS,
-                            sets=[f"congestion={congestion}", f"mode={mode}"])
+                            sets=[f"congestion={congestion}", f"mode={mode}", *sets])
     assert result.returncode == 0, result.stderr
     summary: dict[str, Any] = json.loads((out / "summary.json").read_text())
     run_id = json.loads((out / "meta.json").read_text())["run_id"]
@@ -45,15 +49,19 @@ def run_case(out: Path, congestion: str, mode: str) -> dict[str, Any]:
     return summary
 
 
-def test_coupled_olia_takes_about_one_tcp_share(tmp_path: Path) -> None:
-    summary = run_case(tmp_path / "olia", "olia", "shared")
-    assert summary["expected"] == "coupled"
+def test_coupled_olia_takes_about_one_tcp_share_at_a_red_bottleneck(tmp_path: Path) -> None:
+    congestion = "olia"
+    summary = run_case(tmp_path / congestion, congestion, "shared")
+    assert summary["expected"] == "coupled" and summary["aqm"] == "red"
     assert 0.85 <= summary["ratio"] <= 1.15, summary
     assert summary["within_anchor"] is True
+    # RED did the dropping: early drops at the bottleneck, in the data direction.
+    shaper = json.loads((tmp_path / congestion / "stats" / "shaper.json").read_text())
+    assert shaper["links"]["left-eth3~right-eth0"]["a2b"]["dropped_early"] > 0
 
 
 def test_uncoupled_reno_subflows_take_about_two_tcp_shares(tmp_path: Path) -> None:
-    summary = run_case(tmp_path / "reno", "reno", "shared")
+    summary = run_case(tmp_path / "reno", "reno", "shared", "aqm=droptail")
     assert summary["expected"] == "uncoupled"
     assert summary["ratio"] >= 1.6, summary
     assert summary["within_anchor"] is True

@@ -42,7 +42,30 @@ def test_defaults_and_overrides() -> None:
     assert get_scenario("fairness") is Fairness
 
 
+def test_aqm_applies_to_the_shaped_links_of_both_modes() -> None:
+    for mode, names in (("shared", ("bottleneck",)), ("cross", ("path1", "path2"))):
+        scenario = Fairness(parse_overrides(FairnessParams, [f"mode={mode}", "aqm=red"]))
+        links = _links(scenario.topology())
+        for name in names:
+            for shaping in (links[name]["shaping"].a2b, links[name]["shaping"].b2a):
+                assert shaping.aqm == "red"
+                assert (shaping.red.min_pkts, shaping.red.max_pkts) == (6.25, 18.75)
+        assert scenario.label().endswith(", RED")
+    params = parse_overrides(FairnessParams, ["aqm=red", "red_min_pkts=4", "red_max_p=0.2"])
+    assert (params.link().red.min_pkts, params.link().red.max_pkts) == (4, 12)
+    assert params.link().red.max_p == 0.2
+    # Defaults: RED at the shared bottleneck, drop-tail for cross traffic; either can be set.
+    assert FairnessParams().link().aqm == "red"
+    assert FairnessParams(mode="cross").link().aqm == "droptail"
+    droptail = Fairness(parse_overrides(FairnessParams, ["aqm=droptail"]))
+    assert droptail.params.link().aqm == "droptail"
+    assert not droptail.label().endswith("RED")
+    assert not Fairness(FairnessParams(mode="cross")).label().endswith("RED")
+
+
 @pytest.mark.parametrize(("override", "message"), [
+    ("aqm=codel", "aqm must be one of droptail, red"),
+    ("red_max_pkts=40", "above the queue limit"),
     ("mode=both", "mode must be one of shared, cross"),
     ("rtt_ms=0", "rtt_ms must be positive"),
     ("rate_mbps=-1", "rate_mbps must be a positive number"),
@@ -359,9 +382,9 @@ def test_report_rows_and_figure(tmp_path: Path) -> None:
 
     runs = [
         _fake_run(tmp_path, "a", "userspace", "lia",
-                  {"mode": "shared", "expected": "coupled", "ratio": 0.97, "anchor_low": 0.85,
-                   "anchor_high": 1.15, "within_anchor": True, "mptcp_mbps": 4.6,
-                   "tcp_mbps": 4.74}),
+                  {"mode": "shared", "aqm": "red", "expected": "coupled", "ratio": 0.97,
+                   "anchor_low": 0.85, "anchor_high": 1.15, "within_anchor": True,
+                   "mptcp_mbps": 4.6, "tcp_mbps": 4.74}),
         _fake_run(tmp_path, "b", "kernel", "reno",
                   {"mode": "shared", "expected": "uncoupled", "ratio": 1.3, "anchor_low": 1.6,
                    "anchor_high": None, "within_anchor": False}),
@@ -380,6 +403,8 @@ def test_report_rows_and_figure(tmp_path: Path) -> None:
     assert rows[3].endswith("| – | 0.70 | 0.90 | – | yes | ok | `../d` |")  # not judged
     assert "| 0.97 | 0.85–1.15 | – | – | yes |" in rows[0]
     assert "| 1.30 | >= 1.6 |" in rows[1] and "**NO**" in rows[1]
+    # The queue discipline; a summary without one (older runs) was drop-tail.
+    assert "| red | lia |" in rows[0] and "| droptail | reno |" in rows[1]
     assert "| 0.91 | 0.93 | yes |" in rows[2] and "path-2 share > 0.67" in rows[2]
     assert "our stack 2 of 2 runs" in text and "kernel MPTCP 0 of 1 runs" in text
     assert (tmp_path / "out" / "figures" / "report-comparison.png").stat().st_size > 0

@@ -10,6 +10,23 @@ therefore computes each frame's whole schedule on arrival and keeps it in a FIFO
 reschedule what is already in the pipe. Reordered frames are delivered at their departure from
 the rate FIFO, which never decreases either, so they get a FIFO of their own and delivery
 merges the two.
+
+The FIFO is drop-tail, or RED (Floyd & Jacobson, IEEE/ACM ToN 1993, section 4 and figure 2),
+in packets rather than Linux's bytes:
+
+- On every arrival that gets past the random loss, the average queue is updated with the
+  real queue (frames in the FIFO, the one in service included) as avg = (1 - w) avg + w q.
+  An arrival to an empty FIFO first ages the average over the idle time as if m frames of
+  the link's full size (1514 bytes at the rate, or the trace's mean rate) had arrived to an
+  empty queue: avg = (1 - w)^m avg (the paper's idle-time correction; an unshaped direction
+  has no such time and skips it).
+- Below min: no early drop, count = -1. Between min and max: count += 1,
+  p_b = max_p (avg - min) / (max - min), and the frame is dropped with probability
+  p_a = p_b / (1 - count p_b) (1 once that reaches 1), which spreads the drops evenly over the
+  arrivals instead of geometrically; a drop resets count to 0 (`dropped_early`). At or above
+  max: every arrival is dropped (`dropped_forced`), as Linux's red does; no "gentle" ramp to
+  2 max, which tc-red cannot express either.
+- A frame RED lets in still meets the hard limit (`queue_pkts`, `dropped_queue`).
 """
 
 from __future__ import annotations
@@ -22,7 +39,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from testbed.emu.linkparams import Shaping
+from testbed.emu.linkparams import RedParams, Shaping
 from testbed.errors import ParameterError
 
 # Mahimahi (Netravali et al., USENIX ATC 2015, `mm-link`): each trace line is one opportunity to
@@ -78,19 +95,40 @@ class Trace:
 
 TraceLoader = Callable[[str], Trace]
 
+# A full-size Ethernet frame (1500-byte MTU, 14-byte header, no FCS), RED's unit of idle time.
+MAX_FRAME_BYTES = 1514
+
+
+def red_drop_probability(avg: float, count: int, red: RedParams) -> float:
+    """RED's drop probability p_a for an arrival that finds the average queue at `avg` and is
+    the `count`-th arrival since the last drop (1 for the next one after a drop; 0 for one that
+    finds the average newly risen above min). Floyd & Jacobson 1993, figure 2."""
+    if avg < red.min_pkts:
+        return 0.0
+    if avg >= red.max_pkts:
+        return 1.0
+    p_b = red.max_p * (avg - red.min_pkts) / (red.max_pkts - red.min_pkts)
+    spread = 1 - count * p_b
+    return 1.0 if spread <= p_b else p_b / spread
+
 
 @dataclass
 class PipeCounters:
     """What happened to the frames of one direction. Conservation:
-    frames_in == frames_out + dropped_loss + dropped_queue + dropped_down + frames in the pipe."""
+    frames_in == frames_out + dropped_loss + dropped_early + dropped_forced + dropped_queue
+                 + dropped_down + frames in the pipe."""
 
     frames_in: int = 0
     bytes_in: int = 0
     frames_out: int = 0
     bytes_out: int = 0
     dropped_loss: int = 0
+    # Tail drops at the hard limit (queue_pkts), whatever the discipline.
     dropped_queue: int = 0
     dropped_down: int = 0
+    # RED (aqm="red"): drops with the average between the thresholds, and at or above max.
+    dropped_early: int = 0
+    dropped_forced: int = 0
     # Frames sent without the delay (reorder_pct); each overtakes whatever was in flight.
     reordered: int = 0
     max_backlog_pkts: int = 0
@@ -196,6 +234,9 @@ class Pipe:
         self._link_free_at = now
         self._last_deliver_at = now
         self._trace_server: _TraceServer | None = None
+        # RED's state: the average queue in packets and the frames since the last early drop.
+        self.red_avg = 0.0
+        self._red_count = -1
         self._shaping = shaping
         self._configure(shaping, now)
 
@@ -228,6 +269,17 @@ class Pipe:
         self._delay = shaping.delay_ms / 1000
         self._jitter = shaping.jitter_ms / 1000
         self._queue_limit = shaping.queue_limit
+        self._red = shaping.aqm == "red"
+        self._red_params = shaping.red
+        self._red_weight = self._red_params.weight
+        # The time a full-size frame takes to send, the unit of RED's idle-time correction.
+        if server is not None:
+            self._red_frame_s: float | None = (MAX_FRAME_BYTES * 8
+                                               / (server.trace.mean_rate_mbps * 1e6))
+        elif self._bytes_per_s is not None:
+            self._red_frame_s = MAX_FRAME_BYTES / self._bytes_per_s
+        else:
+            self._red_frame_s = None
 
     def set_shaping(self, shaping: Shaping, now: float) -> None:
         """Apply `shaping` to frames arriving from `now` on. Frames already queued or in flight
@@ -265,6 +317,8 @@ class Pipe:
         queue = self._queue_departures
         while queue and queue[0] <= now:
             queue.popleft()
+        if self._red and self._red_drops(len(queue), now):
+            return False
         # Tail drop (pfifo/tbf `limit` in packets): a frame counts until it has left the FIFO.
         if len(queue) >= self._queue_limit:
             c.dropped_queue += 1
@@ -301,6 +355,33 @@ class Pipe:
         self._last_deliver_at = deliver_at
         self._flight.append((deliver_at, frame, departs - start if backlogged else -1.0))
         return True
+
+    def _red_drops(self, backlog: int, now: float) -> bool:
+        """RED's decision for a frame arriving to `backlog` frames (module docstring)."""
+        weight = self._red_weight
+        if backlog:
+            self.red_avg += weight * (backlog - self.red_avg)
+        else:
+            idle_s = now - self._link_free_at
+            if self._red_frame_s is not None and idle_s > 0:
+                self.red_avg *= (1 - weight) ** (idle_s / self._red_frame_s)
+            # The arrival itself samples the empty queue.
+            self.red_avg *= 1 - weight
+        avg = self.red_avg
+        red = self._red_params
+        if avg < red.min_pkts:
+            self._red_count = -1
+            return False
+        if avg >= red.max_pkts:
+            self._red_count = 0
+            self.counters.dropped_forced += 1
+            return True
+        self._red_count += 1
+        if self._rng.random() < red_drop_probability(avg, self._red_count, red):
+            self._red_count = 0
+            self.counters.dropped_early += 1
+            return True
+        return False
 
     def next_deadline(self) -> float | None:
         """When the next frame is due, or None when the pipe is empty."""

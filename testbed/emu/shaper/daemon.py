@@ -242,6 +242,8 @@ class ShaperDaemon:
                 )
                 counters["backlog_pkts"] = pipe.backlog(now)
                 counters["in_pipe"] = pipe.in_pipe
+                if pipe.shaping.aqm == "red":
+                    counters["red_avg_pkts"] = round(pipe.red_avg, 3)
                 counters["shaping"] = pipe.shaping.to_dict()
                 entry[d] = counters
             links[name] = entry
