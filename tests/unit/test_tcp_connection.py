@@ -455,6 +455,26 @@ def test_sack_recovery_retransmits_only_the_hole() -> None:
     assert conn.stats()["sack_blocks_received"] == 3
 
 
+def test_cwnd_room_is_cwnd_less_the_pipe_and_what_waits_to_be_sent() -> None:
+    """What a layer above may still queue (an MPTCP scheduler asks this): SACKed bytes have
+    left the network (RFC 6675 pipe), a lost segment and unsent data will take room."""
+    conn = established(config(sack=True),
+                       peer_options=(MssOption(1460), SackPermittedOption()))
+    five_segments(conn)
+    assert conn.cwnd_room == conn.cc.cwnd - 5 * 1460
+    for i in range(1, 4):
+        sack = SackOption(((ISS + 1 + 1460, ISS + 1 + 1460 * (i + 1)),))
+        conn.receive(inbound(IRS + 1, ISS + 1, options=(sack,)), 1.1 + i / 100)
+    assert conn.mib["TCPSackRecovery"] == 1
+    # Segments 2-4 SACKed, 5 in flight, 1 lost and waiting for its retransmission.
+    assert conn.cwnd_room == conn.cc.cwnd - 1460 - 1460
+    assert conn.cwnd_room > conn.cc.cwnd - conn.bytes_in_flight
+    assert conn.segments_to_send(1.14)[0].seq == ISS + 1
+    assert conn.cwnd_room == conn.cc.cwnd - 2 * 1460  # the retransmission is in the pipe
+    conn.send(b"y" * 1000, 1.15)
+    assert conn.cwnd_room == conn.cc.cwnd - 2 * 1460 - 1000
+
+
 def test_timestamps_are_sent_and_echoed() -> None:
     conn = established(config(timestamps=True),
                        peer_options=(MssOption(1460), TimestampOption(777, 100)))

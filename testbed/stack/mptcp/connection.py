@@ -1269,8 +1269,10 @@ class MptcpConnection:
                 and any(sf.usable and self._space(sf) > 0 for sf in self.subflows))
 
     def _space(self, sf: Subflow) -> int:
-        return max(0, min(sf.tcp.cc.cwnd - sf.send_maps.outstanding(sf.acked),
-                          sf.tcp.writable_space))
+        # The subflow's own sending rule (RFC 6675 pipe), not its mapped-and-unacked bytes:
+        # those include what the peer SACKed, and counting them starves the subflow
+        # through loss recovery, then lets a window-sized burst out when recovery ends.
+        return max(0, min(sf.tcp.cwnd_room, sf.tcp.writable_space))
 
     def _candidates(self) -> tuple[dict[int, Subflow], list[SubflowCandidate]]:
         by_id: dict[int, Subflow] = {}

@@ -278,6 +278,20 @@ class TcpConnection:
         return sq.diff(self.snd_nxt, self.snd_una)
 
     @property
+    def cwnd_room(self) -> int:
+        """How many more bytes the congestion window takes beyond what this connection
+        already holds to send: cwnd less the pipe (RFC 6675 §4, SACKed bytes have left the
+        network), less the lost segments waiting to be resent and the data written but not
+        sent yet; negative when more waits than cwnd lets out. A layer above that writes
+        only what the window takes (an MPTCP scheduler) asks this: snd_nxt - snd_una still
+        counts SACKed bytes, so during recovery it would see no room, the flight would
+        drain, and the cumulative ACK that ends recovery would release a window-sized
+        burst."""
+        cwnd, pipe = self._cwnd_and_pipe()
+        unsent = len(self._snd_buf) - sq.diff(self.snd_nxt, self._snd_buf_seq)
+        return cwnd - pipe - self._sb.lost_waiting_bytes() - max(0, unsent)
+
+    @property
     def receive_buffer_size(self) -> int:
         return self._rcv_cap
 
@@ -931,8 +945,8 @@ class TcpConnection:
             if seg.flags & RST:
                 self._count("OutRsts")
 
-    def _transmit(self, now: float, out: list[TcpSegment]) -> None:
-        payload_mss = self._payload_mss()
+    def _cwnd_and_pipe(self) -> tuple[int, int]:
+        """The window and the flight it is compared with when sending."""
         pipe = self._sb.pipe()
         cwnd = self.cc.cwnd
         if not self.sack_ok:
@@ -943,6 +957,11 @@ class TcpConnection:
                 # segment out, so a small window still gathers three dupacks. (With SACK
                 # the scoreboard already takes SACKed segments out of pipe.)
                 cwnd += min(self._dupacks, 2) * self.eff_mss
+        return cwnd, pipe
+
+    def _transmit(self, now: float, out: list[TcpSegment]) -> None:
+        payload_mss = self._payload_mss()
+        cwnd, pipe = self._cwnd_and_pipe()
         pipe_before = pipe
         while True:
             room = cwnd - pipe

@@ -46,6 +46,7 @@ class Scoreboard:
         # Kept up to date on every flag change, so the sender asks in O(1) on each call.
         self._pipe = 0
         self._lost_waiting = 0  # lost, not SACKed, not yet retransmitted
+        self._lost_waiting_bytes = 0  # their length
 
     @staticmethod
     def _contribution(seg: SentSegment) -> tuple[int, int]:
@@ -59,11 +60,13 @@ class Scoreboard:
         pipe, waiting = self._contribution(seg)
         self._pipe -= pipe
         self._lost_waiting -= waiting
+        self._lost_waiting_bytes -= waiting * seg.length
 
     def _count(self, seg: SentSegment) -> None:
         pipe, waiting = self._contribution(seg)
         self._pipe += pipe
         self._lost_waiting += waiting
+        self._lost_waiting_bytes += waiting * seg.length
 
     def __len__(self) -> int:
         return len(self.segments)
@@ -226,3 +229,8 @@ class Scoreboard:
 
     def has_lost(self) -> bool:
         return self._lost_waiting > 0
+
+    def lost_waiting_bytes(self) -> int:
+        """Bytes marked lost and not yet retransmitted: what NextSeg rule 1 will resend
+        before any new data (RFC 6675 §4)."""
+        return self._lost_waiting_bytes
