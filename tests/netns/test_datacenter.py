@@ -16,7 +16,6 @@ from tests.netns.nsutil import left_behind, run_experiment
 
 SHORT = ["--link-backend", "userspace", "--seed", "3", "--no-analyze",
          "--set", "seconds=8", "--set", "warmup_s=2", "--set", "permutation_seed=1"]
-JAIN_MARGIN = 0.03
 UTILISATION_SLACK = 0.1
 
 
@@ -52,12 +51,13 @@ def test_mptcp_with_four_subflows_beats_tcp_on_the_same_permutation(tmp_path: Pa
         f"{s['lowest_decile_fraction']}, CPU idle {s['cpu_idle_mean_pct']}%"
         for name, s in (("TCP", tcp), ("MPTCP", mptcp)))
     assert 0 < tcp["utilisation"] < 1 and 0 < mptcp["utilisation"] < 1, shown
-    # Fairer by a margin: Jain's index over the 16 flows was 0.95-0.99 for MPTCP and
-    # 0.85-0.90 for TCP in seven pairs of runs here at 2 and 5 Mbit/s (the smallest gap 0.07);
+    # Fairer: Jain's index over the 16 flows was 0.95-0.99 for MPTCP and 0.85-0.90 for TCP in
+    # seven pairs of runs here at 2 and 5 Mbit/s, but a CI run had TCP at 0.945 (its flows
+    # happened to collide little) against MPTCP's 0.969, so no margin is asserted;
     # the slowest flows, which TCP leaves on collided links, no slower; and no less of the
     # fabric used, within the noise. Utilisation moved by -0.07 to +0.22 in the same pairs:
     # TCP's depends on where ECMP put its flows (their source ports differ in every run), and
     # MPTCP's suffers more than TCP's when the machine is saturated (README).
-    assert mptcp["jain_index"] > tcp["jain_index"] + JAIN_MARGIN, shown
+    assert mptcp["jain_index"] > tcp["jain_index"], shown
     assert mptcp["lowest_decile_fraction"] >= tcp["lowest_decile_fraction"], shown
     assert mptcp["utilisation"] > tcp["utilisation"] - UTILISATION_SLACK, shown
