@@ -596,6 +596,8 @@ def _interactive_count_cell(row: dict[str, Any]) -> str:
     return f"{int(received)}/{sent_text}"
 
 
+# The run's verdict against its scenario's anchor (`anchor_met` of `run_row`).
+_MET_COLUMN: Column = ("met", "---", lambda r: _cell(metrics.flag(r.get("anchor_met"))))
 _COMMON_HEAD: list[Column] = [("case", "---", lambda r: _cell(r["case"])),
                               ("stack", "---", _stack_cell)]
 _COMMON_TAIL: list[Column] = [("sha256 match", "---", lambda r: _cell(r["sha256_match"])),
@@ -627,7 +629,7 @@ TABLES: dict[str, list[Column]] = {
         ("anchor", "---", _fairness_anchor_cell),
         ("path-2 share", "---:", lambda r: _cell(r.get("path2_share"))),
         ("of capacity left", "---:", lambda r: _cell(r.get("fraction_of_capacity_left"))),
-        ("met", "---", lambda r: _cell(metrics.flag(r.get("anchor_met")))),
+        _MET_COLUMN,
     ],
     HANDOVER: [
         ("mode", "---", lambda r: _cell(r.get("mode"))),
@@ -641,13 +643,13 @@ TABLES: dict[str, list[Column]] = {
         ("interactive received/sent", "---:", _interactive_count_cell),
         ("interactive survived", "---", lambda r: _cell(
             metrics.flag(r.get("interactive_survived")))),
-        ("met", "---", lambda r: _cell(metrics.flag(r.get("anchor_met")))),
+        _MET_COLUMN,
     ],
     MOBILITY: [
         ("goodput [Mbit/s]", "---:", lambda r: _cell(r["goodput_mbps"])),
         ("fraction of envelope", "---:", lambda r: _cell(r.get("fraction_of_envelope"))),
         ("subflows", "---:", lambda r: _cell(r["subflows"])),
-        ("met", "---", lambda r: _cell(metrics.flag(r.get("anchor_met")))),
+        _MET_COLUMN,
     ],
     MULTI_WIFI: [
         ("fraction of best AP (mean)", "---:", lambda r: _cell(r.get("fraction_of_best_ap"))),
