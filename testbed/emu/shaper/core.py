@@ -27,6 +27,13 @@ in packets rather than Linux's bytes:
   max: every arrival is dropped (`dropped_forced`), as Linux's red does; no "gentle" ramp to
   2 max, which tc-red cannot express either.
 - A frame RED lets in still meets the hard limit (`queue_pkts`, `dropped_queue`).
+
+Each pipe also counts arrivals and drops per flow (`Pipe.flows`, IPv4 TCP and UDP by
+addresses and ports, anything else under one key), so that an experiment can tell which flow
+lost what at a shared queue: RFC 6356's fairness argument assumes flows at one bottleneck see
+the same loss rate, and whether they did is then measured, not assumed. The first flows also
+get a series in bins of FLOW_BIN_S (`Pipe.flow_series`), so that a loss rate can be taken
+over part of a run (after a warm-up, while competing flows overlap).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import socket
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
@@ -110,6 +118,54 @@ def red_drop_probability(avg: float, count: int, red: RedParams) -> float:
     p_b = red.max_p * (avg - red.min_pkts) / (red.max_pkts - red.min_pkts)
     spread = 1 - count * p_b
     return 1.0 if spread <= p_b else p_b / spread
+
+
+# Flows tracked apart per pipe; arrivals of further flows count under OTHER_FLOWS, so a data
+# center run with thousands of short flows cannot grow the shaper's memory without bound.
+MAX_TRACKED_FLOWS = 1024
+OTHER_FLOWS = b""  # the key of non-IPv4-TCP/UDP frames and of flows beyond the limit
+_IPPROTO_NAMES = {6: "tcp", 17: "udp"}
+# Per-flow series: bin width in seconds, and how many flows of a pipe get one.
+FLOW_BIN_S = 1.0
+MAX_SERIES_FLOWS = 64
+
+
+def flow_key(frame: bytes) -> bytes:
+    """A frame's flow as raw bytes (protocol, source and destination addresses, ports) for an
+    Ethernet frame carrying IPv4 TCP or UDP, else OTHER_FLOWS. Cheap on purpose: it runs for
+    every frame; `flow_name` makes it readable."""
+    if len(frame) < 34 or frame[12:14] != b"\x08\x00":
+        return OTHER_FLOWS
+    proto = frame[23]
+    ports_at = 14 + (frame[14] & 0x0F) * 4
+    if proto not in _IPPROTO_NAMES or len(frame) < ports_at + 4:
+        return OTHER_FLOWS
+    return bytes((proto,)) + frame[26:34] + frame[ports_at:ports_at + 4]
+
+
+def flow_name(key: bytes) -> str:
+    """"tcp 10.0.1.1:41126>10.0.3.1:5201" for a `flow_key`, "other" for OTHER_FLOWS."""
+    if key == OTHER_FLOWS:
+        return "other"
+    src, dst = socket.inet_ntoa(key[1:5]), socket.inet_ntoa(key[5:9])
+    sport, dport = int.from_bytes(key[9:11], "big"), int.from_bytes(key[11:13], "big")
+    return f"{_IPPROTO_NAMES[key[0]]} {src}:{sport}>{dst}:{dport}"
+
+
+@dataclass
+class FlowCounters:
+    """One flow's arrivals at a pipe and its frames dropped there, by cause (the causes of
+    PipeCounters; frames lost when the link goes down are not counted per flow)."""
+
+    frames_in: int = 0
+    dropped_loss: int = 0
+    dropped_early: int = 0
+    dropped_forced: int = 0
+    dropped_queue: int = 0
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_loss + self.dropped_early + self.dropped_forced + self.dropped_queue
 
 
 @dataclass
@@ -219,6 +275,12 @@ class Pipe:
         trace_loader: TraceLoader | None = None,
     ) -> None:
         self.counters = PipeCounters()
+        # flow_key -> that flow's counters (module docstring), and for the first
+        # MAX_SERIES_FLOWS flows: bin -> [frames in, dropped], bin i covering
+        # [series_epoch + i * FLOW_BIN_S, + FLOW_BIN_S) on the caller's clock.
+        self.flows: dict[bytes, FlowCounters] = {}
+        self.flow_series: dict[bytes, dict[int, list[int]]] = {}
+        self.series_epoch = now
         self._rng = rng
         self._trace_loader = trace_loader
         self._down = False
@@ -310,18 +372,38 @@ class Pipe:
         if self._down:
             c.dropped_down += 1
             return False
+        key, flow = self._flow(frame)
+        flow.frames_in += 1
+        series = self.flow_series.get(key)
+        if series is None and len(self.flow_series) < MAX_SERIES_FLOWS:
+            series = self.flow_series[key] = {}
+        if series is None:
+            return self._admit(frame, now, flow)
+        counts = series.setdefault(int((now - self.series_epoch) // FLOW_BIN_S), [0, 0])
+        counts[0] += 1
+        if self._admit(frame, now, flow):
+            return True
+        counts[1] += 1
+        return False
+
+    def _admit(self, frame: bytes, now: float, flow: FlowCounters) -> bool:
+        """`offer` past the link-down check: loss, AQM, the FIFO and the delay line."""
+        c = self.counters
+        size = len(frame)
         # Loss comes first, as in netem: a lost frame never occupies the queue.
         if self._loss and self._rng.random() < self._loss:
             c.dropped_loss += 1
+            flow.dropped_loss += 1
             return False
         queue = self._queue_departures
         while queue and queue[0] <= now:
             queue.popleft()
-        if self._red and self._red_drops(len(queue), now):
+        if self._red and self._red_drops(len(queue), now, flow):
             return False
         # Tail drop (pfifo/tbf `limit` in packets): a frame counts until it has left the FIFO.
         if len(queue) >= self._queue_limit:
             c.dropped_queue += 1
+            flow.dropped_queue += 1
             return False
         backlogged = self._link_free_at > now
         start = self._link_free_at if backlogged else now
@@ -356,7 +438,19 @@ class Pipe:
         self._flight.append((deliver_at, frame, departs - start if backlogged else -1.0))
         return True
 
-    def _red_drops(self, backlog: int, now: float) -> bool:
+    def _flow(self, frame: bytes) -> tuple[bytes, FlowCounters]:
+        key = flow_key(frame)
+        flows = self.flows
+        counters = flows.get(key)
+        if counters is None:
+            if len(flows) >= MAX_TRACKED_FLOWS:
+                key = OTHER_FLOWS
+                counters = flows.get(key)
+            if counters is None:
+                counters = flows[key] = FlowCounters()
+        return key, counters
+
+    def _red_drops(self, backlog: int, now: float, flow: FlowCounters) -> bool:
         """RED's decision for a frame arriving to `backlog` frames (module docstring)."""
         weight = self._red_weight
         if backlog:
@@ -375,11 +469,13 @@ class Pipe:
         if avg >= red.max_pkts:
             self._red_count = 0
             self.counters.dropped_forced += 1
+            flow.dropped_forced += 1
             return True
         self._red_count += 1
         if self._rng.random() < red_drop_probability(avg, self._red_count, red):
             self._red_count = 0
             self.counters.dropped_early += 1
+            flow.dropped_early += 1
             return True
         return False
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.emu.linkparams import Shaping
-from testbed.emu.shaper.core import Pipe, Trace
+from testbed.emu.shaper.core import FLOW_BIN_S, Pipe, Trace, flow_name
 from testbed.emu.shaper.tap import create_tap
 from testbed.errors import ParameterError, TestbedError
 
@@ -231,6 +231,7 @@ class ShaperDaemon:
 
     def snapshot(self, now: float) -> dict[str, Any]:
         links: dict[str, Any] = {}
+        wall_offset = time.time() - now  # `now` is time.monotonic()
         for name, link in self.links.items():
             entry: dict[str, Any] = {"down": link.down}
             for d in DIRECTIONS:
@@ -245,6 +246,14 @@ class ShaperDaemon:
                 if pipe.shaping.aqm == "red":
                     counters["red_avg_pkts"] = round(pipe.red_avg, 3)
                 counters["shaping"] = pipe.shaping.to_dict()
+                counters["flows"] = flows = {flow_name(key): asdict(flow)
+                                             for key, flow in pipe.flows.items()}
+                # Series bins as [start on time.time(), frames in, dropped].
+                epoch = pipe.series_epoch + wall_offset
+                for key, series in pipe.flow_series.items():
+                    flows[flow_name(key)]["series"] = [
+                        [round(epoch + i * FLOW_BIN_S, 3), *counts]
+                        for i, counts in sorted(series.items())]
                 entry[d] = counters
             links[name] = entry
         s = self.stats
