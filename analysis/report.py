@@ -36,7 +36,7 @@ FAIRNESS = figures.FAIRNESS
 # fairness summary fields shown in the report (experiments/fairness.py writes them).
 FAIRNESS_FIELDS = ("mode", "aqm", "expected", "mptcp_mbps", "tcp_mbps", "ratio", "anchor_low",
                    "anchor_high", "within_anchor", "path2_share", "fraction_of_capacity_left",
-                   "shifted")
+                   "shifted", "mptcp_loss_pct", "tcp_loss_pct", "loss_ratio")
 # vm-migration summary fields shown in the report (experiments/vm_migration.py writes them).
 MIGRATION_FIELDS = ("survived", "survived_reason", "gap_s", "gap_start_s", "expected_gap_s",
                     "goodput_before_mbps", "goodput_after_mbps", "bytes_after_move",
@@ -569,6 +569,14 @@ def _fairness_queue_cell(row: dict[str, Any]) -> str:
     return aqm if isinstance(aqm, str) and aqm else "droptail"
 
 
+def _fairness_loss_cell(row: dict[str, Any]) -> str:
+    """The loss rates both flows saw where they met (shaper's per-flow counters)."""
+    losses = [row.get("mptcp_loss_pct"), row.get("tcp_loss_pct")]
+    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in losses):
+        return "–"
+    return "/".join(f"{v:.2f}" for v in losses)
+
+
 def _fairness_anchor_cell(row: dict[str, Any]) -> str:
     if row.get("mode") == "cross":
         return "path-2 share > 0.67" if row.get("expected") == "coupled" else "–"
@@ -627,6 +635,7 @@ TABLES: dict[str, list[Column]] = {
         ("TCP [Mbit/s]", "---:", lambda r: _cell(r.get("tcp_mbps"))),
         ("ratio", "---:", lambda r: _cell(r.get("ratio"))),
         ("anchor", "---", _fairness_anchor_cell),
+        ("loss MPTCP/TCP [%]", "---:", _fairness_loss_cell),
         ("path-2 share", "---:", lambda r: _cell(r.get("path2_share"))),
         ("of capacity left", "---:", lambda r: _cell(r.get("fraction_of_capacity_left"))),
         _MET_COLUMN,

@@ -56,6 +56,7 @@ counted from the receivers' 100 ms series over the window both were sending in.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,11 +72,13 @@ from testbed.emu.linkparams import (
     LinkShaping,
     Shaping,
 )
+from testbed.emu.shaper.core import FLOW_BIN_S
 from testbed.errors import ParameterError
 from testbed.stacks.base import Endpoint
 from topologies.fairness import (
     CLIENT_ADDRS,
     SERVER_ADDR,
+    TCP_CLIENT_ADDR,
     TCP_SERVER_ADDR,
     DisjointPathsTopo,
     SharedBottleneckTopo,
@@ -247,6 +250,41 @@ def path2_share(per_addr: Mapping[str, int]) -> float | None:
     return per_addr.get(CLIENT_ADDRS[1], 0) / total if total else None
 
 
+def flow_losses(direction: Mapping[str, Any], window: tuple[float, float] | None = None
+                ) -> dict[str, dict[str, int]]:
+    """Frames in and dropped per sender at one shaped link direction of stats/shaper.json
+    (its per-flow counters, testbed.emu.shaper.core): "mptcp" for the flows from the MPTCP
+    client's addresses, "tcp" for the competitor's; other flows are left out. With a
+    `window` (time.time() seconds), the bins of the flows' series that lie wholly inside it,
+    else the whole run's counters."""
+    senders = {addr: "mptcp" for addr in CLIENT_ADDRS} | {TCP_CLIENT_ADDR: "tcp"}
+    result: dict[str, dict[str, int]] = {}
+    for name, counters in direction.get("flows", {}).items():
+        # "tcp 10.0.1.1:41126>10.0.3.1:5201"
+        source = name.partition(" ")[2].partition(">")[0].rpartition(":")[0]
+        group = senders.get(source)
+        if group is None:
+            continue
+        totals = result.setdefault(group, {"frames": 0, "dropped": 0})
+        if window is None:
+            totals["frames"] += int(counters["frames_in"])
+            totals["dropped"] += sum(int(v) for k, v in counters.items()
+                                     if k.startswith("dropped"))
+            continue
+        start, end = window
+        for t, frames, dropped in counters.get("series", ()):
+            if start <= t and t + FLOW_BIN_S <= end:
+                totals["frames"] += int(frames)
+                totals["dropped"] += int(dropped)
+    return result
+
+
+def _loss_pct(totals: Mapping[str, int] | None) -> float | None:
+    if not totals or not totals["frames"]:
+        return None
+    return round(100 * totals["dropped"] / totals["frames"], 3)
+
+
 def _mbps(nbytes: int, seconds: float) -> float:
     return nbytes * 8 / seconds / 1e6
 
@@ -316,6 +354,7 @@ class Fairness(Scenario):
         if window is None:
             result["fairness_error"] = "no common sending window (a flow did not run?)"
             return result
+        result.update(self._losses(outcome.run_dir, window))
         start, end = window
         result["window_s"] = [round(start - reports[0]["t_start"], 2),
                               round(end - reports[0]["t_start"], 2)]
@@ -343,6 +382,26 @@ class Fairness(Scenario):
         if share is not None and expected != "single-path":
             result["shifted"] = share > UNCOUPLED_PATH2_SHARE
         return result
+
+    def _losses(self, run_dir: Path, window: tuple[float, float]) -> dict[str, Any]:
+        """The loss rate each flow saw in the judged window where the MPTCP and the TCP flow
+        meet: the shared bottleneck, or path 1 with cross traffic (the data direction). RFC
+        6356 derives its coupling for flows that see one loss rate at a shared bottleneck:
+        `loss_ratio` (MPTCP's over TCP's) says how far a run was from that. Empty without
+        the userspace shaper's per-flow counters (netem backend, older runs)."""
+        try:
+            links = json.loads((run_dir / "stats" / "shaper.json").read_text())["links"]
+        except (OSError, ValueError, KeyError):
+            return {}
+        for link in links.values():
+            losses = flow_losses(link.get("a2b", {}), window)
+            if "mptcp" in losses and "tcp" in losses:
+                break
+        else:
+            return {}
+        mptcp, tcp = _loss_pct(losses["mptcp"]), _loss_pct(losses["tcp"])
+        return {"mptcp_loss_pct": mptcp, "tcp_loss_pct": tcp,
+                "loss_ratio": round(mptcp / tcp, 3) if mptcp is not None and tcp else None}
 
     def _path2_share(self, run_dir: Path, start: float, end: float) -> float | None:
         path = run_dir / "stats" / f"subflows-{self.server}.csv"

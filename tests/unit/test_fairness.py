@@ -5,6 +5,7 @@ per-subflow samples."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from experiments.fairness import (
     FairnessParams,
     common_window,
     expectation,
+    flow_losses,
     path2_share,
     ratio_anchor,
     subflow_bytes,
@@ -335,6 +337,56 @@ def test_cross_verdict_is_the_share_on_the_free_path(tmp_path: Path) -> None:
     assert scenario.evaluate_run(_outcome(tmp_path, 8.0, 9.0))["shifted"] is False
 
 
+def _shaper_json(run_dir: Path, flows: dict[str, dict[str, Any]]) -> None:
+    """stats/shaper.json with a path-2 link that only MPTCP crosses and the link where MPTCP
+    and the TCP flow meet, each with per-flow counters in the data direction (a2b)."""
+    def direction(per_flow: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        return {"frames_in": sum(f["frames_in"] for f in per_flow.values()), "flows": per_flow}
+    alone = {"tcp 10.0.2.1:40001>10.0.3.1:5201": {"frames_in": 500, "dropped_queue": 400}}
+    (run_dir / "stats").mkdir(parents=True, exist_ok=True)
+    (run_dir / "stats" / "shaper.json").write_text(json.dumps({"links": {
+        "left2-eth1~right-eth1": {"a2b": direction(alone), "b2a": direction({})},
+        "left-eth3~right-eth0": {"a2b": direction(flows), "b2a": direction({})},
+    }}))
+
+
+def _series(frames: int, dropped: int) -> list[list[float]]:
+    """1 s bins from 100 to 144 s: `frames` and `dropped` in each bin of the judged window of
+    `_outcome` (110.2-140 s: the bins starting at 111-139), everything dropped outside it."""
+    return [[float(t), frames, dropped] if 111 <= t <= 139 else [float(t), 20, 20]
+            for t in range(100, 145)]
+
+
+def test_flow_losses_group_the_senders_where_the_flows_meet(tmp_path: Path) -> None:
+    zero = {"dropped_loss": 0, "dropped_early": 0, "dropped_forced": 0, "dropped_queue": 0}
+    flows: dict[str, dict[str, Any]] = {
+        "tcp 10.0.1.1:40000>10.0.3.1:5201": {**zero, "frames_in": 600, "dropped_early": 6,
+                                             "series": _series(10, 0)},
+        "tcp 10.0.2.1:40001>10.0.3.1:5201": {**zero, "frames_in": 400, "dropped_queue": 4,
+                                             "series": _series(10, 1)},
+        "tcp 10.0.4.1:43000>10.0.5.1:5301": {**zero, "frames_in": 1000, "dropped_early": 15,
+                                             "dropped_forced": 5, "series": _series(20, 4)},
+        "udp 10.0.4.1:53>10.0.5.1:53": {**zero, "frames_in": 10, "dropped_loss": 10},
+        "other": {**zero, "frames_in": 3},
+    }
+    # The whole run's counters ...
+    assert flow_losses({"flows": flows}) == {"mptcp": {"frames": 1000, "dropped": 10},
+                                             "tcp": {"frames": 1010, "dropped": 30}}
+    # ... or the bins wholly inside a window.
+    assert flow_losses({"flows": flows}, (110.5, 112.0)) == {
+        "mptcp": {"frames": 20, "dropped": 1}, "tcp": {"frames": 20, "dropped": 4}}
+    assert flow_losses({}) == {}
+    _shaper_json(tmp_path, flows)
+    scenario = Fairness(parse_overrides(FairnessParams, ["congestion=olia"]))
+    result = scenario.evaluate_run(_outcome(tmp_path, 4.8, 4.8))
+    # The link both cross (not path 2's, which MPTCP crosses alone), in the judged window.
+    assert (result["mptcp_loss_pct"], result["tcp_loss_pct"]) == (5.0, 20.0)
+    assert result["loss_ratio"] == 0.25
+    # Without the shaper's counters (netem backend): no loss fields, the verdict stands.
+    result = scenario.evaluate_run(_outcome(tmp_path / "netem", 4.8, 4.8))
+    assert "loss_ratio" not in result and result["within_anchor"] is True
+
+
 # -- suite, report rows and figure ------------------------------------------------------------
 
 
@@ -384,7 +436,8 @@ def test_report_rows_and_figure(tmp_path: Path) -> None:
         _fake_run(tmp_path, "a", "userspace", "lia",
                   {"mode": "shared", "aqm": "red", "expected": "coupled", "ratio": 0.97,
                    "anchor_low": 0.85, "anchor_high": 1.15, "within_anchor": True,
-                   "mptcp_mbps": 4.6, "tcp_mbps": 4.74}),
+                   "mptcp_mbps": 4.6, "tcp_mbps": 4.74, "mptcp_loss_pct": 1.046,
+                   "tcp_loss_pct": 1.3}),
         _fake_run(tmp_path, "b", "kernel", "reno",
                   {"mode": "shared", "expected": "uncoupled", "ratio": 1.3, "anchor_low": 1.6,
                    "anchor_high": None, "within_anchor": False}),
@@ -400,8 +453,9 @@ def test_report_rows_and_figure(tmp_path: Path) -> None:
     rows = [line for line in text.splitlines() if line.startswith("| shared") or
             line.startswith("| cross")]
     assert len(rows) == 4
-    assert rows[3].endswith("| – | 0.70 | 0.90 | – | yes | ok | `../d` |")  # not judged
-    assert "| 0.97 | 0.85–1.15 | – | – | yes |" in rows[0]
+    assert rows[3].endswith("| – | – | 0.70 | 0.90 | – | yes | ok | `../d` |")  # not judged
+    # The loss rates MPTCP and TCP saw where they met, when the shaper counted them.
+    assert "| 0.97 | 0.85–1.15 | 1.05/1.30 | – | – | yes |" in rows[0]
     assert "| 1.30 | >= 1.6 |" in rows[1] and "**NO**" in rows[1]
     # The queue discipline; a summary without one (older runs) was drop-tail.
     assert "| red | lia |" in rows[0] and "| droptail | reno |" in rows[1]
