@@ -147,6 +147,9 @@ class Network:
         self.max_events = max_events
         self.trace: list[TraceEntry] = []
         self.route: Callable[[str, bytes], str] = self._only_path
+        # A test's own drops, on top of the random ones: called with (path, direction,
+        # packet) for each packet sent; True drops it (counted and traced as "lost").
+        self.drop_if: Callable[[str, Direction, bytes], bool] | None = None
         self._endpoints: dict[str, Endpoint] = {}
         self._paths: dict[str, _Path] = {}
         # (arrival time, sequence number, path, direction, packet): the sequence number
@@ -262,7 +265,8 @@ class Network:
             link.counters.down += 1
             self._record(path_id, direction, packet, "down")
             return
-        if self.random.random() < cond.loss:
+        if (self.drop_if is not None and self.drop_if(path_id, direction, packet)) \
+                or self.random.random() < cond.loss:
             link.counters.lost += 1
             self._record(path_id, direction, packet, "lost")
             return

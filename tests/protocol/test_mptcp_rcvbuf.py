@@ -53,8 +53,10 @@ def test_a_fixed_small_buffer_is_slower_than_auto_tuning(fixed: int) -> None:
     small = run_with(MptcpConfig(receive_buffer=fixed, receive_buffer_max=fixed)).sink.eof_at
     assert tuned is not None and small is not None
     assert small > 1.3 * tuned
-    # And the tuned transfer gets most of the two paths' capacity (simulated time). Not all
-    # of it: slow start overshoots the 10 ms path's 20-packet queue, a retransmission is
-    # lost in the recovery and costs a timeout (our plain TCP takes the same timeout on
-    # that path alone: no RACK-style detection of lost retransmissions).
-    assert SIZE * 8 / tuned >= 0.65 * sum(RATES)
+    # And the tuned transfer gets most of the two paths' capacity (simulated time): 0.74.
+    # Not all of it: slow start overshoots the 10 ms path's 20-packet queue, and the
+    # retransmissions of that recovery are lost too; each lowers the window again
+    # (testbed/stack/tcp/connection.py, lost retransmissions). Before lost retransmissions
+    # were detected this run took a timeout (0.698); detected without lowering the window
+    # again, it kept resending into the full queue (0.59).
+    assert SIZE * 8 / tuned >= 0.70 * sum(RATES)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
 
 import pytest
 
 from testbed.stack.tcp.connection import TcpConfig, TcpState
+from testbed.stack.wire.ipv4 import parse_ipv4
+from testbed.stack.wire.tcp import SYN, parse_tcp
 from tests.protocol.hosts import BulkSender, Sink, TcpHost
-from tests.protocol.netsim import Network, PathConditions
+from tests.protocol.netsim import Direction, Network, PathConditions
 
 A = bytes([10, 0, 0, 1])
 B = bytes([10, 0, 0, 2])
@@ -22,8 +25,10 @@ def payload(size: int, seed: int = 7) -> bytes:
 
 
 def transfer(seed: int, size: int, cond: PathConditions, config: TcpConfig | None = None,
-             until: float = 600.0) -> tuple[Network, TcpHost, TcpHost, BulkSender, Sink]:
+             until: float = 600.0, drop_if: Callable[[str, Direction, bytes], bool] | None = None,
+             ) -> tuple[Network, TcpHost, TcpHost, BulkSender, Sink]:
     net = Network(seed)
+    net.drop_if = drop_if
     client = TcpHost("client", A, seed=seed * 2 + 1, config=config)
     server = TcpHost("server", B, seed=seed * 2 + 2, config=config)
     net.attach(client)
@@ -100,6 +105,52 @@ def test_newreno_without_sack_completes_under_loss() -> None:
     assert client.stack.counters.get("TCPRenoRecovery", 0) > 0
     assert client.stack.counters.get("TCPSackRecovery", 0) == 0
     assert sender.conn is not None and sender.conn.stats()["sack_blocks_received"] == 0
+
+
+def drop_data(seq_offset: int, times: int) -> Callable[[str, Direction, bytes], bool]:
+    """A drop_if that drops the client's data segment starting `seq_offset` bytes into the
+    stream, its first `times` transmissions, and nothing else."""
+    isn: int | None = None
+    dropped = 0
+
+    def drop(_path: str, direction: Direction, packet: bytes) -> bool:
+        nonlocal isn, dropped
+        if direction != "ab":
+            return False
+        ip = parse_ipv4(packet)
+        seg = parse_tcp(ip.payload, ip.src, ip.dst)
+        if seg.flags & SYN:
+            isn = seg.seq
+            return False
+        if isn is None or not seg.payload or dropped >= times:
+            return False
+        if (seg.seq - isn - 1) % 2**32 == seq_offset:
+            dropped += 1
+            return True
+        return False
+    return drop
+
+
+def test_a_lost_retransmission_is_resent_without_a_timeout() -> None:
+    """The retransmission of a lost segment is lost too: segments sent after it are SACKed,
+    so the sender resends it in the same recovery (RFC 8985's rule on retransmissions) instead
+    of waiting for the RTO. Without that rule the same trace ends in one timeout."""
+    # A queue that never overflows: the two drops are the only losses. The rate spaces the
+    # transmissions, so those after the retransmission went later than it by more than the
+    # reordering window (a quarter of the minimum RTT).
+    cond = PathConditions(delay_s=0.01, rate_bps=20e6, queue_packets=1000)
+    # A receive buffer that does not limit the flight: with the default 128 KiB start the
+    # sender has no window left to send new data after the retransmission, so nothing can
+    # overtake it and only the RTO finds it (Linux would be stuck the same way).
+    config = TcpConfig(receive_buffer=1 << 20)
+    net, client, _server, sender, sink = transfer(4, 1_000_000, cond, config,
+                                                 drop_if=drop_data(300 * 1448, times=2))
+    assert sink.sha256() == hashlib.sha256(sender.data).hexdigest()
+    assert net.counters("client-server", "ab").lost == 2
+    counters = client.stack.counters
+    assert counters.get("TCPLostRetransmit") == 1
+    assert counters.get("TCPTimeouts", 0) == 0
+    assert counters["RetransSegs"] == 2 and counters["TCPSackRecovery"] == 1
 
 
 def trace_digest(net: Network) -> str:

@@ -73,12 +73,52 @@ def test_rto_marks_everything_lost_and_may_forget_sacks() -> None:
     assert all(s.lost for s in sb.segments) and sb.sacked_bytes == 0
 
 
+def test_a_retransmission_is_lost_once_a_later_transmission_is_delivered() -> None:
+    sb = board(6)  # sent at 0..5 s
+    sb.apply_sack(((1100, 1400),), 1000, 1600)
+    assert sb.mark_lost(MSS) == 1
+    head = sb.next_lost()
+    assert head is not None and head.seq == 1000
+    sb.mark_retransmitted(head, 6.0)
+    # What was delivered so far went before the retransmission: it may still arrive.
+    assert sb.mark_lost_retransmissions(reo_wnd=0.0) == (0, 0)
+    sb.add(1600, MSS, now=7.0)
+    sb.add(1700, MSS, now=7.5)
+    # A segment sent 1 s after it is SACKed: with a reordering window of 2 s not yet ...
+    sb.apply_sack(((1600, 1700),), 1000, 1800)
+    assert sb.mark_lost_retransmissions(reo_wnd=2.0) == (0, 0)
+    # ... with 1 s it is lost, waiting to go again, and out of the pipe.
+    assert sb.mark_lost_retransmissions(reo_wnd=1.0) == (1, head.xmit)
+    assert sb.last_xmit == 9  # six sends, the resend, two more sends
+    assert sb.next_lost() is head and not head.retransmitted and head.lost
+    assert sb.pipe() == slow_pipe(sb)
+    assert sb.mark_lost_retransmissions(reo_wnd=0.0) == (0, 0)  # no retransmission is out
+
+
+def test_only_segments_sent_once_tell_what_was_delivered() -> None:
+    sb = board(3)
+    sb.apply_sack(((1100, 1300),), 1000, 1300)
+    sb.mark_lost(MSS)
+    first = sb.segments[0]
+    sb.mark_retransmitted(first, 4.0)
+    sb.add(1300, MSS, now=5.0)
+    sb.mark_head_lost()  # as after an RTO: the head goes again ...
+    sb.mark_retransmitted(first, 6.0)
+    # ... and a SACK for a retransmitted segment could be for its first copy: no evidence.
+    later = sb.segments[-1]
+    sb.mark_retransmitted(later, 7.0)
+    sb.apply_sack(((1300, 1400),), 1000, 1400)
+    assert sb.delivered_xmit < later.xmit
+    assert sb.mark_lost_retransmissions(reo_wnd=0.0) == (0, 0)
+
+
 def slow_pipe(sb: Scoreboard) -> int:
     return sum((0 if s.lost else s.length) + (s.length if s.retransmitted else 0)
                for s in sb.segments if not s.sacked)
 
 
-@given(st.lists(st.tuples(st.sampled_from(["sack", "ack", "lost", "head", "rexmit", "rto"]),
+@given(st.lists(st.tuples(st.sampled_from(["sack", "ack", "lost", "head", "rexmit", "rto",
+                                           "relost"]),
                           st.integers(0, 9), st.integers(1, 4)), max_size=40))
 def test_incremental_pipe_matches_its_definition(ops: list[tuple[str, int, int]]) -> None:
     sb = board(10)
@@ -98,8 +138,11 @@ def test_incremental_pipe_matches_its_definition(ops: list[tuple[str, int, int]]
             seg = sb.next_lost() or sb.next_rescue()
             if seg is not None:
                 sb.mark_retransmitted(seg, 1.0)
+        elif op == "relost":
+            sb.mark_lost_retransmissions(reo_wnd=0.0)
         else:
             sb.mark_all_lost(forget_sacks=n > 2)
         assert sb.pipe() == slow_pipe(sb)
+        assert sb.mark_lost_retransmissions(reo_wnd=1e9) == (0, 0)  # no sign of an unknown loss
         assert sb.has_lost() == any(s.lost and not s.retransmitted and not s.sacked
                                     for s in sb.segments)

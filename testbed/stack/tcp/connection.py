@@ -230,6 +230,9 @@ class TcpConnection:
         # tcp_cwnd_validate)? The window ends when snd_una passes _cwnd_usage_seq.
         self._cwnd_limited = False
         self._max_flight = 0  # the largest pipe seen in that window, in bytes
+        # The scoreboard's last transmission when the window was last reduced in recovery:
+        # a lost retransmission sent after it lowers the window again.
+        self._reduced_at_xmit = 0
         self._cwnd_usage_seq = self.iss
         self._retries = 0
         self._rto_at: float | None = None
@@ -689,6 +692,8 @@ class TcpConnection:
             self._on_dup_ack(now)
         elif newly_sacked and self._in_recovery:
             self._sb.mark_lost(self.eff_mss)
+        if self._in_recovery and self.sack_ok:
+            self._detect_lost_retransmissions(now)
         self._update_window(seg, force=False)
 
         st = self.state
@@ -702,6 +707,29 @@ class TcpConnection:
                 self._enter_closed(None, "closed")
                 return False
         return True
+
+    def _detect_lost_retransmissions(self, now: float) -> None:
+        """A retransmission that a later transmission overtook is lost (RACK's rule, see
+        testbed/stack/tcp/sack.py): resend it within this recovery instead of waiting for
+        the RTO. The reordering window is RFC 8985's default, a quarter of the minimum RTT.
+
+        RFC 5681 §4.3 counts a lost retransmission as a second indication of congestion:
+        the window is lowered again (RFC 8985 §3.4 asks the same of RACK). Once for the
+        retransmissions sent within one reduced window: a later lost retransmission lowers
+        it again only if it went after the last reduction. Without this, a slow start that
+        overshot a small queue many times over (half its window still several times what
+        the path holds) keeps resending into the full queue."""
+        min_rtt = self.rtt.min_rtt
+        if min_rtt is None:
+            return
+        lost, latest = self._sb.mark_lost_retransmissions(min_rtt / 4)
+        if not lost:
+            return
+        self._count("TCPLostRetransmit", lost)
+        if latest > self._reduced_at_xmit:
+            self._reduced_at_xmit = self._sb.last_xmit
+            self._recover = self.snd_nxt
+            self.cc.on_congestion_event(min(self.bytes_in_flight, self.cc.cwnd), now)
 
     def _scaled_window(self, seg: TcpSegment) -> int:
         return seg.window << self.snd_wscale
@@ -795,6 +823,7 @@ class TcpConnection:
         self._recovery_dupacks = self._dupacks
         self._count("TCPSackRecovery" if self.sack_ok else "TCPRenoRecovery")
         self.cc.on_congestion_event(self.bytes_in_flight, now)
+        self._reduced_at_xmit = self._sb.last_xmit
         # Fast retransmit: the first unacknowledged segment goes now (RFC 5681 §3.2 step 3).
         self._sb.mark_head_lost()
         self._rexmit_head_now = True

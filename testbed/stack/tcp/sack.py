@@ -4,6 +4,14 @@ pipe and loss marking are questions about a handful of flags.
 
 The same queue serves NewReno (RFC 6582) when SACK is off: nothing is ever SACKed and the
 connection marks the head segment lost on fast retransmit and on partial ACKs.
+
+A retransmission can be lost too. RFC 6675 leaves that to the RTO, which costs at least
+200 ms and a window of one segment; the scoreboard instead applies RACK's rule (RFC 8985
+§6.2) to retransmissions: once a segment sent after one has been delivered, and at least a
+reordering window later than it, the retransmission is lost and is sent again
+(`mark_lost_retransmissions`). Original transmissions keep the dupthresh rule above. Only
+segments sent once give that evidence: a SACK or ACK for a retransmitted segment may be for
+its first copy.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ class SentSegment:
     seq: int
     end: int  # seq + sequence space consumed (a FIN counts one)
     sent_at: float
+    # Order of the latest transmission among all of the connection's, sends and resends.
+    xmit: int = 0
     fin: bool = False
     ever_retransmitted: bool = False  # Karn's rule (RFC 6298 §3)
     retransmitted: bool = False  # retransmitted and still counted in pipe (RFC 6675)
@@ -47,32 +57,50 @@ class Scoreboard:
         self._pipe = 0
         self._lost_waiting = 0  # lost, not SACKed, not yet retransmitted
         self._lost_waiting_bytes = 0  # their length
+        self._retransmitted_out = 0  # retransmitted, not SACKed: their copy is in flight
+        # Transmission order (SentSegment.xmit), and the latest transmission known delivered
+        # with its send time: RACK's "most recently sent delivered segment" (RFC 8985 §6.1).
+        self._xmit = 0
+        self.delivered_xmit = 0
+        self.delivered_sent_at = 0.0
 
     @staticmethod
-    def _contribution(seg: SentSegment) -> tuple[int, int]:
-        """(bytes in pipe, 1 if waiting for retransmission) of one segment (RFC 6675 §4)."""
+    def _contribution(seg: SentSegment) -> tuple[int, int, int]:
+        """(bytes in pipe, 1 if waiting for retransmission, 1 if a retransmission is out) of
+        one segment (RFC 6675 §4)."""
         if seg.sacked:
-            return 0, 0
+            return 0, 0, 0
         pipe = (0 if seg.lost else seg.length) + (seg.length if seg.retransmitted else 0)
-        return pipe, 1 if seg.lost and not seg.retransmitted else 0
+        return (pipe, 1 if seg.lost and not seg.retransmitted else 0,
+                1 if seg.retransmitted else 0)
 
     def _forget(self, seg: SentSegment) -> None:
-        pipe, waiting = self._contribution(seg)
+        pipe, waiting, out = self._contribution(seg)
         self._pipe -= pipe
         self._lost_waiting -= waiting
         self._lost_waiting_bytes -= waiting * seg.length
+        self._retransmitted_out -= out
 
     def _count(self, seg: SentSegment) -> None:
-        pipe, waiting = self._contribution(seg)
+        pipe, waiting, out = self._contribution(seg)
         self._pipe += pipe
         self._lost_waiting += waiting
         self._lost_waiting_bytes += waiting * seg.length
+        self._retransmitted_out += out
+
+    def _delivered(self, seg: SentSegment) -> None:
+        """`seg` reached the receiver (SACKed or cumulatively acked): the latest delivered
+        transmission moves on, if its only copy says so (module docstring)."""
+        if not seg.ever_retransmitted and seg.xmit > self.delivered_xmit:
+            self.delivered_xmit = seg.xmit
+            self.delivered_sent_at = seg.sent_at
 
     def __len__(self) -> int:
         return len(self.segments)
 
     def add(self, seq: int, length: int, now: float, fin: bool = False) -> SentSegment:
-        seg = SentSegment(seq, sq.add(seq, length), now, fin=fin)
+        self._xmit += 1
+        seg = SentSegment(seq, sq.add(seq, length), now, xmit=self._xmit, fin=fin)
         self.segments.append(seg)
         self._count(seg)
         return seg
@@ -84,6 +112,8 @@ class Scoreboard:
         seg.retransmitted = True
         seg.ever_retransmitted = True
         seg.sent_at = now
+        self._xmit += 1
+        seg.xmit = self._xmit
         self._count(seg)
 
     def ack(self, snd_una: int) -> AckResult:
@@ -100,6 +130,8 @@ class Scoreboard:
                 acked += seg.length
                 if seg.sacked:
                     self.sacked_bytes -= seg.length
+                else:
+                    self._delivered(seg)
                 # Karn (RFC 6298 §3): an ACK that covers a retransmission may be its echo;
                 # and a SACKed segment's cumulative ACK says nothing about its own RTT.
                 ambiguous = ambiguous or seg.ever_retransmitted
@@ -145,6 +177,7 @@ class Scoreboard:
                     break
                 if not seg.sacked:
                     self._forget(seg)
+                    self._delivered(seg)
                     seg.sacked = True
                     seg.lost = False
                     seg.retransmitted = False
@@ -178,6 +211,31 @@ class Scoreboard:
                     # Everything below an already lost segment was marked before.
                     break
         return marked
+
+    @property
+    def last_xmit(self) -> int:
+        """The transmission order of the latest send or resend."""
+        return self._xmit
+
+    def mark_lost_retransmissions(self, reo_wnd: float) -> tuple[int, int]:
+        """RACK for retransmissions (module docstring): a retransmission not SACKed is lost
+        when the latest delivered transmission went after it, by at least `reo_wnd` seconds
+        (RFC 8985 §6.2: reordering this much is tolerated). It becomes lost and waiting
+        again, so NextSeg resends it. Returns how many were marked and the transmission
+        order of the latest of them (0 if none)."""
+        if not self._retransmitted_out:
+            return 0, 0
+        marked = latest = 0
+        for seg in self.segments:
+            if (seg.retransmitted and not seg.sacked and seg.xmit < self.delivered_xmit
+                    and self.delivered_sent_at - seg.sent_at >= reo_wnd):
+                self._forget(seg)
+                seg.retransmitted = False
+                seg.lost = True
+                self._count(seg)
+                marked += 1
+                latest = max(latest, seg.xmit)
+        return marked, latest
 
     def mark_head_lost(self) -> None:
         if self.segments and not self.segments[0].sacked:
