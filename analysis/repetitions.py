@@ -57,9 +57,11 @@ HEADLINES: dict[str, tuple[Headline, ...]] = {
     "datacenter": (Headline("utilisation", "utilisation"),
                    Headline("jain_index", "Jain's index")),
     # RFC 6356 and its successors: the MPTCP/TCP goodput ratio at a shared bottleneck, the
-    # share of MPTCP's bytes on the free path with cross traffic (one of the two per mode).
+    # share of MPTCP's bytes on the free path with cross traffic (one of the two per mode),
+    # and whether both flows saw the loss rate the coupling's derivation assumes they share.
     "fairness": (Headline("ratio", "MPTCP/TCP ratio (shared)"),
-                 Headline("path2_share", "path-2 share (cross)")),
+                 Headline("path2_share", "path-2 share (cross)"),
+                 Headline("loss_ratio", "MPTCP/TCP loss rate")),
     # An outcome, not a number: the anchor count says it; goodput shows what a fallback costs.
     "middlebox": (Headline("goodput_mbps", "goodput [Mbit/s]"),),
 }

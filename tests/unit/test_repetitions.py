@@ -134,7 +134,8 @@ def test_headline_per_mode_and_missing_values() -> None:
     TCP run that lost its connection has no gap, so n counts only the runs that have one."""
     runs = pd.DataFrame([
         {"scenario": "fairness", "case": "shared, lia", "stack": "userspace", "mode": "shared",
-         "ratio": r, "path2_share": None, "anchor_met": r <= 1.15, "fidelity_ok": True}
+         "ratio": r, "path2_share": None, "loss_ratio": r - 0.25, "anchor_met": r <= 1.15,
+         "fidelity_ok": True}
         for r in (0.82, 1.25, 1.27)] + [
         {"scenario": "vm-migration", "case": "stop 0.5 s", "stack": "tcp", "gap_s": gap,
          "goodput_after_mbps": None, "anchor_met": True, "fidelity_ok": None}
@@ -147,6 +148,9 @@ def test_headline_per_mode_and_missing_values() -> None:
     assert ratio["n"] == 3 and ratio["mean"] == pytest.approx(3.34 / 3)
     assert (ratio["anchor_met"], ratio["anchor_judged"]) == (1, 3)
     assert table.loc[("fairness", "userspace", "path2_share"), "n"] == 0
+    # Whether the flows saw one loss rate (the shaper's per-flow counters).
+    assert table.loc[("fairness", "userspace", "loss_ratio"), "mean"] == pytest.approx(
+        (3.34 - 0.75) / 3)
     assert table.loc[("vm-migration", "tcp", "gap_s"), "n"] == 0
     gap = table.loc[("vm-migration", "kernel", "gap_s")]
     assert (gap["runs"], gap["n"]) == (3, 2) and gap["mean"] == pytest.approx(0.55)
