@@ -30,8 +30,11 @@ Choices, for a stable ratio on a 2-core machine that also runs other emulations:
   bottleneck. At a drop-tail queue that does not hold: the packet that overflows the queue
   more often belongs to a flow whose window grows fast, so LIA's slowly growing subflows
   lose less and its ratio measured 0.82-1.89 (README, "Measured"). RED drops arrivals at
-  random, so each flow loses in proportion to its packets: there LIA, OLIA and BALIA
-  measured within 1 +- 0.15 (LIA in 10 runs of 11), and uncoupled Reno 1.62-1.85.
+  random, so each flow loses in proportion to its packets, on average: over five seeds
+  (suites/fairness-repetitions.toml) LIA, OLIA and BALIA averaged 1.15, 1.14 and 1.08, one
+  Linux TCP against another 0.99, and uncoupled Reno measured 1.62-1.85. A single run is
+  one draw of which flow RED hit more often (`loss_ratio` says how it fell): TCP against
+  TCP ranged over 0.84-1.07, so the band is a statement about means over seeds.
   `aqm=droptail` keeps that result available. `cross` stays drop-tail by default: with RED
   on both paths it was run once per controller only (LIA 0.80 and BALIA 0.82 of their bytes
   on the free path against uncoupled Reno's 0.66, but 0.79-0.80 of the capacity left used

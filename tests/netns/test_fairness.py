@@ -3,12 +3,13 @@
 subflows) against one plain Linux TCP with Reno at a shared bottleneck, and with that TCP as
 cross traffic on the first of two disjoint (drop-tail) paths.
 
-- OLIA takes about one TCP share, asserted as 0.85-1.35 (clearly below the 1.6 of the
-  uncoupled control), with RED's early drops at the bottleneck. RFC 6356's 1 +- 0.15 is not
-  asserted per run: with RED it measured 0.94-1.09 in eight runs before the 2026-12-07 fix
-  to our subflows' loss recovery, and 1.10, 1.23, 1.23 after it, where our single-subflow
-  Reno alone took 1.19 of Linux Reno's goodput (against our own TCP as the competitor OLIA
-  measured 1.04, 1.06, 1.17): the excess over Linux is our TCP's, not the coupling's;
+- OLIA takes about one TCP share, asserted as 0.85-1.4 (below the 1.6 of the uncoupled
+  control), with RED's early drops at the bottleneck, each flow's drops counted
+  apart by the shaper. RFC 6356's 1 +- 0.15 is a statement about means over seeds, not
+  asserted per run: one run is one draw of which flow RED hit more often, and even one
+  Linux TCP against another ranged over 0.84-1.07 in five seeds. OLIA measured 0.94-1.33
+  over ten seeds, mean 1.135, sd 0.11 (README, "Measured"; suites/fairness-repetitions.toml):
+  1.4 is more than two standard deviations above that mean;
 - uncoupled Reno subflows take about two TCP shares, at least 1.6 (the negative control: it
   fails if the coupling leaked into Reno or the second subflow carried nothing). It runs at
   a drop-tail bottleneck, where it measured 2.2-2.4: with RED it measured 1.62-1.85, too close
@@ -16,8 +17,8 @@ cross traffic on the first of two disjoint (drop-tail) paths.
 - with cross traffic, BALIA puts clearly more of its bytes on the free path than uncoupled
   Reno (measured 0.80-0.82 against 0.64).
 
-LIA is not asserted. With RED it met the band in 10 runs of 11 (0.89-1.08; the eleventh, a
-run of this test, failed and its value was not kept), too often missed for a test. At a
+LIA is not asserted: with RED its mean over five seeds is 1.15 (1.10-1.19), at the edge of
+the band, which the per-run bound above would hide. At a
 drop-tail bottleneck it measured outside the band in all six runs (0.82-1.89), and with cross
 traffic it kept 0.67-0.76 on the free path, close to uncoupled Reno's 0.64 (README,
 "Measured", says what we found). Each run takes about a minute; the competing flow, its
@@ -57,10 +58,18 @@ def test_coupled_olia_takes_about_one_tcp_share_at_a_red_bottleneck(tmp_path: Pa
     congestion = "olia"
     summary = run_case(tmp_path / congestion, congestion, "shared")
     assert summary["expected"] == "coupled" and summary["aqm"] == "red"
-    assert 0.85 <= summary["ratio"] <= 1.35, summary
+    assert 0.85 <= summary["ratio"] <= 1.4, summary
     # RED did the dropping: early drops at the bottleneck, in the data direction.
     shaper = json.loads((tmp_path / congestion / "stats" / "shaper.json").read_text())
-    assert shaper["links"]["left-eth3~right-eth0"]["a2b"]["dropped_early"] > 0
+    bottleneck = shaper["links"]["left-eth3~right-eth0"]["a2b"]
+    assert bottleneck["dropped_early"] > 0
+    # The shaper told the flows apart: each of the three (two subflows, the TCP) lost
+    # packets there in the judged window, and the per-flow drops add up to the link's.
+    assert summary["mptcp_loss_pct"] > 0 and summary["tcp_loss_pct"] > 0
+    flows = {name: f for name, f in bottleneck["flows"].items() if name.startswith("tcp ")}
+    assert len(flows) == 3 and all(f["series"] for f in flows.values())
+    assert sum(f["dropped_early"] for f in bottleneck["flows"].values()) \
+        == bottleneck["dropped_early"]
 
 
 def test_uncoupled_reno_subflows_take_about_two_tcp_shares(tmp_path: Path) -> None:
