@@ -277,12 +277,16 @@ class VmMigration(Scenario):
 
     @staticmethod
     def _move_time(outcome: RunOutcome) -> float | None:
-        """When domain A went down, in seconds after the receiver's t_start."""
+        """When domain A was down for certain, in seconds after the receiver's t_start: the
+        end of applying the event (`took_s` after its `wall_time`). Frames delivered while
+        the shaper was being told still left through domain A; counted from the event's
+        start, a plain TCP that died with the move once had 7 of them "after the move"."""
         t_start = outcome.receiver.get("t_start")
         for event in outcome.timeline:
             if event.get("link") == "domain_a" and event.get("action") == "down" \
                     and t_start is not None and event.get("wall_time") is not None:
-                return float(event["wall_time"]) - float(t_start)
+                return (float(event["wall_time"]) + float(event.get("took_s") or 0.0)
+                        - float(t_start))
         return None
 
     @staticmethod
