@@ -45,7 +45,7 @@ import socket
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from testbed.emu.linkparams import RedParams, Shaping
 from testbed.errors import ParameterError
@@ -124,48 +124,66 @@ def red_drop_probability(avg: float, count: int, red: RedParams) -> float:
 # center run with thousands of short flows cannot grow the shaper's memory without bound.
 MAX_TRACKED_FLOWS = 1024
 OTHER_FLOWS = b""  # the key of non-IPv4-TCP/UDP frames and of flows beyond the limit
-_IPPROTO_NAMES = {6: "tcp", 17: "udp"}
 # Per-flow series: bin width in seconds, and how many flows of a pipe get one.
 FLOW_BIN_S = 1.0
 MAX_SERIES_FLOWS = 64
 
 
 def flow_key(frame: bytes) -> bytes:
-    """A frame's flow as raw bytes (protocol, source and destination addresses, ports) for an
-    Ethernet frame carrying IPv4 TCP or UDP, else OTHER_FLOWS. Cheap on purpose: it runs for
-    every frame; `flow_name` makes it readable."""
-    if len(frame) < 34 or frame[12:14] != b"\x08\x00":
+    """A frame's flow as raw bytes for an Ethernet frame carrying IPv4 TCP or UDP: source and
+    destination addresses and ports (12 bytes; a UDP key has one more, b"u"), else
+    OTHER_FLOWS. Cheap on purpose, as it runs for every frame (one slice for TCP without IP
+    options); `flow_name` makes it readable."""
+    if len(frame) < 38 or frame[12] != 0x08 or frame[13] != 0x00:
         return OTHER_FLOWS
     proto = frame[23]
-    ports_at = 14 + (frame[14] & 0x0F) * 4
-    if proto not in _IPPROTO_NAMES or len(frame) < ports_at + 4:
+    if proto != 6 and proto != 17:
         return OTHER_FLOWS
-    return bytes((proto,)) + frame[26:34] + frame[ports_at:ports_at + 4]
+    if frame[14] == 0x45:  # IPv4 without options: the ports follow the addresses
+        key = frame[26:38]
+    else:
+        ports_at = 14 + (frame[14] & 0x0F) * 4
+        if len(frame) < ports_at + 4:
+            return OTHER_FLOWS
+        key = frame[26:34] + frame[ports_at:ports_at + 4]
+    return key if proto == 6 else key + b"u"
 
 
 def flow_name(key: bytes) -> str:
     """"tcp 10.0.1.1:41126>10.0.3.1:5201" for a `flow_key`, "other" for OTHER_FLOWS."""
     if key == OTHER_FLOWS:
         return "other"
-    src, dst = socket.inet_ntoa(key[1:5]), socket.inet_ntoa(key[5:9])
-    sport, dport = int.from_bytes(key[9:11], "big"), int.from_bytes(key[11:13], "big")
-    return f"{_IPPROTO_NAMES[key[0]]} {src}:{sport}>{dst}:{dport}"
+    src, dst = socket.inet_ntoa(key[0:4]), socket.inet_ntoa(key[4:8])
+    sport, dport = int.from_bytes(key[8:10], "big"), int.from_bytes(key[10:12], "big")
+    return f"{'udp' if len(key) > 12 else 'tcp'} {src}:{sport}>{dst}:{dport}"
 
 
-@dataclass
+@dataclass(slots=True)
 class FlowCounters:
     """One flow's arrivals at a pipe and its frames dropped there, by cause (the causes of
-    PipeCounters; frames lost when the link goes down are not counted per flow)."""
+    PipeCounters; frames lost when the link goes down are not counted per flow), and for the
+    pipe's first MAX_SERIES_FLOWS flows their series: bin -> [frames in, dropped], bin i
+    covering [series_epoch + i * FLOW_BIN_S, + FLOW_BIN_S) of the pipe's clock."""
 
     frames_in: int = 0
     dropped_loss: int = 0
     dropped_early: int = 0
     dropped_forced: int = 0
     dropped_queue: int = 0
+    series: dict[int, list[int]] | None = field(default=None, compare=False, repr=False)
+    # The bin being counted and its counts, so that a frame costs no dictionary lookup.
+    bin_index: int = field(default=-1, compare=False, repr=False)
+    bin_counts: list[int] = field(default_factory=lambda: [0, 0], compare=False, repr=False)
 
     @property
     def dropped(self) -> int:
         return self.dropped_loss + self.dropped_early + self.dropped_forced + self.dropped_queue
+
+    def totals(self) -> dict[str, int]:
+        """The counters by name (what stats/shaper.json shows of a flow)."""
+        return {"frames_in": self.frames_in, "dropped_loss": self.dropped_loss,
+                "dropped_early": self.dropped_early, "dropped_forced": self.dropped_forced,
+                "dropped_queue": self.dropped_queue}
 
 
 @dataclass
@@ -275,11 +293,9 @@ class Pipe:
         trace_loader: TraceLoader | None = None,
     ) -> None:
         self.counters = PipeCounters()
-        # flow_key -> that flow's counters (module docstring), and for the first
-        # MAX_SERIES_FLOWS flows: bin -> [frames in, dropped], bin i covering
-        # [series_epoch + i * FLOW_BIN_S, + FLOW_BIN_S) on the caller's clock.
+        # flow_key -> that flow's counters and series (module docstring).
         self.flows: dict[bytes, FlowCounters] = {}
-        self.flow_series: dict[bytes, dict[int, list[int]]] = {}
+        self._series_flows = 0
         self.series_epoch = now
         self._rng = rng
         self._trace_loader = trace_loader
@@ -372,14 +388,16 @@ class Pipe:
         if self._down:
             c.dropped_down += 1
             return False
-        key, flow = self._flow(frame)
+        flow = self.flows.get(flow_key(frame)) or self._new_flow(frame)
         flow.frames_in += 1
-        series = self.flow_series.get(key)
-        if series is None and len(self.flow_series) < MAX_SERIES_FLOWS:
-            series = self.flow_series[key] = {}
+        series = flow.series
         if series is None:
             return self._admit(frame, now, flow)
-        counts = series.setdefault(int((now - self.series_epoch) // FLOW_BIN_S), [0, 0])
+        index = int((now - self.series_epoch) // FLOW_BIN_S)
+        if index != flow.bin_index:
+            flow.bin_index = index
+            flow.bin_counts = series.setdefault(index, [0, 0])
+        counts = flow.bin_counts
         counts[0] += 1
         if self._admit(frame, now, flow):
             return True
@@ -438,17 +456,24 @@ class Pipe:
         self._flight.append((deliver_at, frame, departs - start if backlogged else -1.0))
         return True
 
-    def _flow(self, frame: bytes) -> tuple[bytes, FlowCounters]:
+    @property
+    def flow_series(self) -> dict[bytes, dict[int, list[int]]]:
+        """flow_key -> series, for the flows that have one."""
+        return {key: flow.series for key, flow in self.flows.items() if flow.series is not None}
+
+    def _new_flow(self, frame: bytes) -> FlowCounters:
+        """The counters of a flow not seen yet: its own, or OTHER_FLOWS' beyond the limit."""
         key = flow_key(frame)
         flows = self.flows
-        counters = flows.get(key)
-        if counters is None:
-            if len(flows) >= MAX_TRACKED_FLOWS:
-                key = OTHER_FLOWS
-                counters = flows.get(key)
-            if counters is None:
-                counters = flows[key] = FlowCounters()
-        return key, counters
+        if len(flows) >= MAX_TRACKED_FLOWS:
+            key = OTHER_FLOWS
+            if key in flows:
+                return flows[key]
+        flow = flows[key] = FlowCounters()
+        if self._series_flows < MAX_SERIES_FLOWS:
+            flow.series = {}
+            self._series_flows += 1
+        return flow
 
     def _red_drops(self, backlog: int, now: float, flow: FlowCounters) -> bool:
         """RED's decision for a frame arriving to `backlog` frames (module docstring)."""

@@ -246,14 +246,14 @@ class ShaperDaemon:
                 if pipe.shaping.aqm == "red":
                     counters["red_avg_pkts"] = round(pipe.red_avg, 3)
                 counters["shaping"] = pipe.shaping.to_dict()
-                counters["flows"] = flows = {flow_name(key): asdict(flow)
-                                             for key, flow in pipe.flows.items()}
-                # Series bins as [start on time.time(), frames in, dropped].
+                counters["flows"] = flows = {}
                 epoch = pipe.series_epoch + wall_offset
-                for key, series in pipe.flow_series.items():
-                    flows[flow_name(key)]["series"] = [
-                        [round(epoch + i * FLOW_BIN_S, 3), *counts]
-                        for i, counts in sorted(series.items())]
+                for key, flow in pipe.flows.items():
+                    flows[flow_name(key)] = entry_flow = dict[str, Any](flow.totals())
+                    if flow.series is not None:
+                        # Bins as [start on time.time(), frames in, dropped].
+                        entry_flow["series"] = [[round(epoch + i * FLOW_BIN_S, 3), *counts]
+                                                for i, counts in sorted(flow.series.items())]
                 entry[d] = counters
             links[name] = entry
         s = self.stats
