@@ -323,8 +323,13 @@ def _wifi_positions(run_dirs: Sequence[Path], runs: pd.DataFrame) -> pd.DataFram
         pd.DataFrame(columns=[*metrics.WIFI_COLUMNS, "case", "stack", "run"])
 
 
+def _absent(value: Any) -> bool:
+    """No value: None, or the NaN a missing field becomes in a DataFrame."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _cell(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _absent(value):
         return "–"
     if isinstance(value, bool):
         return "yes" if value else "**NO**"
@@ -517,7 +522,7 @@ def _joined_cell(row: dict[str, Any]) -> str:
 
 def _worst_cell(row: dict[str, Any]) -> str:
     worst = row.get("worst_fraction")
-    if worst is None or (isinstance(worst, float) and math.isnan(worst)):
+    if _absent(worst):
         return "–"
     where = row.get("worst_position_m")
     at = f" at {where:g} m" if isinstance(where, float) and not math.isnan(where) else ""
@@ -550,7 +555,7 @@ def _checksum_cell(row: dict[str, Any]) -> str:
 
 def _fraction_cell(row: dict[str, Any]) -> str:
     fraction = row.get("fraction_of_tcp")
-    if fraction is None or (isinstance(fraction, float) and math.isnan(fraction)):
+    if _absent(fraction):
         return "–"
     text = f"{fraction:.2f}"
     return f"**{text}**" if row.get("anchor_met") is False else text
@@ -572,7 +577,7 @@ def _fairness_queue_cell(row: dict[str, Any]) -> str:
 def _fairness_loss_cell(row: dict[str, Any]) -> str:
     """The loss rates both flows saw where they met (shaper's per-flow counters)."""
     losses = [row.get("mptcp_loss_pct"), row.get("tcp_loss_pct")]
-    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in losses):
+    if any(_absent(v) for v in losses):
         return "–"
     return "/".join(f"{v:.2f}" for v in losses)
 
@@ -581,26 +586,26 @@ def _fairness_anchor_cell(row: dict[str, Any]) -> str:
     if row.get("mode") == "cross":
         return "path-2 share > 0.67" if row.get("expected") == "coupled" else "–"
     low, high = row.get("anchor_low"), row.get("anchor_high")
-    if low is None or (isinstance(low, float) and math.isnan(low)):
+    if _absent(low):
         return "–"
-    if high is None or (isinstance(high, float) and math.isnan(high)):
+    if _absent(high):
         return f">= {low:g}"
     return f"{low:g}–{high:g}"
 
 
 def _interactive_delays_cell(row: dict[str, Any]) -> str:
     values = [row.get(f"interactive_delay_ms_{q}") for q in ("p50", "p95", "max")]
-    if all(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
+    if all(_absent(v) for v in values):
         return "–"
     return "/".join(interactive.delay_cell(v) for v in values)
 
 
 def _interactive_count_cell(row: dict[str, Any]) -> str:
-    received, sent = row.get("interactive_received"), row.get("interactive_sent")
-    if received is None or (isinstance(received, float) and math.isnan(received)):
+    received: Any = row.get("interactive_received")
+    sent: Any = row.get("interactive_sent")
+    if _absent(received):
         return "–"
-    sent_text = "–" if sent is None or (isinstance(sent, float) and math.isnan(sent)) \
-        else f"{int(sent)}"
+    sent_text = "–" if _absent(sent) else f"{int(sent)}"
     return f"{int(received)}/{sent_text}"
 
 
