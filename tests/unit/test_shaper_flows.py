@@ -135,5 +135,6 @@ def test_each_flow_has_a_series_of_arrivals_and_drops_per_bin(
     pipe.offer(first, 102.5)
     assert pipe.series_epoch == 100.0
     # Bins of FLOW_BIN_S from the pipe's start; only the first MAX_SERIES_FLOWS flows.
-    assert pipe.flow_series == {flow_key(first): {0: [2, 1], 2: [1, 0]}}
+    assert pipe.flows[flow_key(first)].series == {0: [2, 1], 2: [1, 0]}
+    assert pipe.flows[flow_key(second)].series is None
     assert pipe.flows[flow_key(second)].frames_in == 1

@@ -32,7 +32,7 @@ Each pipe also counts arrivals and drops per flow (`Pipe.flows`, IPv4 TCP and UD
 addresses and ports, anything else under one key), so that an experiment can tell which flow
 lost what at a shared queue: RFC 6356's fairness argument assumes flows at one bottleneck see
 the same loss rate, and whether they did is then measured, not assumed. The first flows also
-get a series in bins of FLOW_BIN_S (`Pipe.flow_series`), so that a loss rate can be taken
+get a series in bins of FLOW_BIN_S (`FlowCounters.series`), so that a loss rate can be taken
 over part of a run (after a warm-up, while competing flows overlap).
 """
 
@@ -45,7 +45,7 @@ import socket
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from testbed.emu.linkparams import RedParams, Shaping
 from testbed.errors import ParameterError
@@ -180,10 +180,9 @@ class FlowCounters:
         return self.dropped_loss + self.dropped_early + self.dropped_forced + self.dropped_queue
 
     def totals(self) -> dict[str, int]:
-        """The counters by name (what stats/shaper.json shows of a flow)."""
-        return {"frames_in": self.frames_in, "dropped_loss": self.dropped_loss,
-                "dropped_early": self.dropped_early, "dropped_forced": self.dropped_forced,
-                "dropped_queue": self.dropped_queue}
+        """The counters by name (what stats/shaper.json shows of a flow): the compared
+        fields, not the series and its bookkeeping."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.compare}
 
 
 @dataclass
@@ -388,7 +387,8 @@ class Pipe:
         if self._down:
             c.dropped_down += 1
             return False
-        flow = self.flows.get(flow_key(frame)) or self._new_flow(frame)
+        key = flow_key(frame)
+        flow = self.flows.get(key) or self._new_flow(key)
         flow.frames_in += 1
         series = flow.series
         if series is None:
@@ -456,14 +456,8 @@ class Pipe:
         self._flight.append((deliver_at, frame, departs - start if backlogged else -1.0))
         return True
 
-    @property
-    def flow_series(self) -> dict[bytes, dict[int, list[int]]]:
-        """flow_key -> series, for the flows that have one."""
-        return {key: flow.series for key, flow in self.flows.items() if flow.series is not None}
-
-    def _new_flow(self, frame: bytes) -> FlowCounters:
+    def _new_flow(self, key: bytes) -> FlowCounters:
         """The counters of a flow not seen yet: its own, or OTHER_FLOWS' beyond the limit."""
-        key = flow_key(frame)
         flows = self.flows
         if len(flows) >= MAX_TRACKED_FLOWS:
             key = OTHER_FLOWS
